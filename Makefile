@@ -1,0 +1,15 @@
+# The README's two commands: `make demo` (the main job on the bundled synthetic sequence) and `make test`.
+VENV ?= .venv
+
+.PHONY: setup demo test bench
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/mslam-ns demo
+
+test: setup
+	$(VENV)/bin/python -m pytest -q tests
+
+bench: setup
+	$(VENV)/bin/python benchmarks/run_all.py

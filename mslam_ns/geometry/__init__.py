@@ -1,0 +1,1 @@
+"""mslam_ns.geometry"""

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One-shot set-up on a fresh machine: a virtual environment in .venv with torch, mslam_ns and its extras,
+# then the compiled CPU kernels. Idempotent: re-running it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+stamp="$VENV/.mslam_ns_setup"
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/setup.sh ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# Keep a torch that is already there; otherwise take the torch/torchvision pair known to work together
+# (on these machines it comes from the local disk; elsewhere from PyPI).
+if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
+  "$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
+fi
+"$VENV/bin/python" -m pip install -q -e ".[dev,video,nerfstudio]"
+# open3d (used by nerfstudio's point-cloud loading) needs libusb; install it where we may.
+if ! ldconfig -p 2>/dev/null | grep -q libusb-1.0 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq libusb-1.0-0) >/dev/null 2>&1 || echo "note: could not install libusb-1.0-0"
+fi
+# Build the compiled CPU kernels now (and CUDA ones where a GPU is present); failures fall back to PyTorch.
+"$VENV/bin/mslam-ns" doctor --build || echo "note: kernel build failed; the PyTorch implementations will be used"
+touch "$stamp"
