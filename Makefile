@@ -1,7 +1,7 @@
 # The README's two commands: `make demo` (the main job on the bundled synthetic sequence) and `make test`.
 VENV ?= .venv
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test
 setup:
 	bash scripts/setup.sh
 
@@ -11,5 +11,3 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest -q tests
 
-bench: setup
-	$(VENV)/bin/python benchmarks/run_all.py

@@ -1,0 +1,19 @@
+"""CI guard: every CUDA source compiles with nvcc against torch's headers (compile only: no GPU here)."""
+
+import pytest
+import torch
+
+from mslam_ns.cuda import _backend
+
+pytestmark = pytest.mark.skipif(
+    _backend.find_cuda_home() is None or torch.version.cuda is None,
+    reason="needs nvcc and a CUDA build of torch (compile-only check)",
+)
+
+
+@pytest.mark.parametrize("name", sorted(_backend.EXTENSIONS))
+def test_cuda_sources_compile(name):
+    results = _backend.nvcc_compile_check(arch="sm_80", names=[name], jobs=1)
+    assert results, f"no CUDA sources registered for {name}"
+    failed = {src: err for src, err in results.items() if err != "ok"}
+    assert not failed, "\n\n".join(f"{src}:\n{err[-3000:]}" for src, err in failed.items())
