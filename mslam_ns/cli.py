@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # a broken optional part must not hide the others
                 print(f"mslam-ns: subcommand {name!r} unavailable: {e}", file=sys.stderr)
     try:
-        result = tyro.extras.subcommand_cli_from_dict(funcs, args=argv, prog="mslam-ns")
+        result = tyro.extras.subcommand_cli_from_dict(
+            funcs, args=argv, prog="mslam-ns", config=(tyro.conf.PositionalRequiredArgs,)
+        )
     except UserError as e:
         print(f"mslam-ns: error: {e}", file=sys.stderr)
         return 2

@@ -133,8 +133,23 @@ def _cuda_flags() -> list[str]:
     return ["-O3", "--use_fast_math", "-std=c++17", "--expt-relaxed-constexpr"]
 
 
-def _compile(name: str, device_type: str, verbose: bool = False) -> ModuleType:
+def _cpp_extension():
+    """torch.utils.cpp_extension, imported after pointing CUDA_HOME at the real toolkit.
+
+    torch guesses CUDA_HOME once, at import, from nvcc's location; a wrapper script in /usr/local/bin makes it
+    guess /usr/local, which breaks CUDA builds. Resolve it ourselves first.
+    """
+    if "torch.utils.cpp_extension" not in sys.modules and not os.environ.get("CUDA_HOME"):
+        home = find_cuda_home()
+        if home is not None:
+            os.environ["CUDA_HOME"] = str(home)
     from torch.utils import cpp_extension
+
+    return cpp_extension
+
+
+def _compile(name: str, device_type: str, verbose: bool = False) -> ModuleType:
+    cpp_extension = _cpp_extension()
 
     ext = EXTENSIONS[name]
     bdir = build_dir(name, device_type)
@@ -151,10 +166,8 @@ def _compile(name: str, device_type: str, verbose: bool = False) -> ModuleType:
             with_cuda=False,
             verbose=verbose,
         )
-    cuda_home = find_cuda_home()
-    if cuda_home is None:
+    if find_cuda_home() is None:
         raise RuntimeError("no CUDA toolkit (nvcc) found; set CUDA_HOME")
-    os.environ.setdefault("CUDA_HOME", str(cuda_home))
     return cpp_extension.load(
         name=module_name,
         sources=[str(CUDA_DIR / s) for s in ext.cuda_sources],
@@ -266,7 +279,7 @@ def nvcc_compile_check(arch: str = "sm_80", names: list[str] | None = None, jobs
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from torch.utils import cpp_extension
+    cpp_extension = _cpp_extension()
 
     cuda_home = find_cuda_home()
     if cuda_home is None:
@@ -301,6 +314,4 @@ def nvcc_compile_check(arch: str = "sm_80", names: list[str] | None = None, jobs
 def _accepts_device_type() -> bool:
     import inspect
 
-    from torch.utils import cpp_extension
-
-    return "device_type" in inspect.signature(cpp_extension.include_paths).parameters
+    return "device_type" in inspect.signature(_cpp_extension().include_paths).parameters
