@@ -40,6 +40,11 @@ def doctor(build: bool = False, cuda_compile_check: bool = False) -> int:
     lines.append(f"nvcc         {cuda_home / 'bin' / 'nvcc' if cuda_home else 'not found'}")
     lines.append(f"kernel mode  {_backend.kernel_mode()} (MSLAM_NS_KERNELS)")
     lines.append(f"cache        {_backend.cache_root()} (MSLAM_NS_CACHE)")
+    from mslam_ns.model import weights
+
+    ckpt_dir = weights.checkpoint_dir()
+    cached = [name for name, entry in weights.WEIGHTS.items() if weights.is_cached(entry)]
+    lines.append(f"checkpoints  {ckpt_dir} (MSLAM_NS_CHECKPOINTS); cached: {', '.join(cached) or 'none'}")
     print("\n".join(lines))
     failed = False
     if build:
