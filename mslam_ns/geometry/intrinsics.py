@@ -1,0 +1,252 @@
+"""Pinhole intrinsics from pointmaps (SPEC.md section 8.2): fit, then fuse over keyframes.
+
+A pointmap ``X`` [H, W, 3] expressed in its own camera frame (``X^i_i``) tells, for each pixel (u, v), the
+ray direction (a, b) = (x/z, y/z). A pinhole camera maps it to ``u = fx a + cx``, ``v = fy b + cy``.
+The fit minimises the sum of (confidence-weighted) Euclidean pixel residuals
+
+    sum_n  w_n | [u_n - fx a_n - cx,  v_n - fy b_n - cy] |
+
+by Weiszfeld-style iteratively re-weighted least squares (each step: weighted least squares with weights
+``w_n / max(|r_n|, eps)``), started from the weighted least-squares solution. The L1 (not squared) cost keeps
+gross outliers (wrong depth discontinuities, sky, mismatched points) from dominating the estimate, but each
+outlier still pulls in proportion to its leverage |(a, b)|, so a few trimmed least-squares steps follow
+(residuals beyond 3 robust sigmas dropped), which remove the remaining bias. With 10% gross outliers and
+0.5% point noise the focal error is well below 1% (tests/geometry/test_intrinsics.py).
+
+Pixel convention: pixel (u, v) has its CENTRE at integer coordinates (u = column index, v = row index, as in
+OpenCV), so the default principal point is the image centre ((W - 1) / 2, (H - 1) / 2). Everything is in the
+pixel units of the pointmap's image (the network image); map K to the original image with the frame's
+``ImageTransform``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["estimate_focal", "estimate_intrinsics", "fit_pinhole", "IntrinsicsFuser", "weighted_median"]
+
+_MIN_Z = 1e-6
+_EPS_RES = 1e-9  # pixels: floor of |r| in the Weiszfeld weights
+_MIN_SIGMA = 1e-3  # pixels: floor of the robust residual scale used for trimming
+
+
+def _as_numpy(a) -> np.ndarray:
+    """numpy float64 view of a numpy array or a torch tensor (any device)."""
+    if hasattr(a, "detach"):
+        a = a.detach().to("cpu").double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _rays_and_pixels(
+    X: np.ndarray,  # [H, W, 3]
+    C: np.ndarray | None,  # [H, W]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Valid pixels' (a, b) = (x/z, y/z), pixel coordinates (u, v) and weights; each [M]."""
+    H, W = X.shape[:2]
+    v, u = np.mgrid[0:H, 0:W]
+    x, y, z = X[..., 0], X[..., 1], X[..., 2]
+    ok = np.isfinite(X).all(axis=-1) & (z > _MIN_Z)
+    w = np.ones((H, W)) if C is None else C.reshape(H, W)
+    ok &= np.isfinite(w) & (w > 0)
+    zz = z[ok]
+    return x[ok] / zz, y[ok] / zz, u[ok].astype(np.float64), v[ok].astype(np.float64), w[ok]
+
+
+def fit_pinhole(
+    X,  # [H, W, 3] pointmap in its own camera frame (numpy or torch)
+    C=None,  # [H, W] confidence (weights), or None for uniform
+    pp: tuple[float, float] | None = None,
+    shared_focal: bool = True,
+    fit_pp: bool = False,
+    iters: int = 10,
+    refine_iters: int = 3,
+    trim_k: float = 3.0,
+    max_points: int = 40000,
+) -> tuple[float, float, float, float]:
+    """Robust pinhole fit; returns (fx, fy, cx, cy) in the pointmap's pixel units.
+
+    Args:
+        pp: fixed principal point (cx, cy) when ``fit_pp`` is False; default the image centre.
+        shared_focal: one focal for both axes (square pixels), else fx and fy separately.
+        fit_pp: also estimate (cx, cy) (poorly conditioned for narrow fields of view; off by default).
+        iters: Weiszfeld re-weighting iterations after the least-squares start.
+        refine_iters: final trimmed least-squares iterations (pixels with a residual above
+            ``trim_k * 1.4826 * weighted median residual`` are dropped); 0 = pure Weiszfeld.
+        trim_k: trimming threshold in robust standard deviations.
+        max_points: above this many valid pixels an evenly strided subset is used (speed).
+    Raises:
+        ValueError: fewer than 8 pixels with positive depth and weight.
+    """
+    X = _as_numpy(X)
+    H, W = X.shape[:2]
+    a, b, u, v, w = _rays_and_pixels(X, None if C is None else _as_numpy(C))
+    if len(a) < 8:
+        raise ValueError(f"fit_pinhole: only {len(a)} pixels with positive depth and weight")
+    cx0, cy0 = ((W - 1) / 2.0, (H - 1) / 2.0) if pp is None else (float(pp[0]), float(pp[1]))
+    if len(a) > max_points:
+        sel = np.linspace(0, len(a) - 1, max_points).round().astype(np.int64)
+        a, b, u, v, w = a[sel], b[sel], u[sel], v[sel], w[sel]
+    M = len(a)
+    zeros, ones = np.zeros(M), np.ones(M)
+    # Linear model r = target - A theta, rows stacked as [u-rows; v-rows]: A [2M, P], target [2M].
+    cols_u: list[np.ndarray] = []
+    cols_v: list[np.ndarray] = []
+    if shared_focal:
+        cols_u.append(a)
+        cols_v.append(b)
+    else:
+        cols_u += [a, zeros]
+        cols_v += [zeros, b]
+    if fit_pp:
+        cols_u += [ones, zeros]
+        cols_v += [zeros, ones]
+        tu, tv = u, v
+    else:
+        tu, tv = u - cx0, v - cy0
+    Au = np.stack(cols_u, axis=1)  # [M, P]
+    Av = np.stack(cols_v, axis=1)  # [M, P]
+    theta = _weighted_lstsq(Au, Av, tu, tv, w)
+    for _ in range(iters):
+        r = _residual_norm(Au, Av, tu, tv, theta)
+        theta = _weighted_lstsq(Au, Av, tu, tv, w / np.maximum(r, _EPS_RES))
+    for _ in range(refine_iters):
+        # Trimmed least squares: residuals beyond trim_k robust sigmas get no weight at all (the L1 fit
+        # still feels far outliers in proportion to their leverage |(a, b)|; this removes them).
+        r = _residual_norm(Au, Av, tu, tv, theta)
+        sigma = max(1.4826 * weighted_median(r, w), _MIN_SIGMA)
+        keep = r < trim_k * sigma
+        if keep.sum() < 8:
+            break
+        theta = _weighted_lstsq(Au, Av, tu, tv, w * keep)
+    fx = float(theta[0])
+    fy = fx if shared_focal else float(theta[1])
+    if fit_pp:
+        cx, cy = float(theta[-2]), float(theta[-1])
+    else:
+        cx, cy = cx0, cy0
+    return fx, fy, cx, cy
+
+
+def _residual_norm(
+    Au: np.ndarray,  # [M, P]
+    Av: np.ndarray,  # [M, P]
+    tu: np.ndarray,  # [M]
+    tv: np.ndarray,  # [M]
+    theta: np.ndarray,  # [P]
+) -> np.ndarray:
+    """Euclidean pixel residual per point [M]."""
+    return np.hypot(tu - Au @ theta, tv - Av @ theta)
+
+
+def _weighted_lstsq(
+    Au: np.ndarray,  # [M, P]
+    Av: np.ndarray,  # [M, P]
+    tu: np.ndarray,  # [M]
+    tv: np.ndarray,  # [M]
+    w: np.ndarray,  # [M]
+) -> np.ndarray:
+    """argmin_theta sum w (|tu - Au theta|^2 + |tv - Av theta|^2) via the P x P normal equations."""
+    H = (Au * w[:, None]).T @ Au + (Av * w[:, None]).T @ Av  # [P, P]
+    g = (Au * w[:, None]).T @ tu + (Av * w[:, None]).T @ tv  # [P]
+    return np.linalg.solve(H + 1e-12 * np.trace(H) * np.eye(len(g)), g)
+
+
+def estimate_focal(
+    X,  # [H, W, 3] pointmap in its own camera frame
+    C=None,  # [H, W] confidence or None
+    pp: tuple[float, float] | None = None,
+    iters: int = 10,
+) -> float:
+    """One shared focal length (pixels) with the principal point fixed (default: image centre)."""
+    return fit_pinhole(X, C, pp=pp, shared_focal=True, fit_pp=False, iters=iters)[0]
+
+
+def estimate_intrinsics(
+    X,  # [H, W, 3]
+    C=None,  # [H, W]
+    fit_pp: bool = False,
+    shared_focal: bool = True,
+    iters: int = 10,
+) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) of the pointmap's image; by default one focal and the image centre as pp."""
+    return fit_pinhole(X, C, shared_focal=shared_focal, fit_pp=fit_pp, iters=iters)
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value at which the cumulative weight first reaches half of the total (lower weighted median)."""
+    values = np.asarray(values, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    cw = np.cumsum(weights[order])
+    k = int(np.searchsorted(cw, 0.5 * cw[-1], side="left"))
+    return float(values[order][k])
+
+
+@dataclass
+class IntrinsicsFuser:
+    """Fuses per-keyframe estimates into one K: confidence-weighted median (robust) or mean.
+
+    Usage::
+
+        fuser = IntrinsicsFuser()
+        for kf in keyframes:
+            fuser.update(kf.X_canonical, kf.C_mean)   # or fuser.add(fx, fy, cx, cy, weight)
+        fx, fy, cx, cy = fuser.estimate()
+    """
+
+    reducer: str = "median"
+    """"median" (weighted median per parameter) or "mean" (weighted mean)."""
+    fit_pp: bool = False
+    """Passed to `estimate_intrinsics` by `update`."""
+    samples: list[tuple[float, float, float, float, float]] = field(default_factory=list)
+    """(fx, fy, cx, cy, weight) per added keyframe."""
+
+    def add(self, fx: float, fy: float, cx: float, cy: float, weight: float = 1.0) -> None:
+        """Add one estimate; non-finite or non-positive-focal estimates and zero weights are ignored."""
+        vals = (fx, fy, cx, cy, weight)
+        if all(np.isfinite(vals)) and fx > 0 and fy > 0 and weight > 0:
+            self.samples.append(tuple(float(x) for x in vals))  # type: ignore[arg-type]
+
+    def update(self, X, C=None) -> tuple[float, float, float, float] | None:
+        """Estimate from one keyframe's pointmap X [H, W, 3] (and confidence C [H, W]) and add it.
+
+        The sample's weight is the summed confidence of its valid pixels. Returns the keyframe's own
+        estimate, or None when it could not be estimated.
+        """
+        Xn = _as_numpy(X)
+        Cn = None if C is None else _as_numpy(C)
+        try:
+            est = estimate_intrinsics(Xn, Cn, fit_pp=self.fit_pp)
+        except (ValueError, np.linalg.LinAlgError):
+            return None
+        weight = float(_rays_and_pixels(Xn, Cn)[4].sum())
+        self.add(*est, weight=weight)
+        return est
+
+    @property
+    def count(self) -> int:
+        return len(self.samples)
+
+    def estimate(self) -> tuple[float, float, float, float] | None:
+        """Fused (fx, fy, cx, cy), or None before any sample."""
+        if not self.samples:
+            return None
+        s = np.asarray(self.samples)  # [K, 5]
+        w = s[:, 4]
+        if self.reducer == "mean":
+            out = (s[:, :4] * w[:, None]).sum(axis=0) / w.sum()
+        elif self.reducer == "median":
+            out = np.array([weighted_median(s[:, k], w) for k in range(4)])
+        else:
+            raise ValueError(f"IntrinsicsFuser: unknown reducer {self.reducer!r} (median or mean)")
+        return float(out[0]), float(out[1]), float(out[2]), float(out[3])
+
+    def K(self) -> np.ndarray | None:
+        """The fused 3x3 intrinsics matrix (float64), or None before any sample."""
+        e = self.estimate()
+        if e is None:
+            return None
+        fx, fy, cx, cy = e
+        return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])

@@ -1,0 +1,110 @@
+"""Intrinsics from pointmaps: exact on pinhole data, robust to outliers and noise, fused over keyframes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mslam_ns.geometry.intrinsics import (
+    IntrinsicsFuser,
+    estimate_focal,
+    estimate_intrinsics,
+    weighted_median,
+)
+
+
+def pinhole_pointmap(
+    fx: float, fy: float, cx: float, cy: float, H: int = 48, W: int = 64, seed: int = 0
+) -> np.ndarray:
+    """Back-project a smooth random depth through K: X [H, W, 3] with pixel centres at integers."""
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    z = 2.0 + np.sin(u / 9.0 + rng.uniform(0, 6)) + 0.5 * np.cos(v / 7.0) + rng.uniform(0, 0.3, size=(H, W))
+    return np.stack([(u - cx) / fx * z, (v - cy) / fy * z, z], axis=-1)
+
+
+def test_exact_recovery_shared_focal() -> None:
+    X = pinhole_pointmap(71.3, 71.3, 31.5, 23.5)
+    assert estimate_focal(X) == pytest.approx(71.3, rel=1e-9)
+    fx, fy, cx, cy = estimate_intrinsics(X)
+    assert (fx, fy) == pytest.approx((71.3, 71.3), rel=1e-9) and (cx, cy) == (31.5, 23.5)
+
+
+def test_exact_recovery_with_given_pp_and_torch_input() -> None:
+    X = pinhole_pointmap(120.0, 120.0, 30.0, 20.0)
+    f = estimate_focal(torch.from_numpy(X).float(), pp=(30.0, 20.0))
+    assert f == pytest.approx(120.0, rel=1e-5)  # float32 input
+
+
+def test_exact_recovery_of_all_four_parameters() -> None:
+    X = pinhole_pointmap(80.0, 95.0, 35.2, 20.1)
+    fx, fy, cx, cy = estimate_intrinsics(X, fit_pp=True, shared_focal=False)
+    np.testing.assert_allclose([fx, fy, cx, cy], [80.0, 95.0, 35.2, 20.1], rtol=1e-8)
+
+
+def corrupt(X: np.ndarray, outlier_frac: float, noise: float, seed: int = 1) -> np.ndarray:
+    """Depth noise along the ray, 3D noise proportional to depth, and gross outliers."""
+    rng = np.random.default_rng(seed)
+    H, W = X.shape[:2]
+    X = X * rng.uniform(0.8, 1.2, size=(H, W, 1))  # depth scaling along the ray: no effect on (x/z, y/z)
+    X = X + noise * X[..., 2:3] * rng.normal(size=X.shape)
+    out = rng.random((H, W)) < outlier_frac
+    X[out] = rng.uniform([-3, -3, 0.5], [3, 3, 5], size=(out.sum(), 3))
+    return X
+
+
+def test_robust_to_outliers_and_noise() -> None:
+    f = 90.0
+    X = corrupt(pinhole_pointmap(f, f, 31.5, 23.5), outlier_frac=0.10, noise=0.005)
+    est = estimate_focal(X)
+    assert est == pytest.approx(f, rel=0.005)
+    # plain least squares (no re-weighting) is visibly worse: the robustness comes from the fit
+    from mslam_ns.geometry.intrinsics import fit_pinhole
+
+    assert abs(fit_pinhole(X, iters=0, refine_iters=0)[0] - f) > 3 * abs(est - f)
+
+
+def test_outliers_only_with_exact_inliers_are_ignored() -> None:
+    X = corrupt(pinhole_pointmap(60.0, 60.0, 31.5, 23.5), outlier_frac=0.10, noise=0.0)
+    assert estimate_focal(X, iters=30) == pytest.approx(60.0, rel=1e-4)
+
+
+def test_confidence_downweights_bad_pixels() -> None:
+    X = pinhole_pointmap(75.0, 75.0, 31.5, 23.5)
+    bad = np.zeros(X.shape[:2], dtype=bool)
+    bad[:, :40] = True  # the majority of pixels: only the confidence can save the fit
+    X[bad] *= np.array([1.5, 1.0, 1.0])  # a wrong block: x stretched
+    C = np.where(bad, 1e-6, 10.0)
+    assert estimate_focal(X, C) == pytest.approx(75.0, rel=1e-4)
+    assert abs(estimate_focal(X) - 75.0) > 0.5
+
+
+def test_invalid_points_are_skipped_and_too_few_raise() -> None:
+    X = pinhole_pointmap(70.0, 70.0, 31.5, 23.5)
+    X[::2, ::3, 2] = -1.0
+    X[1, 1] = np.nan
+    assert estimate_focal(X) == pytest.approx(70.0, rel=1e-9)
+    with pytest.raises(ValueError):
+        estimate_focal(np.zeros((8, 8, 3)))
+
+
+def test_weighted_median() -> None:
+    assert weighted_median(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 1.0])) == 2.0
+    assert weighted_median(np.array([1.0, 2.0, 100.0]), np.array([1.0, 5.0, 1.0])) == 2.0
+    assert weighted_median(np.array([5.0, 1.0]), np.array([1.0, 10.0])) == 1.0
+
+
+def test_fuser_median_rejects_a_bad_keyframe() -> None:
+    fuser = IntrinsicsFuser()
+    assert fuser.estimate() is None and fuser.K() is None
+    for seed in range(4):
+        X = corrupt(pinhole_pointmap(88.0, 88.0, 31.5, 23.5, seed=seed), 0.05, 0.003, seed=seed)
+        fuser.update(X, np.full(X.shape[:2], 5.0))
+    fuser.add(400.0, 400.0, 31.5, 23.5, weight=1e4)  # one wild estimate, heavy but a minority
+    fuser.add(np.nan, 1.0, 1.0, 1.0)  # ignored
+    assert fuser.count == 5
+    K = fuser.K()
+    assert K is not None and K[0, 0] == pytest.approx(88.0, rel=0.01) and K[0, 2] == 31.5
+    mean = IntrinsicsFuser(reducer="mean", samples=list(fuser.samples)).estimate()
+    assert mean is not None and mean[0] > 100.0  # the mean is pulled; the median is not
