@@ -1,0 +1,107 @@
+"""`Mast3rPrior`: the MASt3R network behind the `TwoViewPrior` interface.
+
+The encoder runs once per frame (`encode`, cached by the caller on the frame); `decode` runs the two decoder
+stacks and both heads for an ordered pair. ``decode_symmetric`` runs both orderings as one batch-2 decoder
+call. Everything runs under ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from mslam_ns.model import Mast3rNet, RetrievalHead, load_mast3r, load_retrieval
+from mslam_ns.prior.base import Encoding, PairPrediction, TwoViewPrior, ViewPrediction
+
+
+def _view(res: dict[str, Tensor], b: int, desc_dtype: torch.dtype) -> ViewPrediction:
+    return ViewPrediction(X=res["pts3d"][b].float(), C=res["conf"][b].float(),
+                          D=res["desc"][b].to(desc_dtype), Q=res["desc_conf"][b].float())
+
+
+class Mast3rPrior(TwoViewPrior):
+    """MASt3R two-view prior.
+
+    Args:
+        net: the loaded network (its device is where everything runs).
+        retrieval: optional retrieval head (enables `retrieval_features`).
+        amp_dtype: optional autocast dtype (torch.bfloat16 / torch.float16) on CUDA; None = float32.
+        desc_dtype: dtype of the returned descriptors ``D``.
+        batch_symmetric: run both orderings of `decode_symmetric` as one batch-2 call.
+    """
+
+    def __init__(self, net: Mast3rNet, retrieval: RetrievalHead | None = None, amp_dtype: torch.dtype | None = None,
+                 desc_dtype: torch.dtype = torch.float32, batch_symmetric: bool = True) -> None:
+        self.net = net.eval()
+        self.retrieval = retrieval.eval() if retrieval is not None else None
+        self.device = next(net.parameters()).device
+        self.amp_dtype = amp_dtype
+        self.desc_dtype = desc_dtype
+        self.batch_symmetric = batch_symmetric
+        self.desc_dim = net.cfg.local_feat_dim
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, retrieval_path: str | os.PathLike | None = None,
+                        device: torch.device | str = "cpu", **kwargs) -> "Mast3rPrior":
+        net = load_mast3r(path, device)
+        retr = load_retrieval(retrieval_path, net) if retrieval_path is not None else None
+        return cls(net, retr, **kwargs)
+
+    def _autocast(self):
+        if self.amp_dtype is None or self.device.type == "cpu":
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def encode(self, image: Tensor, index: int) -> Encoding:
+        """image [3, H, W] float32 in [0, 1] -> Encoding(data=(feat [N, C_enc], pos [N, 2]))."""
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected an image [3, H, W], got {tuple(image.shape)}")
+        H, W = int(image.shape[1]), int(image.shape[2])
+        with torch.inference_mode(), self._autocast():
+            x = (image.to(self.device, torch.float32)[None] - 0.5) / 0.5  # [1, 3, H, W] in [-1, 1]
+            feat, pos = self.net.encode(x)
+        return Encoding(index=index, shape=(H, W), data=(feat[0], pos[0]))
+
+    @staticmethod
+    def _unpack(enc: Encoding) -> tuple[Tensor, Tensor]:
+        feat, pos = enc.data
+        return feat[None], pos[None]  # [1, N, C], [1, N, 2]
+
+    def decode(self, enc_i: Encoding, enc_j: Encoding) -> PairPrediction:
+        """(X^i_i from head 1, X^j_i from head 2)."""
+        if enc_i.shape != enc_j.shape:
+            raise ValueError(f"image sizes differ: {enc_i.shape} vs {enc_j.shape}")
+        fi, pi = self._unpack(enc_i)
+        fj, pj = (fi, pi) if enc_j is enc_i else self._unpack(enc_j)
+        with torch.inference_mode(), self._autocast():
+            r1, r2 = self.net.decode(fi, pi, fj, pj, enc_i.shape)
+        return PairPrediction(_view(r1, 0, self.desc_dtype), _view(r2, 0, self.desc_dtype))
+
+    def decode_symmetric(self, enc_i: Encoding, enc_j: Encoding) -> tuple[PairPrediction, PairPrediction]:
+        """((X^i_i, X^j_i), (X^j_j, X^i_j)), both orderings in one batch-2 decoder call."""
+        if not self.batch_symmetric:
+            return self.decode(enc_i, enc_j), self.decode(enc_j, enc_i)
+        if enc_i.shape != enc_j.shape:
+            raise ValueError(f"image sizes differ: {enc_i.shape} vs {enc_j.shape}")
+        fi, pi = self._unpack(enc_i)
+        fj, pj = self._unpack(enc_j)
+        with torch.inference_mode(), self._autocast():
+            (r_ii, r_ji), (r_jj, r_ij) = self.net.decode_symmetric(fi, pi, fj, pj, enc_i.shape)
+        d = self.desc_dtype
+        return (PairPrediction(_view(r_ii, 0, d), _view(r_ji, 0, d)),
+                PairPrediction(_view(r_jj, 0, d), _view(r_ij, 0, d)))
+
+    def decode_mono(self, enc_i: Encoding) -> PairPrediction:
+        """The (i, i) pass."""
+        return self.decode(enc_i, enc_i)
+
+    def retrieval_features(self, enc_i: Encoding) -> Tensor | None:
+        """Top-nfeat retrieval features [K, F_r] float32 (ASMK input), or None without a retrieval head."""
+        if self.retrieval is None:
+            return None
+        feat, _ = self._unpack(enc_i)
+        with torch.inference_mode():
+            out = self.retrieval(feat.float())
+        return out.topk_feat[0].float()
