@@ -126,11 +126,11 @@ def build_dir(name: str, device_type: str) -> Path:
 
 
 def _cpu_flags() -> list[str]:
-    return ["-O3", "-fopenmp", "-std=c++17"]
+    return ["-O3", "-fopenmp", "-std=c++20"]
 
 
 def _cuda_flags() -> list[str]:
-    return ["-O3", "--use_fast_math", "-std=c++17", "--expt-relaxed-constexpr"]
+    return ["-O3", "--use_fast_math", "-std=c++20", "--expt-relaxed-constexpr"]
 
 
 def _cpp_extension():
@@ -171,13 +171,22 @@ def _compile(name: str, device_type: str, verbose: bool = False) -> ModuleType:
     return cpp_extension.load(
         name=module_name,
         sources=[str(CUDA_DIR / s) for s in ext.cuda_sources],
-        extra_cflags=["-O3", "-std=c++17"],
+        extra_cflags=["-O3", "-std=c++20"],
         extra_cuda_cflags=_cuda_flags(),
         extra_include_paths=[str(INCLUDE_DIR), str(CUDA_DIR)] + _nvidia_wheel_includes(),
         build_directory=str(bdir),
         with_cuda=True,
         verbose=verbose,
     )
+
+
+def _summarise_build_error(e: Exception) -> str:
+    """The informative line of a failed build: the first compiler 'error', else the last line."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if "error:" in ln or "#error" in ln:
+            return ln[:300]
+    return lines[-1][:300] if lines else type(e).__name__
 
 
 def _is_built(name: str, device_type: str) -> bool:
@@ -207,8 +216,7 @@ def load(name: str, device_type: str, *, build: bool = True, verbose: bool = Fal
                       file=sys.stderr)
             mod = _compile(name, device_type, verbose=verbose)
         except Exception as e:  # noqa: BLE001 - any build failure means "fall back"
-            msg = str(e).strip().splitlines()
-            _errors[key] = msg[-1] if msg else type(e).__name__
+            _errors[key] = _summarise_build_error(e)
             _loaded[key] = None
             return None
         _loaded[key] = mod

@@ -1,0 +1,148 @@
+"""Matching ops (SPEC.md section 2): ray image, iterative projective matching, descriptor refinement.
+
+Each public op checks its inputs (shapes, dtypes, devices, finiteness: bad input raises ``ValueError``),
+makes them contiguous and dispatches to the compiled kernel for the tensors' device
+(``_backend.get("matching", device)``), or to its PyTorch twin in ``_torch_impl`` when none is available
+or ``MSLAM_NS_KERNELS=torch``. The per-element math is in ``matching.h``, shared by the CPU and CUDA builds.
+
+Example::
+
+    rays = ray_image(X_ii)                                   # [B, H, W, 9]
+    p, ok = iproj(rays, targets, p0)                         # [B, N, 2] float, [B, N] bool
+    p_ref = refine_matches(D_ii, D_ji, p.long())             # [B, N, 2] int64
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mslam_ns.cuda import _backend
+from mslam_ns.cuda.matching._torch_impl import _iproj, _ray_image, _refine_matches
+
+__all__ = ["ray_image", "iproj", "refine_matches"]
+
+_MAX_DESCRIPTOR_DIM = 1024
+
+
+def _check_tensor(op: str, name: str, t: object, ndim: int, dtypes: tuple[torch.dtype, ...]) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{op}: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        names = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise ValueError(f"{op}: {name} must be {names}, got {str(t.dtype).replace('torch.', '')}")
+    return t
+
+
+def _check_finite(op: str, name: str, t: Tensor) -> None:
+    """Raise ValueError if t holds NaN or inf. One float32 reduction; the exact test only if it is not finite."""
+    if t.numel() == 0 or not t.is_floating_point():
+        return
+    if bool(torch.isfinite(t.sum(dtype=torch.float32))):
+        return
+    if not bool(torch.isfinite(t).all()):  # the sum may also overflow for huge finite values
+        raise ValueError(f"{op}: {name} contains NaN or inf")
+
+
+def _check_devices(op: str, **tensors: Tensor) -> torch.device:
+    devices = {name: t.device for name, t in tensors.items()}
+    first = next(iter(devices.values()))
+    if any(d != first for d in devices.values()):
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"{op}: all inputs must be on the same device ({listing})")
+    return first
+
+
+def ray_image(X: Tensor) -> Tensor:  # X [B, H, W, 3] float32 -> [B, H, W, 9] float32
+    """Unit rays of pointmap X plus their x and y image gradients (3x3 Scharr filter /32, reflect padding).
+
+    Channels: ray (3), d ray / du (3), d ray / dv (3). Zero points give zero rays.
+    """
+    X = _check_tensor("ray_image", "X", X, 4, (torch.float32,))
+    if X.shape[-1] != 3:
+        raise ValueError(f"ray_image: X must be [B, H, W, 3], got shape {tuple(X.shape)}")
+    if X.shape[1] < 3 or X.shape[2] < 3:
+        raise ValueError(f"ray_image: X must be at least 3x3 pixels, got shape {tuple(X.shape)}")
+    _check_finite("ray_image", "X", X)
+    return _ray_image(X.contiguous())
+
+
+def iproj(
+    rays_img: Tensor,  # [B, H, W, 9] float32 (from ray_image)
+    targets: Tensor,  # [B, N, 3] float32 unit rays
+    p_init: Tensor,  # [B, N, 2] float32 (u, v) initial pixels
+    max_iter: int = 10,
+    lambda_init: float = 1e-8,
+    cost_thresh: float = 1e-6,
+    step_tol: float = 1e-3,
+) -> tuple[Tensor, Tensor]:  # p [B, N, 2] float32 (u, v), converged [B, N] bool
+    """Iterative projective matching: for each target ray, the pixel of the ray image that points at it.
+
+    Levenberg-Marquardt on (u, v) (SPEC.md section 2 step 4); pixels stay in [1, W-2] x [1, H-2];
+    ``converged`` iff the final |psi_hat(p) - target|^2 < cost_thresh. A point stops early once its
+    proposed step is below ``step_tol`` pixels in u and v (0 = always run max_iter iterations).
+    """
+    op = "iproj"
+    rays_img = _check_tensor(op, "rays_img", rays_img, 4, (torch.float32,))
+    targets = _check_tensor(op, "targets", targets, 3, (torch.float32,))
+    p_init = _check_tensor(op, "p_init", p_init, 3, (torch.float32,))
+    B, H, W, C = rays_img.shape
+    if C != 9 or H < 3 or W < 3:
+        raise ValueError(f"{op}: rays_img must be [B, H, W, 9] with H, W >= 3, got shape {tuple(rays_img.shape)}")
+    if targets.shape[0] != B or targets.shape[2] != 3:
+        raise ValueError(f"{op}: targets must be [B={B}, N, 3], got shape {tuple(targets.shape)}")
+    N = targets.shape[1]
+    if tuple(p_init.shape) != (B, N, 2):
+        raise ValueError(f"{op}: p_init must be [B={B}, N={N}, 2], got shape {tuple(p_init.shape)}")
+    if max_iter < 0 or not lambda_init > 0 or not cost_thresh > 0 or not step_tol >= 0:
+        raise ValueError(f"{op}: need max_iter >= 0, lambda_init > 0, cost_thresh > 0, step_tol >= 0")
+    device = _check_devices(op, rays_img=rays_img, targets=targets, p_init=p_init)
+    for name, t in (("rays_img", rays_img), ("targets", targets), ("p_init", p_init)):
+        _check_finite(op, name, t)
+    rays_img, targets, p_init = rays_img.contiguous(), targets.contiguous(), p_init.contiguous()
+    mod = _backend.get("matching", device)
+    if mod is not None:
+        args = (int(max_iter), float(lambda_init), float(cost_thresh), float(step_tol))
+        p, converged = mod.iproj(rays_img, targets, p_init, *args)
+        return p, converged
+    return _iproj(rays_img, targets, p_init, int(max_iter), float(lambda_init), float(cost_thresh), float(step_tol))
+
+
+def refine_matches(
+    D_i: Tensor,  # [B, H, W, F] float16 or float32 descriptors of image i
+    D_j: Tensor,  # [B, N, F] same dtype: query descriptors
+    p: Tensor,  # [B, N, 2] int64 (u, v) pixels in image i (clamped into the image)
+    radius: int = 3,
+    dilation_max: int = 5,
+) -> Tensor:  # [B, N, 2] int64 (u, v)
+    """Descriptor refinement: multi-dilation window search for the best dot product (SPEC.md section 2 step 6).
+
+    For d = dilation_max .. 1 the (2 radius + 1)^2 pixels p + d (dx, dy) inside the image are scored with
+    dot(D_j[n], D_i[candidate]) (accumulated in float32); the best positive score is the next centre.
+    """
+    op = "refine_matches"
+    D_i = _check_tensor(op, "D_i", D_i, 4, (torch.float16, torch.float32))
+    D_j = _check_tensor(op, "D_j", D_j, 3, (torch.float16, torch.float32))
+    p = _check_tensor(op, "p", p, 3, (torch.int64,))
+    B, H, W, Fd = D_i.shape
+    if D_j.shape[0] != B or D_j.shape[2] != Fd:
+        raise ValueError(f"{op}: D_j must be [B={B}, N, F={Fd}], got shape {tuple(D_j.shape)}")
+    if D_j.dtype != D_i.dtype:
+        raise ValueError(f"{op}: D_i and D_j must have the same dtype, got {D_i.dtype} and {D_j.dtype}")
+    N = D_j.shape[1]
+    if tuple(p.shape) != (B, N, 2):
+        raise ValueError(f"{op}: p must be [B={B}, N={N}, 2], got shape {tuple(p.shape)}")
+    if not 1 <= Fd <= _MAX_DESCRIPTOR_DIM or H < 1 or W < 1:
+        raise ValueError(f"{op}: D_i must be [B, H, W, F] with 1 <= F <= {_MAX_DESCRIPTOR_DIM}, got {tuple(D_i.shape)}")
+    if radius < 0 or dilation_max < 0:
+        raise ValueError(f"{op}: radius and dilation_max must be >= 0, got {radius}, {dilation_max}")
+    device = _check_devices(op, D_i=D_i, D_j=D_j, p=p)
+    _check_finite(op, "D_i", D_i)
+    _check_finite(op, "D_j", D_j)
+    D_i, D_j, p = D_i.contiguous(), D_j.contiguous(), p.contiguous()
+    mod = _backend.get("matching", device)
+    if mod is not None:
+        return mod.refine_matches(D_i, D_j, p, int(radius), int(dilation_max))
+    return _refine_matches(D_i, D_j, p, int(radius), int(dilation_max))

@@ -1,0 +1,267 @@
+// Per-element math of the matcher (SPEC.md section 2), written once for host (C++) and device (CUDA).
+//
+// matching_cpu.cpp and matching_cuda.cu only loop over (batch, point) and call these bodies; the PyTorch
+// twins in _torch_impl.py follow the same formulas in the same floating-point order.
+//
+// Layouts (all row-major, contiguous):
+//   ray image   img  [H, W, 9] float32: unit ray (3), d ray / du (3), d ray / dv (3)
+//   descriptors D_i  [H, W, F] (float32 or half), query q [F]
+//   pixels      (u, v): u = column in [0, W), v = row in [0, H)
+#pragma once
+
+#include "common.h"
+
+// Loop-unrolling hint understood by both nvcc and GCC/Clang (plain `#pragma unroll` warns on GCC).
+#if defined(__CUDACC__)
+#define MSLAM_UNROLL _Pragma("unroll")
+#elif defined(__clang__)
+#define MSLAM_UNROLL _Pragma("clang loop unroll(full)")
+#elif defined(__GNUC__)
+#define MSLAM_UNROLL _Pragma("GCC unroll 16")
+#else
+#define MSLAM_UNROLL
+#endif
+
+namespace mslam {
+namespace matching {
+
+// ---------------------------------------------------------------------------------------------------
+// Small helpers (explicit comparisons, so NaN handling is the same on host and device).
+// ---------------------------------------------------------------------------------------------------
+
+MSLAM_HD float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+MSLAM_HD int clampi(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+MSLAM_HD bool finitef(float x) { return (x - x) == 0.0f; }  // false for NaN and +-inf
+
+// ---------------------------------------------------------------------------------------------------
+// Bilinear sampling of the 9-channel ray image at a continuous pixel (u, v).
+// ---------------------------------------------------------------------------------------------------
+
+// Bilinear interpolation weights and corner offset of a continuous pixel (u, v) in an [H, W, 9] image.
+// out[c] = w00 I(v0,u0) + w01 I(v0,u0+1) + w10 I(v0+1,u0) + w11 I(v0+1,u0+1), summed left to right.
+// The cell (u0, v0) = floor(u, v) is clamped to [0, W-2] x [0, H-2] (needs H, W >= 2).
+struct Bilinear {
+  long long offset;  // float offset of corner (v0, u0) in the image
+  float w00, w01, w10, w11;
+  long long row;  // floats per image row (9 W)
+
+  MSLAM_HD Bilinear(int H, int W, float u, float v) {
+    const int u0 = clampi(static_cast<int>(floorf(u)), 0, W - 2);
+    const int v0 = clampi(static_cast<int>(floorf(v)), 0, H - 2);
+    const float du = u - static_cast<float>(u0);
+    const float dv = v - static_cast<float>(v0);
+    w00 = (1.0f - du) * (1.0f - dv);
+    w01 = du * (1.0f - dv);
+    w10 = (1.0f - du) * dv;
+    w11 = du * dv;
+    row = static_cast<long long>(W) * 9;
+    offset = static_cast<long long>(v0) * row + static_cast<long long>(u0) * 9;
+  }
+
+  // out[c] for channels c in [C0, C1) of img [H, W, 9]
+  template <int C0, int C1>
+  MSLAM_HD void sample(const float* __restrict__ img, float out[9]) const {
+    const float* p00 = img + offset;
+    const float* p01 = p00 + 9;
+    const float* p10 = p00 + row;
+    const float* p11 = p10 + 9;
+    MSLAM_UNROLL
+    for (int c = C0; c < C1; ++c) out[c] = w00 * p00[c] + w01 * p01[c] + w10 * p10[c] + w11 * p11[c];
+  }
+};
+
+// All 9 channels at (u, v).
+MSLAM_HD void bilinear9(const float* __restrict__ img,  // [H, W, 9]
+                        int H, int W, float u, float v, float out[9]) {
+  Bilinear(H, W, u, v).sample<0, 9>(img, out);
+}
+
+// Residual e = psi_hat - t with psi_hat = s[0:3] * (1 / max(|s[0:3]|, 1e-12)); returns |e|^2.
+MSLAM_HD float ray_residual(const float s[9], const float t[3], float e[3]) {
+  float n = sqrtf(s[0] * s[0] + s[1] * s[1] + s[2] * s[2]);
+  n = n > 1e-12f ? n : 1e-12f;
+  const float inv = 1.0f / n;
+  e[0] = s[0] * inv - t[0];
+  e[1] = s[1] * inv - t[1];
+  e[2] = s[2] * inv - t[2];
+  return e[0] * e[0] + e[1] * e[1] + e[2] * e[2];
+}
+
+// One damped Gauss-Newton step: (J^T J + lambda I) delta = -J^T e with J = [g_x g_y] = [s[3:6] s[6:9]].
+// Closed-form 2x2 solve. Returns false (step rejected) when the system is singular or the step not finite.
+MSLAM_HD bool lm_step(const float s[9], const float e[3], float lambda, float* du, float* dv) {
+  const float* gx = s + 3;
+  const float* gy = s + 6;
+  const float a00 = gx[0] * gx[0] + gx[1] * gx[1] + gx[2] * gx[2] + lambda;
+  const float a01 = gx[0] * gy[0] + gx[1] * gy[1] + gx[2] * gy[2];
+  const float a11 = gy[0] * gy[0] + gy[1] * gy[1] + gy[2] * gy[2] + lambda;
+  const float b0 = -(gx[0] * e[0] + gx[1] * e[1] + gx[2] * e[2]);
+  const float b1 = -(gy[0] * e[0] + gy[1] * e[1] + gy[2] * e[2]);
+  const float det = a00 * a11 - a01 * a01;
+  if (!(det > 0.0f)) return false;
+  const float inv_det = 1.0f / det;
+  *du = (a11 * b0 - a01 * b1) * inv_det;
+  *dv = (a00 * b1 - a01 * b0) * inv_det;
+  return finitef(*du) && finitef(*dv);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Iterative projective matching of one query ray (SPEC.md section 2, step 4).
+// ---------------------------------------------------------------------------------------------------
+
+struct IprojParams {
+  int max_iter;       // LM iterations
+  float lambda_init;  // initial damping
+  float cost_thresh;  // converged iff final |psi_hat(p) - t|^2 < cost_thresh
+  float step_tol;     // stop once a proposed step is below this in |du| and |dv| (pixels); 0 = never
+};
+
+// Levenberg-Marquardt on p = (u, v) minimising |psi_hat(p) - t|^2. The start and every candidate are
+// clamped to [1, W-2] x [1, H-2]. A candidate is accepted iff its cost is strictly lower
+// (lambda *= 0.1), otherwise lambda *= 10. At most max_iter iterations; stops early when the cost is
+// exactly 0 (nothing can be accepted any more) or when a proposed step is below step_tol in both u and v
+// (p has settled: the remaining steps would move it by less than that; the step is not applied).
+MSLAM_HD void iproj_point(const float* __restrict__ img,  // [H, W, 9]
+                          int H, int W,
+                          const float t[3],  // unit target ray
+                          float u, float v,  // initial guess
+                          const IprojParams& prm,
+                          float* out_u, float* out_v, bool* out_converged) {
+  const float umax = static_cast<float>(W - 2);
+  const float vmax = static_cast<float>(H - 2);
+  u = clampf(u, 1.0f, umax);
+  v = clampf(v, 1.0f, vmax);
+  float s[9];
+  float e[3];
+  bilinear9(img, H, W, u, v, s);
+  float cost = ray_residual(s, t, e);
+  float lambda = prm.lambda_init;
+  for (int it = 0; it < prm.max_iter && cost > 0.0f; ++it) {
+    float du = 0.0f, dv = 0.0f;
+    bool accepted = false;
+    if (lm_step(s, e, lambda, &du, &dv)) {
+      if (fabsf(du) < prm.step_tol && fabsf(dv) < prm.step_tol) break;
+      const float un = clampf(u + du, 1.0f, umax);
+      const float vn = clampf(v + dv, 1.0f, vmax);
+      const Bilinear bl(H, W, un, vn);
+      float sn[9];
+      float en[3];
+      bl.sample<0, 3>(img, sn);  // the ray decides; its gradients are only needed if accepted
+      const float cn = ray_residual(sn, t, en);
+      if (cn < cost) {
+        accepted = true;
+        u = un;
+        v = vn;
+        cost = cn;
+        s[0] = sn[0];
+        s[1] = sn[1];
+        s[2] = sn[2];
+        bl.sample<3, 9>(img, s);
+        e[0] = en[0];
+        e[1] = en[1];
+        e[2] = en[2];
+      }
+    }
+    lambda = accepted ? lambda * 0.1f : lambda * 10.0f;
+  }
+  *out_u = u;
+  *out_v = v;
+  *out_converged = cost < prm.cost_thresh;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Descriptor refinement of one query pixel (SPEC.md section 2, step 6).
+// ---------------------------------------------------------------------------------------------------
+
+template <typename T>
+MSLAM_HD float to_float(T x) {
+  return static_cast<float>(x);
+}
+
+// dot(a, q) accumulated in float in 8 interleaved lanes (lane = k mod 8), the lanes summed as
+// ((l0+l4)+(l1+l5)) + ((l2+l6)+(l3+l7)). The fixed order makes the result identical on every build and
+// lets the compiler vectorise the lanes. FC > 0 fixes F at compile time (full unrolling).
+template <int FC, typename TA, typename TQ>
+MSLAM_HD float dot_lanes(const TA* __restrict__ a, const TQ* __restrict__ q, int F_runtime) {
+  const int F = FC > 0 ? FC : F_runtime;
+  float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  int k = 0;
+  for (; k + 8 <= F; k += 8) {
+MSLAM_UNROLL
+    for (int l = 0; l < 8; ++l) acc[l] += to_float(a[k + l]) * to_float(q[k + l]);
+  }
+  for (int l = 0; k + l < F; ++l) acc[l] += to_float(a[k + l]) * to_float(q[k + l]);
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+struct RefineParams {
+  int radius;        // window half-size r: offsets -r..r (times the dilation) in u and v
+  int dilation_max;  // dilations dilation_max, ..., 1
+};
+
+MSLAM_HD float max2(float a, float b) { return a > b ? a : b; }
+
+MSLAM_HD float max8(const float s[8]) {
+  return max2(max2(max2(s[0], s[1]), max2(s[2], s[3])), max2(max2(s[4], s[5]), max2(s[6], s[7])));
+}
+
+// Scores one row of candidates of image i against the query descriptor: sc[k] = dot(q, D_i[y, x0 + k step])
+// for k < n (n <= 8) and sc[k] = 0 for k >= n, with dot_lanes; returns max(sc[0..7]). The portable scorer;
+// a build may pass its own with the same arithmetic (the CPU build batches a row with SIMD).
+template <int FC, typename TI, typename TQ>
+struct LaneScorer {
+  const TI* __restrict__ Di;  // [H, W, F] descriptors of image i
+  const TQ* __restrict__ q;   // [F] query descriptor
+  int W;
+  int F;
+  MSLAM_HD float operator()(int x0, int y, int step, int n, float sc[8]) const {
+    const TI* row = Di + static_cast<long long>(y) * W * F;
+    for (int k = 0; k < 8; ++k) {
+      sc[k] = k < n ? dot_lanes<FC>(row + static_cast<long long>(x0 + k * step) * F, q, F) : 0.0f;
+    }
+    return max8(sc);
+  }
+};
+
+// Multi-dilation window search. For d = dilation_max .. 1: scan the (2r+1)^2 candidates centre + d*(dx, dy)
+// (dy outer, dx inner, both -r..r) that lie inside the image, scored by `scorer` (dot of the query
+// descriptor with D_i at the candidate); the best strictly positive score (the first one on ties) becomes
+// the centre for the next d. If no score is > 0 the centre stays. The start pixel is clamped into the image.
+template <class Scorer>
+MSLAM_HD void refine_point(const Scorer& scorer, int H, int W, const RefineParams& prm, int* u, int* v) {
+  int cu = clampi(*u, 0, W - 1);
+  int cv = clampi(*v, 0, H - 1);
+  const int r = prm.radius;
+  float sc[8];
+  for (int d = prm.dilation_max; d >= 1; --d) {
+    int dx_lo = -r, dx_hi = r;  // the columns cu + dx d inside [0, W)
+    while (dx_lo <= dx_hi && cu + dx_lo * d < 0) ++dx_lo;
+    while (dx_hi >= dx_lo && cu + dx_hi * d > W - 1) --dx_hi;
+    float best = 0.0f;
+    int bu = cu, bv = cv;
+    for (int dy = -r; dy <= r; ++dy) {
+      const int y = cv + dy * d;
+      if (y < 0 || y >= H) continue;
+      for (int k0 = dx_lo; k0 <= dx_hi; k0 += 8) {
+        const int n = dx_hi - k0 + 1 < 8 ? dx_hi - k0 + 1 : 8;
+        const float m = scorer(cu + k0 * d, y, d, n, sc);  // sc[n..7] are 0: they never beat best >= 0
+        if (m > best) {  // rare after the first rows: the first k reaching the row maximum wins
+          int k = 0;
+          while (sc[k] != m) ++k;
+          best = m;
+          bu = cu + (k0 + k) * d;
+          bv = y;
+        }
+      }
+    }
+    cu = bu;
+    cv = bv;
+  }
+  *u = cu;
+  *v = cv;
+}
+
+}  // namespace matching
+}  // namespace mslam

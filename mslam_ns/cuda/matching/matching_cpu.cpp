@@ -1,0 +1,258 @@
+// CPU build of the matching kernels: at::parallel_for loops over (batch, point) around the per-element
+// bodies of matching.h. The Python wrapper (mslam_ns.cuda.matching) has already checked shapes, dtypes and
+// finiteness and made every input contiguous; the TORCH_CHECKs below only guard the C++ boundary.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
+
+#include "matching/matching.h"
+
+namespace {
+
+using mslam::matching::IprojParams;
+using mslam::matching::RefineParams;
+
+constexpr int64_t kIprojGrain = 512;   // points per task
+constexpr int64_t kRefineGrain = 256;  // points per task
+
+void check_cpu_contiguous(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W, 9] float32
+                                         const at::Tensor& targets,  // [B, N, 3] float32
+                                         const at::Tensor& p_init,   // [B, N, 2] float32 (u, v)
+                                         int64_t max_iter, double lambda_init, double cost_thresh,
+                                         double step_tol) {
+  check_cpu_contiguous(rays, "rays_img");
+  check_cpu_contiguous(targets, "targets");
+  check_cpu_contiguous(p_init, "p_init");
+  TORCH_CHECK(rays.dim() == 4 && rays.size(3) == 9 && rays.scalar_type() == at::kFloat,
+              "rays_img must be [B, H, W, 9] float32");
+  const int64_t B = rays.size(0), H = rays.size(1), W = rays.size(2);
+  TORCH_CHECK(H >= 3 && W >= 3, "rays_img must be at least 3x3");
+  TORCH_CHECK(targets.dim() == 3 && targets.size(0) == B && targets.size(2) == 3 &&
+                  targets.scalar_type() == at::kFloat,
+              "targets must be [B, N, 3] float32");
+  const int64_t N = targets.size(1);
+  TORCH_CHECK(p_init.dim() == 3 && p_init.size(0) == B && p_init.size(1) == N && p_init.size(2) == 2 &&
+                  p_init.scalar_type() == at::kFloat,
+              "p_init must be [B, N, 2] float32");
+
+  at::Tensor p = at::empty({B, N, 2}, p_init.options());                    // [B, N, 2]
+  at::Tensor converged = at::empty({B, N}, p_init.options().dtype(at::kBool));  // [B, N]
+  const float* img = rays.data_ptr<float>();
+  const float* tgt = targets.data_ptr<float>();
+  const float* p0 = p_init.data_ptr<float>();
+  float* pout = p.data_ptr<float>();
+  bool* conv = converged.data_ptr<bool>();
+  const IprojParams prm{static_cast<int>(max_iter), static_cast<float>(lambda_init),
+                        static_cast<float>(cost_thresh), static_cast<float>(step_tol)};
+  const int64_t img_stride = H * W * 9;
+
+  at::parallel_for(0, B * N, kIprojGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / N;
+      mslam::matching::iproj_point(img + b * img_stride, static_cast<int>(H), static_cast<int>(W),
+                                   tgt + i * 3, p0[i * 2], p0[i * 2 + 1], prm, pout + i * 2,
+                                   pout + i * 2 + 1, conv + i);
+    }
+  });
+  return {p, converged};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Descriptor refinement. Two scorers for the same body (refine_point):
+//  * portable: LaneScorer on float32 copies of the descriptors (any F, any CPU);
+//  * x86-64 with AVX2 + F16C and F = 8 K (K <= 4): AvxRowScorer reads fp16 or fp32 storage directly and
+//    scores a row of up to 8 candidates at once; it multiplies then adds (no FMA) and reduces the 8 lanes
+//    in dot_lanes' order, so both scorers (and the PyTorch twin) give bit-identical scores.
+// ---------------------------------------------------------------------------------------------------
+
+struct RefineArgs {
+  const void* Di;       // [B, H, W, F] float32, or float16 for the AVX scorer
+  const float* Dj;      // [B, N, F] float32
+  const int64_t* p_in;  // [B, N, 2]
+  int64_t* p_out;       // [B, N, 2]
+  int64_t N;
+  int H, W, F;
+  RefineParams prm;
+};
+
+// Loop over points [begin, end) with the scorer made by make_scorer(Di of the batch, query).
+template <typename T, class MakeScorer>
+inline void refine_loop(const RefineArgs& a, int64_t begin, int64_t end, const MakeScorer& make_scorer) {
+  const int64_t img_stride = static_cast<int64_t>(a.H) * a.W * a.F;
+  const T* Di_all = static_cast<const T*>(a.Di);
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t b = i / a.N;
+    // Clamp in 64 bits before narrowing to int (the body clamps again into the image).
+    int u = static_cast<int>(std::min<int64_t>(std::max<int64_t>(a.p_in[i * 2], 0), a.W - 1));
+    int v = static_cast<int>(std::min<int64_t>(std::max<int64_t>(a.p_in[i * 2 + 1], 0), a.H - 1));
+    mslam::matching::refine_point(make_scorer(Di_all + b * img_stride, a.Dj + i * a.F), a.H, a.W, a.prm, &u, &v);
+    a.p_out[i * 2] = u;
+    a.p_out[i * 2 + 1] = v;
+  }
+}
+
+template <int FC>
+void refine_portable(const RefineArgs& a, int64_t begin, int64_t end) {
+  refine_loop<float>(a, begin, end, [&](const float* Di, const float* q) {
+    return mslam::matching::LaneScorer<FC, float, float>{Di, q, a.W, a.F};
+  });
+}
+
+void refine_portable_any(const RefineArgs& a, int64_t begin, int64_t end) {
+  switch (a.F) {
+    case 16: refine_portable<16>(a, begin, end); break;
+    case 24: refine_portable<24>(a, begin, end); break;
+    case 32: refine_portable<32>(a, begin, end); break;
+    default: refine_portable<0>(a, begin, end); break;
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MSLAM_HAVE_AVX_SCORER 1
+#define MSLAM_AVX __attribute__((target("avx2,f16c")))
+
+MSLAM_AVX inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+MSLAM_AVX inline __m256 load8(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+template <int K, typename T>
+struct AvxRowScorer {
+  const T* Di;  // [H, W, 8 K]
+  int W;
+  __m256 q[K];  // the query, loaded once per point
+
+  MSLAM_AVX AvxRowScorer(const T* Di_, const float* query, int W_) : Di(Di_), W(W_) {
+    for (int k = 0; k < K; ++k) q[k] = _mm256_loadu_ps(query + 8 * k);
+  }
+
+  // sc[k] = dot(q, D_i[y, x0 + k step]) for k < n <= 8, sc[n..7] = 0; returns max(sc).
+  MSLAM_AVX inline float operator()(int x0, int y, int step, int n, float sc[8]) const {
+    const T* base = Di + (static_cast<int64_t>(y) * W + x0) * (8 * K);
+    const int64_t stride = static_cast<int64_t>(step) * (8 * K);
+    __m256 acc[8];
+    for (int c = 0; c < 8; ++c) {
+      if (c < n) {
+        const T* a = base + c * stride;
+        __m256 s = _mm256_mul_ps(load8(a), q[0]);
+        for (int k = 1; k < K; ++k) s = _mm256_add_ps(s, _mm256_mul_ps(load8(a + 8 * k), q[k]));
+        acc[c] = s;
+      } else {
+        acc[c] = _mm256_setzero_ps();
+      }
+    }
+    // Lane sums of 8 candidates at once: fold halves (l_i + l_{i+4}), then two pairwise levels.
+    const __m256 t0 = _mm256_add_ps(_mm256_permute2f128_ps(acc[0], acc[1], 0x20),
+                                    _mm256_permute2f128_ps(acc[0], acc[1], 0x31));
+    const __m256 t1 = _mm256_add_ps(_mm256_permute2f128_ps(acc[2], acc[3], 0x20),
+                                    _mm256_permute2f128_ps(acc[2], acc[3], 0x31));
+    const __m256 t2 = _mm256_add_ps(_mm256_permute2f128_ps(acc[4], acc[5], 0x20),
+                                    _mm256_permute2f128_ps(acc[4], acc[5], 0x31));
+    const __m256 t3 = _mm256_add_ps(_mm256_permute2f128_ps(acc[6], acc[7], 0x20),
+                                    _mm256_permute2f128_ps(acc[6], acc[7], 0x31));
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(t0, t1), _mm256_hadd_ps(t2, t3));  // c = 0 2 4 6 1 3 5 7
+    const __m256 scores = _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_ps(sc, scores);
+    __m256 m = _mm256_max_ps(scores, _mm256_permute2f128_ps(scores, scores, 0x01));
+    m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, 0x4e));
+    m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, 0xb1));
+    return _mm256_cvtss_f32(m);
+  }
+};
+
+template <int K, typename T>
+MSLAM_AVX __attribute__((flatten)) void refine_avx(const RefineArgs& a, int64_t begin, int64_t end) {
+  refine_loop<T>(a, begin, end, [&](const T* Di, const float* q) { return AvxRowScorer<K, T>(Di, q, a.W); });
+}
+
+template <typename T>
+void refine_avx_any(const RefineArgs& a, int64_t begin, int64_t end) {
+  switch (a.F) {
+    case 8: refine_avx<1, T>(a, begin, end); break;
+    case 16: refine_avx<2, T>(a, begin, end); break;
+    case 24: refine_avx<3, T>(a, begin, end); break;
+    case 32: refine_avx<4, T>(a, begin, end); break;
+    default: TORCH_CHECK(false, "no AVX scorer for F = ", a.F);
+  }
+}
+
+bool avx_scorer_usable(int64_t F) {
+  static const bool cpu_ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return cpu_ok && F % 8 == 0 && F >= 8 && F <= 32;
+}
+#else
+bool avx_scorer_usable(int64_t) { return false; }
+#endif
+
+at::Tensor refine_matches(const at::Tensor& D_i,  // [B, H, W, F] float32 or float16
+                          const at::Tensor& D_j,  // [B, N, F] float32 or float16
+                          const at::Tensor& p,    // [B, N, 2] int64 (u, v)
+                          int64_t radius, int64_t dilation_max) {
+  check_cpu_contiguous(D_i, "D_i");
+  check_cpu_contiguous(D_j, "D_j");
+  check_cpu_contiguous(p, "p");
+  TORCH_CHECK(D_i.dim() == 4, "D_i must be [B, H, W, F]");
+  const int64_t B = D_i.size(0), H = D_i.size(1), W = D_i.size(2), F = D_i.size(3);
+  TORCH_CHECK(D_i.scalar_type() == at::kFloat || D_i.scalar_type() == at::kHalf, "D_i must be float32 or float16");
+  TORCH_CHECK(D_j.dim() == 3 && D_j.size(0) == B && D_j.size(2) == F, "D_j must be [B, N, F]");
+  const int64_t N = D_j.size(1);
+  TORCH_CHECK(p.dim() == 3 && p.size(0) == B && p.size(1) == N && p.size(2) == 2 &&
+                  p.scalar_type() == at::kLong,
+              "p must be [B, N, 2] int64");
+  TORCH_CHECK(radius >= 0 && radius <= 64 && dilation_max >= 0, "need 0 <= radius <= 64, dilation_max >= 0");
+
+  const bool avx = avx_scorer_usable(F);
+  // Every descriptor of image i is read ~245 times: convert fp16 once up front (ATen, vectorised) unless
+  // the AVX scorer converts in registers. The queries are converted once either way.
+  const at::Tensor Di = avx ? D_i : D_i.to(at::kFloat).contiguous();  // [B, H, W, F]
+  const at::Tensor Dj = D_j.to(at::kFloat).contiguous();              // [B, N, F]
+  at::Tensor out = at::empty_like(p);                                  // [B, N, 2]
+  const RefineArgs args{Di.data_ptr(),
+                        Dj.data_ptr<float>(),
+                        p.data_ptr<int64_t>(),
+                        out.data_ptr<int64_t>(),
+                        N,
+                        static_cast<int>(H),
+                        static_cast<int>(W),
+                        static_cast<int>(F),
+                        RefineParams{static_cast<int>(radius), static_cast<int>(dilation_max)}};
+  const bool half = Di.scalar_type() == at::kHalf;
+  at::parallel_for(0, B * N, kRefineGrain, [&](int64_t begin, int64_t end) {
+#ifdef MSLAM_HAVE_AVX_SCORER
+    if (avx) {
+      if (half) {
+        refine_avx_any<at::Half>(args, begin, end);
+      } else {
+        refine_avx_any<float>(args, begin, end);
+      }
+      return;
+    }
+#endif
+    (void)half;
+    refine_portable_any(args, begin, end);
+  });
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "mslam_ns matching kernels (CPU)";
+  m.def("iproj", &iproj, "Iterative projective matching (LM per query ray)", py::arg("rays_img"),
+        py::arg("targets"), py::arg("p_init"), py::arg("max_iter"), py::arg("lambda_init"),
+        py::arg("cost_thresh"), py::arg("step_tol"));
+  m.def("refine_matches", &refine_matches, "Multi-dilation descriptor refinement", py::arg("D_i"),
+        py::arg("D_j"), py::arg("p"), py::arg("radius"), py::arg("dilation_max"));
+}

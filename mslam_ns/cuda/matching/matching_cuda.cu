@@ -1,0 +1,140 @@
+// CUDA build of the matching kernels: grid-stride loops over (batch, point) around the per-element bodies of
+// matching.h (the same bodies the CPU build runs). The Python wrapper (mslam_ns.cuda.matching) has checked
+// shapes, dtypes and finiteness and made every input contiguous; the TORCH_CHECKs only guard the boundary.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+
+#include "matching/matching.h"
+
+namespace {
+
+using mslam::matching::IprojParams;
+using mslam::matching::RefineParams;
+
+constexpr int kThreads = 256;
+
+int num_blocks(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535));
+}
+
+void check_cuda_contiguous(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+__global__ void iproj_kernel(const float* __restrict__ img,  // [B, H, W, 9]
+                             const float* __restrict__ tgt,  // [B, N, 3]
+                             const float* __restrict__ p0,   // [B, N, 2]
+                             float* __restrict__ pout,       // [B, N, 2]
+                             bool* __restrict__ conv,        // [B, N]
+                             int64_t B, int64_t N, int H, int W, IprojParams prm) {
+  const int64_t total = B * N;
+  const int64_t img_stride = static_cast<int64_t>(H) * W * 9;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t b = i / N;
+    const float t[3] = {tgt[i * 3], tgt[i * 3 + 1], tgt[i * 3 + 2]};
+    mslam::matching::iproj_point(img + b * img_stride, H, W, t, p0[i * 2], p0[i * 2 + 1], prm, pout + i * 2,
+                                 pout + i * 2 + 1, conv + i);
+  }
+}
+
+template <typename T>
+__global__ void refine_kernel(const T* __restrict__ Di,         // [B, H, W, F]
+                              const T* __restrict__ Dj,         // [B, N, F]
+                              const int64_t* __restrict__ pin,  // [B, N, 2]
+                              int64_t* __restrict__ pout,       // [B, N, 2]
+                              int64_t B, int64_t N, int H, int W, int F, RefineParams prm) {
+  const int64_t total = B * N;
+  const int64_t img_stride = static_cast<int64_t>(H) * W * F;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t b = i / N;
+    // Clamp in 64 bits before narrowing to int (the body clamps again into the image).
+    const int64_t pu = pin[i * 2], pv = pin[i * 2 + 1];
+    int u = static_cast<int>(pu < 0 ? 0 : (pu > W - 1 ? W - 1 : pu));
+    int v = static_cast<int>(pv < 0 ? 0 : (pv > H - 1 ? H - 1 : pv));
+    const mslam::matching::LaneScorer<0, T, T> scorer{Di + b * img_stride, Dj + i * F, W, F};
+    mslam::matching::refine_point(scorer, H, W, prm, &u, &v);
+    pout[i * 2] = u;
+    pout[i * 2 + 1] = v;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W, 9] float32
+                                         const at::Tensor& targets,  // [B, N, 3] float32
+                                         const at::Tensor& p_init,   // [B, N, 2] float32 (u, v)
+                                         int64_t max_iter, double lambda_init, double cost_thresh,
+                                         double step_tol) {
+  check_cuda_contiguous(rays, "rays_img");
+  check_cuda_contiguous(targets, "targets");
+  check_cuda_contiguous(p_init, "p_init");
+  TORCH_CHECK(rays.dim() == 4 && rays.size(3) == 9 && rays.scalar_type() == at::kFloat,
+              "rays_img must be [B, H, W, 9] float32");
+  const int64_t B = rays.size(0), H = rays.size(1), W = rays.size(2);
+  TORCH_CHECK(H >= 3 && W >= 3, "rays_img must be at least 3x3");
+  TORCH_CHECK(targets.dim() == 3 && targets.size(0) == B && targets.size(2) == 3 &&
+                  targets.scalar_type() == at::kFloat,
+              "targets must be [B, N, 3] float32");
+  const int64_t N = targets.size(1);
+  TORCH_CHECK(p_init.dim() == 3 && p_init.size(0) == B && p_init.size(1) == N && p_init.size(2) == 2 &&
+                  p_init.scalar_type() == at::kFloat,
+              "p_init must be [B, N, 2] float32");
+  const c10::cuda::CUDAGuard guard(rays.device());
+  at::Tensor p = at::empty({B, N, 2}, p_init.options());                        // [B, N, 2]
+  at::Tensor converged = at::empty({B, N}, p_init.options().dtype(at::kBool));  // [B, N]
+  if (B * N == 0) return {p, converged};
+  const IprojParams prm{static_cast<int>(max_iter), static_cast<float>(lambda_init),
+                        static_cast<float>(cost_thresh), static_cast<float>(step_tol)};
+  iproj_kernel<<<num_blocks(B * N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      rays.data_ptr<float>(), targets.data_ptr<float>(), p_init.data_ptr<float>(), p.data_ptr<float>(),
+      converged.data_ptr<bool>(), B, N, static_cast<int>(H), static_cast<int>(W), prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {p, converged};
+}
+
+at::Tensor refine_matches(const at::Tensor& D_i,  // [B, H, W, F] float32 or float16
+                          const at::Tensor& D_j,  // [B, N, F] same dtype
+                          const at::Tensor& p,    // [B, N, 2] int64 (u, v)
+                          int64_t radius, int64_t dilation_max) {
+  check_cuda_contiguous(D_i, "D_i");
+  check_cuda_contiguous(D_j, "D_j");
+  check_cuda_contiguous(p, "p");
+  TORCH_CHECK(D_i.dim() == 4, "D_i must be [B, H, W, F]");
+  const int64_t B = D_i.size(0), H = D_i.size(1), W = D_i.size(2), F = D_i.size(3);
+  TORCH_CHECK(D_j.dim() == 3 && D_j.size(0) == B && D_j.size(2) == F && D_j.scalar_type() == D_i.scalar_type(),
+              "D_j must be [B, N, F] with D_i's dtype");
+  const int64_t N = D_j.size(1);
+  TORCH_CHECK(p.dim() == 3 && p.size(0) == B && p.size(1) == N && p.size(2) == 2 &&
+                  p.scalar_type() == at::kLong,
+              "p must be [B, N, 2] int64");
+  TORCH_CHECK(radius >= 0 && radius <= 64 && dilation_max >= 0, "need 0 <= radius <= 64, dilation_max >= 0");
+  const c10::cuda::CUDAGuard guard(D_i.device());
+  at::Tensor out = at::empty_like(p);  // [B, N, 2]
+  if (B * N == 0) return out;
+  const RefineParams prm{static_cast<int>(radius), static_cast<int>(dilation_max)};
+  AT_DISPATCH_FLOATING_TYPES_AND_HALF(D_i.scalar_type(), "refine_matches", [&] {
+    refine_kernel<scalar_t><<<num_blocks(B * N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        D_i.data_ptr<scalar_t>(), D_j.data_ptr<scalar_t>(), p.data_ptr<int64_t>(), out.data_ptr<int64_t>(), B, N,
+        static_cast<int>(H), static_cast<int>(W), static_cast<int>(F), prm);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "mslam_ns matching kernels (CUDA)";
+  m.def("iproj", &iproj, "Iterative projective matching (LM per query ray)", py::arg("rays_img"),
+        py::arg("targets"), py::arg("p_init"), py::arg("max_iter"), py::arg("lambda_init"),
+        py::arg("cost_thresh"), py::arg("step_tol"));
+  m.def("refine_matches", &refine_matches, "Multi-dilation descriptor refinement", py::arg("D_i"),
+        py::arg("D_j"), py::arg("p"), py::arg("radius"), py::arg("dilation_max"));
+}

@@ -1,0 +1,85 @@
+"""The dense two-view matcher used by tracking and the backend (SPEC.md section 2).
+
+For every pixel n of image j it finds the pixel of image i that sees the same 3D point, using only
+pointmaps expressed in frame i: iterative projective matching (IPM) on the ray image of ``X^i_i``, an
+occlusion test, then an optional descriptor refinement. The kernels live in ``mslam_ns.cuda.matching``.
+
+Example (tracking: i = the new frame f, j = the keyframe k, both from the pass decode(f, k))::
+
+    idx, valid = match(pred.ii.X[None], pred.ji.X[None], pred.ii.D[None], pred.ji.D[None], idx_prev)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mslam_ns.config import MatchingConfig
+from mslam_ns.cuda.matching import _check_finite, iproj, ray_image, refine_matches
+
+__all__ = ["match", "pixel_grid"]
+
+
+def pixel_grid(B: int, H: int, W: int, device: torch.device | str = "cpu") -> Tensor:  # -> [B, H*W, 2] float32
+    """(u, v) of every pixel in linear order n = u + W v (the identity initial guess)."""
+    n = torch.arange(H * W, device=device)
+    uv = torch.stack([n % W, n // W], dim=-1).to(torch.float32)  # [H*W, 2]
+    return uv[None].expand(B, H * W, 2)
+
+
+def _check_inputs(X_i: Tensor, X_ji: Tensor, D_i: Tensor, D_ji: Tensor, idx_init: Tensor | None) -> None:
+    if X_i.dim() != 4 or X_i.shape[-1] != 3:
+        raise ValueError(f"match: X_i must be [B, H, W, 3], got shape {tuple(X_i.shape)}")
+    if X_ji.shape != X_i.shape:
+        raise ValueError(f"match: X_ji must have X_i's shape {tuple(X_i.shape)}, got {tuple(X_ji.shape)}")
+    B, H, W, _ = X_i.shape
+    if D_i.dim() != 4 or tuple(D_i.shape[:3]) != (B, H, W):
+        raise ValueError(f"match: D_i must be [B={B}, H={H}, W={W}, F], got shape {tuple(D_i.shape)}")
+    if D_ji.shape != D_i.shape:
+        raise ValueError(f"match: D_ji must have D_i's shape {tuple(D_i.shape)}, got {tuple(D_ji.shape)}")
+    if X_i.dtype != torch.float32 or X_ji.dtype != torch.float32:
+        raise ValueError(f"match: X_i and X_ji must be float32, got {X_i.dtype} and {X_ji.dtype}")
+    _check_finite("match", "X_i", X_i)
+    _check_finite("match", "X_ji", X_ji)
+    if idx_init is not None:
+        if tuple(idx_init.shape) != (B, H * W) or idx_init.dtype != torch.int64:
+            raise ValueError(
+                f"match: idx_init must be [B={B}, H*W={H * W}] int64, got {tuple(idx_init.shape)} {idx_init.dtype}"
+            )
+        if idx_init.numel() and (int(idx_init.min()) < 0 or int(idx_init.max()) >= H * W):
+            raise ValueError(f"match: idx_init values must lie in [0, H*W={H * W})")
+
+
+def match(
+    X_i: Tensor,  # [B, H, W, 3] float32: X^i_i, image i's pointmap in frame i
+    X_ji: Tensor,  # [B, H, W, 3] float32: X^j_i, image j's pointmap in frame i
+    D_i: Tensor,  # [B, H, W, F] float16/float32: descriptors of image i's pixels
+    D_ji: Tensor,  # [B, H, W, F] same dtype: descriptors of image j's pixels
+    idx_init: Tensor | None = None,  # [B, H*W] int64 warm start (u + W v in image i), None = identity
+    cfg: MatchingConfig = MatchingConfig(),
+) -> tuple[Tensor, Tensor]:  # idx [B, H*W] int64, valid [B, H*W] bool
+    """Match every pixel n of image j to a pixel of image i.
+
+    Returns ``idx[b, n]`` = linear index ``u + W v`` in image i and ``valid[b, n]`` = IPM converged and
+    ``|X_i[idx] - X_ji[n]| < cfg.dist_thresh`` (the occlusion test uses the IPM pixel; the refinement may
+    then move idx by a few pixels). Works on CPU and CUDA tensors, B >= 1.
+    """
+    _check_inputs(X_i, X_ji, D_i, D_ji, idx_init)
+    B, H, W, _ = X_i.shape
+    X_i, X_ji = X_i.contiguous(), X_ji.contiguous()
+    rays = ray_image(X_i)  # [B, H, W, 9]
+    pts_j = X_ji.reshape(B, H * W, 3)  # [B, HW, 3]
+    targets = pts_j / torch.linalg.vector_norm(pts_j, dim=-1, keepdim=True).clamp_min(1e-12)  # [B, HW, 3]
+    if idx_init is None:
+        p0 = pixel_grid(B, H, W, X_i.device)
+    else:
+        p0 = torch.stack([idx_init % W, idx_init // W], dim=-1).to(torch.float32)  # [B, HW, 2]
+    p, converged = iproj(rays, targets, p0, cfg.max_iter, cfg.lambda_init, cfg.convergence_thresh)
+    p_int = p.to(torch.int64)  # truncation; p >= 1 so this is floor. [B, HW, 2]
+    idx = p_int[..., 0] + W * p_int[..., 1]  # [B, HW]
+    X_at = torch.gather(X_i.reshape(B, H * W, 3), 1, idx[..., None].expand(B, H * W, 3))  # [B, HW, 3]
+    valid = converged & (torch.linalg.vector_norm(X_at - pts_j, dim=-1) < cfg.dist_thresh)
+    if cfg.refine:
+        p_int = refine_matches(D_i, D_ji.reshape(B, H * W, -1), p_int, cfg.radius, cfg.dilation_max)
+        idx = p_int[..., 0] + W * p_int[..., 1]
+    return idx, valid

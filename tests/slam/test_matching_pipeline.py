@@ -1,0 +1,135 @@
+"""The composed matcher `mslam_ns.slam.matching.match` on an analytic two-view scene with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mslam_ns.config import MatchingConfig
+from mslam_ns.cuda.matching.synthetic import TwoViewScene, two_view_scene
+from mslam_ns.slam.matching import match, pixel_grid
+
+H, W, FD = 48, 64, 24
+
+
+def _descriptors(scene: TwoViewScene, seed: int, noise: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth random descriptors on image i; j's pixel n gets i's descriptor at its true match plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    lo = torch.randn(1, FD, math.ceil(H / 4) + 1, math.ceil(W / 4) + 1, generator=g)
+    D_i = F.interpolate(lo, scale_factor=4, mode="bicubic", align_corners=False)[0, :, :H, :W]
+    D_i = F.normalize(D_i.permute(1, 2, 0), dim=-1)  # [H, W, F]
+    uv = scene.uv_true.round().long()
+    u, v = uv[:, 0].clamp(0, W - 1), uv[:, 1].clamp(0, H - 1)
+    D_ji = D_i[v, u] + noise * torch.randn(H * W, FD, generator=g) / math.sqrt(FD)
+    return D_i.contiguous(), F.normalize(D_ji, dim=-1).reshape(H, W, FD)
+
+
+def _truth(scene: TwoViewScene) -> tuple[torch.Tensor, torch.Tensor]:
+    """(interior visible mask [HW], true linear index [HW]) of every pixel of j."""
+    uv = scene.uv_true
+    interior = scene.visible & (uv[:, 0] >= 1) & (uv[:, 0] <= W - 2) & (uv[:, 1] >= 1) & (uv[:, 1] <= H - 2)
+    iu = uv[:, 0].round().long().clamp(0, W - 1)
+    iv = uv[:, 1].round().long().clamp(0, H - 1)
+    return interior, iu + W * iv
+
+
+def _pixel_error(idx: torch.Tensor, scene: TwoViewScene) -> torch.Tensor:  # [HW] L-inf pixel distance
+    u, v = idx % W, idx // W
+    return torch.maximum((u.float() - scene.uv_true[:, 0]).abs(), (v.float() - scene.uv_true[:, 1]).abs())
+
+
+@pytest.fixture(scope="module")
+def scene() -> TwoViewScene:
+    return two_view_scene(H, W, angle_deg=4.0, baseline=0.2)
+
+
+@pytest.mark.parametrize("impl", ["compiled", "torch"])
+@pytest.mark.parametrize("refine", [False, True])
+def test_match_recovers_known_geometry(scene, impl, refine, monkeypatch):
+    monkeypatch.setenv("MSLAM_NS_KERNELS", impl)
+    D_i, D_ji = _descriptors(scene, seed=0)
+    idx, valid = match(scene.X_i[None], scene.X_ji[None], D_i[None], D_ji[None], cfg=MatchingConfig(refine=refine))
+    assert idx.shape == (1, H * W) and idx.dtype == torch.int64 and valid.dtype == torch.bool
+    interior, true_idx = _truth(scene)
+    err = _pixel_error(idx[0], scene)[interior]
+    # IPM alone truncates (error < 1 px); the refinement lands on the best descriptor (nearest pixel).
+    assert (err < 1.0).float().mean() > 0.95, f"{(err < 1).float().mean():.3f} within 1 px"
+    if refine:
+        assert (idx[0][interior] == true_idx[interior]).float().mean() > 0.9
+    assert valid[0][interior].float().mean() > 0.95
+    # occluded points (behind the sphere seen from i) and points outside i's view are rejected
+    occluded_or_out = ~scene.visible
+    assert occluded_or_out.sum() > 50
+    assert valid[0][occluded_or_out].float().mean() < 0.05
+
+
+def test_match_batch_equals_single(scene):
+    other = two_view_scene(H, W, angle_deg=-3.0, baseline=0.1)
+    D0, Dj0 = _descriptors(scene, seed=1)
+    D1, Dj1 = _descriptors(other, seed=2)
+    idx, valid = match(torch.stack([scene.X_i, other.X_i]), torch.stack([scene.X_ji, other.X_ji]),
+                       torch.stack([D0, D1]).half(), torch.stack([Dj0, Dj1]).half())
+    for b, (s, Di, Dj) in enumerate(((scene, D0, Dj0), (other, D1, Dj1))):
+        i1, v1 = match(s.X_i[None], s.X_ji[None], Di[None].half(), Dj[None].half())
+        torch.testing.assert_close(idx[b], i1[0])
+        torch.testing.assert_close(valid[b], v1[0])
+
+
+def test_match_fp16_and_fp32_descriptors_agree(scene):
+    D_i, D_ji = _descriptors(scene, seed=3)
+    i32, v32 = match(scene.X_i[None], scene.X_ji[None], D_i[None], D_ji[None])
+    i16, v16 = match(scene.X_i[None], scene.X_ji[None], D_i[None].half(), D_ji[None].half())
+    torch.testing.assert_close(v16, v32)
+    # fp16 rounding can flip near-ties between neighbouring pixels only
+    same = (i16 == i32).float().mean().item()
+    assert same > 0.97, f"{same:.3f} identical"
+    du = (i16 % W - i32 % W).abs()
+    dv = (i16 // W - i32 // W).abs()
+    assert (torch.maximum(du, dv) <= 1).float().mean() > 0.99
+
+
+def test_match_warm_start_from_truth(scene):
+    D_i, D_ji = _descriptors(scene, seed=4)
+    interior, true_idx = _truth(scene)
+    cfg = MatchingConfig(refine=False)
+    idx_warm, valid_warm = match(scene.X_i[None], scene.X_ji[None], D_i[None], D_ji[None], true_idx[None], cfg)
+    err = _pixel_error(idx_warm[0], scene)[interior]
+    assert (err < 1.0).float().mean() > 0.97
+    assert valid_warm[0][interior].float().mean() > 0.95
+
+
+def test_pixel_grid_is_identity_start():
+    g = pixel_grid(2, 3, 4)
+    assert g.shape == (2, 12, 2)
+    n = torch.arange(12)
+    torch.testing.assert_close(g[1, :, 0] + 4 * g[1, :, 1], n.float())
+
+
+def test_match_rejects_bad_input(scene):
+    D_i, D_ji = _descriptors(scene, seed=5)
+    X_i, X_ji = scene.X_i[None], scene.X_ji[None]
+    with pytest.raises(ValueError, match="X_ji"):
+        match(X_i, X_ji[:, :-1], D_i[None], D_ji[None])
+    with pytest.raises(ValueError, match="D_i"):
+        match(X_i, X_ji, D_i[None, :, :-1], D_ji[None])
+    bad = X_ji.clone()
+    bad[0, 3, 4, 1] = float("nan")
+    with pytest.raises(ValueError, match="X_ji contains NaN or inf"):
+        match(X_i, bad, D_i[None], D_ji[None])
+    with pytest.raises(ValueError, match="idx_init"):
+        match(X_i, X_ji, D_i[None], D_ji[None], torch.full((1, H * W), H * W, dtype=torch.int64))
+    with pytest.raises(ValueError, match="idx_init"):
+        match(X_i, X_ji, D_i[None], D_ji[None], torch.zeros(1, H * W, dtype=torch.int32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU path is tested above)")
+def test_match_cuda_matches_cpu(scene):
+    D_i, D_ji = _descriptors(scene, seed=6)
+    args = (scene.X_i[None], scene.X_ji[None], D_i[None].half(), D_ji[None].half())
+    idx_c, valid_c = match(*args)
+    idx_g, valid_g = match(*(a.cuda() for a in args))
+    assert (idx_g.cpu() == idx_c).float().mean() > 0.99
+    assert (valid_g.cpu() == valid_c).float().mean() > 0.99
