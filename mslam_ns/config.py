@@ -20,6 +20,8 @@ class MatchingConfig:
     """Initial LM damping."""
     convergence_thresh: float = 1e-6
     """A pixel converged when |psi_hat(p) - x|^2 falls below this (about 1e-3 rad)."""
+    step_tol: float = 1e-3
+    """Early exit: a pixel stops iterating once its LM step is below this (pixels) in u and v; 0 disables."""
     dist_thresh: float = 0.1
     """Occlusion test: |X_i[p] - X^j_i[n]| must be below this (network units)."""
     radius: int = 3

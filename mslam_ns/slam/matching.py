@@ -74,7 +74,7 @@ def match(
         p0 = pixel_grid(B, H, W, X_i.device)
     else:
         p0 = torch.stack([idx_init % W, idx_init // W], dim=-1).to(torch.float32)  # [B, HW, 2]
-    p, converged = iproj(rays, targets, p0, cfg.max_iter, cfg.lambda_init, cfg.convergence_thresh)
+    p, converged = iproj(rays, targets, p0, cfg.max_iter, cfg.lambda_init, cfg.convergence_thresh, cfg.step_tol)
     p_int = p.to(torch.int64)  # truncation; p >= 1 so this is floor. [B, HW, 2]
     idx = p_int[..., 0] + W * p_int[..., 1]  # [B, HW]
     X_at = torch.gather(X_i.reshape(B, H * W, 3), 1, idx[..., None].expand(B, H * W, 3))  # [B, HW, 3]
