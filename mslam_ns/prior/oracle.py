@@ -24,12 +24,23 @@ What a pass ``decode(i, j)`` returns (everything deterministic per (seed, i, j))
 
 ``decode_mono(i)`` returns X^i_i for both views. ``retrieval_features`` gives descriptors at the strongest
 local maxima of the gradient energy (fine + coarse scale), so revisited places are retrievable.
+
+Cost (512x384, one CPU thread, `benchmarks/bench_oracle.py`): ``encode`` ~30 ms (depth lookup and filling,
+discontinuities, texture energy, and the base descriptors D0 -- two channels-last convolutions -- kept with Q
+in an LRU of `_CACHE` frames), ``decode`` ~20 ms, ``decode_mono`` ~15 ms, ``retrieval_features`` ~4 ms. A
+pass only draws its errors (float32, `mslam_ns.prior.noise.PassRandom`), moves the cached depth with one
+Sim(3) (``z A K^-1 (u, v, 1) + t`` from separable ray terms) and perturbs D0 with a shifted slice of a fixed
+Gaussian bank; the memory of big outputs the caller dropped is recycled (`_OutputPool`), as fresh 19 MB
+tensors cost as much in page faults as computing them. The oracle runs its torch ops with ``threads`` (1)
+intra-op threads: they are small and memory-bound, and with 2 threads on 2 shared cores every op waits for
+a descheduled thread.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,12 +52,17 @@ from torch import Tensor
 from mslam_ns.geometry.image_transform import ImageTransform
 from mslam_ns.prior.base import Encoding, PairPrediction, TwoViewPrior, ViewPrediction
 from mslam_ns.prior.noise import (
+    DepthDiscs,
+    DepthErrors,
     OracleNoise,
+    PassRandom,
     confidence,
     corrupt_depth,
     discontinuities,
     get_noise,
+    near_far,
     sample_pair_error,
+    window_max,
 )
 
 if TYPE_CHECKING:
@@ -62,18 +78,23 @@ _Q_E0 = 1e-5
 _N_RETRIEVAL = 256
 """Maximum number of retrieval features per image."""
 _CACHE = 8
-"""Frames whose base descriptors / Q are kept (LRU)."""
+"""Frames whose base descriptors D0 / Q are kept (LRU; ~20 MB a frame at 512x384)."""
 
 
 @dataclass
 class OracleFrame:
-    """`Encoding.data` of the oracle: the network image and the ground-truth depth on the network grid."""
+    """`Encoding.data` of the oracle: the network image, the ground-truth depth on the network grid and what
+    every pass of the frame needs from them (computed once by `OraclePrior.encode`)."""
 
     image: Tensor  # [3, H, W] float32 in [0, 1], CPU
     depth: np.ndarray  # [H, W] float32 metres, holes filled (> 0 everywhere)
     valid: np.ndarray  # [H, W] bool, ground-truth depth was valid
     disc: np.ndarray  # [H, W] bool, depth discontinuity
     median_depth: float
+    depth_t: Tensor  # [H, W] float32: ``depth`` as a tensor (shared memory)
+    unreliable: Tensor  # [H, W] bool: disc | ~valid (low confidence in every pass)
+    discs: DepthDiscs  # the discontinuity pixels and their 3x3 depth range (flying pixels)
+    energy: Tensor  # [H, W] float32 texture energy E (`texture_energy`)
 
 
 # --------------------------------------------------------------------------------------------- depth maps
@@ -136,11 +157,18 @@ def fill_depth(z: np.ndarray, valid: np.ndarray, default: float = 2.0) -> np.nda
 
 
 # ------------------------------------------------------------------------------------- image features
-def _blur(img: Tensor, passes: int = 1) -> Tensor:  # [B, 3, H, W] -> same
-    k1 = torch.tensor([1.0, 2.0, 1.0]) / 4.0
-    k = (k1[:, None] * k1[None, :]).to(img)[None, None].repeat(3, 1, 1, 1)  # [3, 1, 3, 3]
+def _pad(x: Tensor, p: int) -> Tensor:  # [..., H, W] -> [..., H + 2p, W + 2p], replicate padding
+    shape = x.shape
+    y = F.pad(x.reshape(1, -1, shape[-2], shape[-1]), (p, p, p, p), mode="replicate")
+    return y.reshape(*shape[:-2], shape[-2] + 2 * p, shape[-1] + 2 * p)
+
+
+def _blur(img: Tensor, passes: int = 1) -> Tensor:  # [..., H, W] -> same
+    """``passes`` times the 3x3 binomial blur ([1, 2, 1] / 4 in both directions, replicate padding)."""
     for _ in range(passes):
-        img = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+        p = _pad(img, 1)
+        v = torch.add(p[..., :-2, :], p[..., 2:, :]).add_(p[..., 1:-1, :], alpha=2.0)
+        img = torch.add(v[..., :-2], v[..., 2:]).add_(v[..., 1:-1], alpha=2.0).mul_(0.0625)
     return img
 
 
@@ -155,24 +183,52 @@ def _projection_kernels(desc_dim: int, seed: int, n_scales: int = 2) -> list[Ten
     return out
 
 
+def _normalize_(x: Tensor) -> Tensor:
+    """In-place unit L2 norm along the last dimension (as `F.normalize`, eps 1e-12)."""
+    return x.div_(torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(1e-12))
+
+
 def image_descriptors(
     image: Tensor,  # [3, H, W] float32 in [0, 1]
     kernels: list[Tensor],  # each [F, 3, 5, 5]
     dilations: tuple[int, ...] = (1, 3),
     blur_passes: int = 1,
 ) -> Tensor:  # [H, W, F] float32, unit norm
-    """Random projections of the local colour patch (patch mean removed), summed over scales, normalised."""
-    x = _blur(image[None].float(), blur_passes)
-    acc = None
-    for k, d in zip(kernels, dilations):
-        p = 2 * d
-        y = F.conv2d(F.pad(x, (p, p, p, p), mode="replicate"), k.to(x), dilation=d)
-        acc = y if acc is None else acc + y
-    assert acc is not None
+    """Random projections of the local colour patch (patch mean removed), summed over scales, normalised.
+
+    The convolutions run in channels-last layout, so their output is already [H, W, F] in memory.
+    """
+    x = _blur(image.float(), blur_passes)[None]
     # A tiny fixed bias: flat patches (zero projection) all get the same, arbitrary, direction.
-    bias = kernels[0][:, 0, 0, 0].to(x).view(1, -1, 1, 1)
-    acc = acc + 1e-5 * bias
-    return F.normalize(acc[0].permute(1, 2, 0), dim=-1).contiguous()
+    bias = 1e-5 * kernels[0][:, 0, 0, 0].to(x)
+    acc = None
+    for n, (k, d) in enumerate(zip(kernels, dilations)):
+        p = 2 * d
+        xp = F.pad(x, (p, p, p, p), mode="replicate").contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(xp, k.to(x), bias=bias if n == 0 else None, dilation=d)
+        acc = y if acc is None else acc.add_(y)
+    assert acc is not None
+    return _normalize_(acc[0].permute(1, 2, 0).contiguous())
+
+
+def _descriptors_at(
+    blurred: Tensor,  # [3, H, W] the blurred image
+    kernels: list[Tensor],
+    dilations: tuple[int, ...],
+    idx: Tensor,  # [K] flat pixel indices
+) -> Tensor:  # [K, F] unit
+    """`image_descriptors` at a few pixels only (same patches, replicate padding as index clamping)."""
+    _, H, W = blurred.shape
+    v, u = idx // W, idx % W
+    offs = torch.arange(-2, 3)
+    bias = 1e-5 * kernels[0][:, 0, 0, 0].to(blurred)
+    acc = bias.expand(len(idx), -1).clone()
+    for k, d in zip(kernels, dilations):
+        rows = (v[:, None] + d * offs).clamp_(0, H - 1)  # [K, 5]
+        cols = (u[:, None] + d * offs).clamp_(0, W - 1)
+        patch = blurred[:, rows[:, :, None], cols[:, None, :]]  # [3, K, 5, 5]
+        acc += patch.permute(1, 0, 2, 3).reshape(len(idx), -1) @ k.to(blurred).reshape(len(k), -1).T
+    return _normalize_(acc)
 
 
 def texture_energy(image: Tensor) -> Tensor:  # [3, H, W] -> [H, W]
@@ -181,16 +237,63 @@ def texture_energy(image: Tensor) -> Tensor:  # [3, H, W] -> [H, W]
     The grey image is blurred (5x5 binomial) and differentiated over +-2 pixels, so 8-bit sensor noise on a
     flat wall (~1e-6) stays well below the energy of even smooth texture (~1e-5 .. 1e-3).
     """
-    g = _blur(image.float().mean(dim=0)[None, None].expand(1, 3, -1, -1).contiguous(), 2)[:, :1]
-    gp = F.pad(g, (2, 2, 2, 2), mode="replicate")
-    gx = 0.25 * (gp[..., 2:-2, 4:] - gp[..., 2:-2, :-4])
-    gy = 0.25 * (gp[..., 4:, 2:-2] - gp[..., :-4, 2:-2])
-    e = F.pad(gx * gx + gy * gy, (3, 3, 3, 3), mode="replicate")
-    return F.avg_pool2d(e, 7, stride=1)[0, 0]
+    g = _blur(image.float().mean(dim=0), 2)
+    gp = _pad(g, 2)
+    gx = torch.sub(gp[2:-2, 4:], gp[2:-2, :-4]).mul_(0.25)
+    gy = torch.sub(gp[4:, 2:-2], gp[:-4, 2:-2]).mul_(0.25)
+    e = _pad(gx.mul_(gx).addcmul_(gy, gy), 3)
+    H, W = g.shape
+    rows = e[0:H].clone()  # 7-row box sum, then 7-column box sum
+    for s in range(1, 7):
+        rows += e[s : s + H]
+    out = rows[:, 0:W].clone()
+    for s in range(1, 7):
+        out += rows[:, s : s + W]
+    return out.mul_(1.0 / 49.0)
 
 
 def _unit(x: Tensor) -> Tensor:
     return F.normalize(x, dim=-1)
+
+
+def _storage_users(t: Tensor) -> int:
+    return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
+
+
+class _OutputPool:
+    """Recycles the memory of big output tensors once nobody but the pool holds them.
+
+    glibc hands freed blocks of tens of MB back to the system, so every fresh [H, W, F] output costs page
+    faults on first write (~5-10 ms for 19 MB, as much as computing it). A buffer is handed out again only
+    when its storage has no other user (tensor, view or numpy array): outputs the caller keeps, such as
+    keyframe descriptors, are never overwritten. At most ``size`` buffers are tracked (least recently used
+    dropped), so the memory the pool keeps alive is bounded.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._bufs: list[Tensor] = []
+        self._enabled = hasattr(torch._C, "_storage_Use_Count")
+        if self._enabled:
+            probe = torch.empty(1)
+            self._free_users = _storage_users(probe)  # the buffer itself (+ the probe's temporary storage)
+            view = probe.view(1)
+            self._enabled = _storage_users(probe) == self._free_users + 1  # views are counted
+            del view
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+        if not self._enabled:
+            return torch.empty(shape, dtype=dtype)
+        n = int(np.prod(shape))
+        for k, b in enumerate(self._bufs):
+            if b.numel() == n and b.dtype == dtype and _storage_users(b) == self._free_users:
+                self._bufs.append(self._bufs.pop(k))
+                return b.view(shape)
+        b = torch.empty(n, dtype=dtype)
+        self._bufs.append(b)
+        if len(self._bufs) > self.size:
+            self._bufs.pop(0)
+        return b.view(shape)
 
 
 # -------------------------------------------------------------------------------------------- the prior
@@ -207,6 +310,7 @@ class OraclePrior(TwoViewPrior):
         seed: int = 0,
         desc_dim: int = 24,
         device: torch.device | str = "cpu",
+        threads: int | None = 1,
     ) -> None:
         """
         Args:
@@ -218,6 +322,10 @@ class OraclePrior(TwoViewPrior):
             seed: all random errors are deterministic functions of (seed, i, j).
             desc_dim: descriptor dimension F.
             device: device of the returned tensors.
+            threads: torch intra-op threads while the oracle computes (restored afterwards); None keeps the
+                caller's setting. Its work is many small memory-bound ops on [H, W] maps, for which extra
+                threads gain little and cost a lot as soon as another process shares the cores (every op
+                then waits for a descheduled OpenMP thread: 10x slower on 2 busy cores).
         """
         self.depths = depths
         self.poses_wc = np.asarray(poses_wc, dtype=np.float64)
@@ -225,22 +333,26 @@ class OraclePrior(TwoViewPrior):
             raise ValueError(f"OraclePrior: poses_wc must be [N, 4, 4], got {self.poses_wc.shape}")
         if not np.isfinite(self.poses_wc).all():
             raise ValueError("OraclePrior: poses_wc contains non-finite values")
+        self._poses_cw = np.linalg.inv(self.poses_wc)
         self.transform = transform
         self.K = np.asarray(transform.K_to_network(np.asarray(K, dtype=np.float64)), dtype=np.float64)
         self.noise = get_noise(noise)
         self.seed = int(seed)
         self.desc_dim = int(desc_dim)
         self.device = torch.device(device)
+        self.threads = threads
         W, H = transform.network_size
-        v, u = np.mgrid[0:H, 0:W].astype(np.float64)
-        pix = np.stack([u, v, np.ones_like(u)], axis=-1)  # [H, W, 3]
-        self.rays = pix @ np.linalg.inv(self.K).T  # [H, W, 3] with z = 1
+        self._Kinv = np.linalg.inv(self.K)
+        self._u = torch.arange(W, dtype=torch.float64)
+        self._v = torch.arange(H, dtype=torch.float64)
+        self.rays = self._directions(np.eye(3))  # [H, W, 3] float32 K^-1 (u, v, 1), z = 1
         self._kernels = _projection_kernels(self.desc_dim, self.seed)
         self._coarse_kernels = _projection_kernels(self.desc_dim, self.seed + 1, n_scales=1)
-        # frame index -> (its OracleFrame, (D0, Q, E)); bounded LRU
-        self._cache: OrderedDict[int, tuple[OracleFrame, tuple[Tensor, Tensor, Tensor]]] = OrderedDict()
-        self._desc_bank: Tensor | None = None  # [H, W, F] standard normal, made on first use
-        self._nearest: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}  # depth shape -> indices
+        # frame index -> (its OracleFrame, (D0, Q)); bounded LRU
+        self._cache: OrderedDict[int, tuple[OracleFrame, tuple[Tensor, Tensor]]] = OrderedDict()
+        self._desc_bank: Tensor | None = None  # [H * W, F] standard normal, made on first use
+        self._pool = _OutputPool(6)  # memory of returned descriptors / pointmaps that callers dropped
+        self._nearest: dict[tuple[int, ...], np.ndarray] = {}  # depth shape -> flat nearest indices [H * W]
 
     # ------------------------------------------------------------------------------------ construction
     @classmethod
@@ -252,6 +364,7 @@ class OraclePrior(TwoViewPrior):
         seed: int = 0,
         desc_dim: int = 24,
         device: torch.device | str = "cpu",
+        threads: int | None = 1,
     ) -> OraclePrior:
         """An oracle for a frame source that has depth, intrinsics and ground-truth poses.
 
@@ -288,11 +401,49 @@ class OraclePrior(TwoViewPrior):
             return np.zeros((h, w), np.float32) if d is None else d
 
         return cls(depth, poses, source.intrinsics.K, transform, noise=noise, seed=seed, desc_dim=desc_dim,
-                   device=device)
+                   device=device, threads=threads)
+
+    # ---------------------------------------------------------------------------------------- threads
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Run with ``self.threads`` torch intra-op threads."""
+        old = torch.get_num_threads()
+        if self.threads is None or self.threads == old:
+            yield
+            return
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    def encode(self, image: Tensor, index: int) -> Encoding:
+        """Look up (and resample) frame ``index``'s depth; ``image`` [3, H, W] is the network image.
+
+        Everything a pass needs per frame is computed here once: the filled depth, its discontinuities,
+        the texture energy, and the base descriptors D0 and Q (those two in a small LRU, recomputed if a
+        frame comes back after eviction).
+        """
+        with self._threads():
+            return self._encode(image, index)
+
+    def decode(self, enc_i: Encoding, enc_j: Encoding) -> PairPrediction:
+        """Pass (i, j): X^i_i and X^j_i (frame i, network units) with C, D, Q."""
+        with self._threads():
+            return self._decode(enc_i, enc_j)
+
+    def decode_mono(self, enc_i: Encoding) -> PairPrediction:
+        """Pass (i, i): X^i_i for both views (the second with 0.8x confidence and its own descriptor noise)."""
+        with self._threads():
+            return self._decode_mono(enc_i)
+
+    def retrieval_features(self, enc_i: Encoding) -> Tensor:
+        """[K, 2F] unit features (fine + coarse patch descriptors) at the K <= 256 strongest texture peaks."""
+        with self._threads():
+            return self._retrieval_features(enc_i)
 
     # ---------------------------------------------------------------------------------------- encoding
-    def encode(self, image: Tensor, index: int) -> Encoding:
-        """Look up (and resample) frame ``index``'s depth; ``image`` [3, H, W] is the network image."""
+    def _encode(self, image: Tensor, index: int) -> Encoding:
         W, H = self.transform.network_size
         if tuple(image.shape) != (3, H, W):
             raise ValueError(f"OraclePrior.encode: expected a [3, {H}, {W}] image, got {tuple(image.shape)}")
@@ -301,121 +452,141 @@ class OraclePrior(TwoViewPrior):
         raw = np.asarray(self.depths(index), dtype=np.float32)
         if raw.ndim != 2:
             raise ValueError(f"OraclePrior.encode: depth of frame {index} must be [H, W], got {raw.shape}")
-        if raw.shape not in self._nearest:
-            self._nearest[raw.shape] = nearest_indices(self.transform, raw.shape)
-        vi, ui = self._nearest[raw.shape]
-        z = raw[vi, ui]
+        flat = self._nearest.get(raw.shape)
+        if flat is None:
+            vi, ui = nearest_indices(self.transform, raw.shape)
+            flat = self._nearest[raw.shape] = (vi * raw.shape[1] + ui).reshape(-1)
+        z = np.take(raw.reshape(-1), flat).reshape(H, W)
         valid = np.isfinite(z) & (z > 0)
         filled = fill_depth(np.where(valid, z, 0.0), valid)
-        disc = discontinuities(filled, self.noise.disc_thresh, self.noise.disc_dilate)
+        zt = torch.from_numpy(filled)
+        nf = near_far(zt)
+        disc = discontinuities(zt, self.noise.disc_thresh, self.noise.disc_dilate, near_far_z=nf)
         med = float(np.median(filled[valid])) if valid.any() else float(np.median(filled))
-        data = OracleFrame(image.detach().float().cpu(), filled, valid, disc, med)
+        img = image.detach().float().cpu()
+        unreliable = torch.from_numpy(disc | ~valid)
+        data = OracleFrame(img, filled, valid, disc, med, zt, unreliable, DepthDiscs.of(zt, disc, nf),
+                           texture_energy(img))
+        self._features(data, index)
         return Encoding(index=int(index), shape=(H, W), data=data)
 
-    def _features(self, enc: Encoding) -> tuple[Tensor, Tensor, Tensor]:
-        """(unit base descriptors [H, W, F], Q [H, W], gradient energy [H, W]) of a frame, LRU-cached."""
-        key = enc.index
+    def _features(self, data: OracleFrame, key: int) -> tuple[Tensor, Tensor]:
+        """(unit base descriptors D0 [H, W, F], Q [H, W]) of a frame, LRU-cached."""
         hit = self._cache.get(key)
-        if hit is not None and hit[0] is enc.data:  # same encoding (not a re-encoded frame)
+        if hit is not None and hit[0] is data:  # same encoding (not a re-encoded frame)
             self._cache.move_to_end(key)
             return hit[1]
-        img = enc.data.image
-        D0 = image_descriptors(img, self._kernels)
-        E = texture_energy(img)
-        Q = 0.2 + 4.8 * E / (E + _Q_E0)
-        out = (D0, Q, E)
-        self._cache[key] = (enc.data, out)
+        D0 = image_descriptors(data.image, self._kernels)
+        E = data.energy
+        Q = E / (E + _Q_E0)
+        Q.mul_(4.8).add_(0.2)
+        out = (D0, Q)
+        self._cache[key] = (data, out)
         self._cache.move_to_end(key)
         if len(self._cache) > _CACHE:
             self._cache.popitem(last=False)
         return out
 
     # ---------------------------------------------------------------------------------------- decoding
-    def _rng(self, i: int, j: int, kind: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, int(i), int(j), kind])
+    def _rng(self, i: int, j: int, kind: int) -> PassRandom:
+        return PassRandom([self.seed, int(i), int(j), kind])
 
-    def _view(
-        self,
-        X: np.ndarray,  # [H, W, 3] float64
-        C: np.ndarray,  # [H, W] float32
-        enc: Encoding,
-        rng: np.random.Generator,
-    ) -> ViewPrediction:
-        D0, Q, _ = self._features(enc)
-        if self.noise.desc_noise > 0:
-            # A fixed Gaussian bank, cyclically shifted by a random offset per view: independent-looking
-            # noise for every view at the cost of a copy instead of H*W*F fresh normal draws.
-            if self._desc_bank is None:
-                g = torch.Generator().manual_seed(self.seed * 7919 + 17)
-                self._desc_bank = torch.randn(D0.shape, generator=g)
-            dv, du = int(rng.integers(0, D0.shape[0])), int(rng.integers(0, D0.shape[1]))
-            n = torch.roll(self._desc_bank, shifts=(dv, du), dims=(0, 1))
-            D = _unit(D0 + (self.noise.desc_noise / np.sqrt(D0.shape[-1])) * n)
-        else:
-            D = D0.clone()
+    def _directions(self, A: np.ndarray) -> Tensor:  # [3, 3] -> [H, W, 3] float32
+        """``A K^-1 (u, v, 1)`` for every pixel (the pixel rays, rotated / scaled by A)."""
+        B = torch.from_numpy(np.asarray(A, dtype=np.float64) @ self._Kinv)  # [3, 3]
+        cols = (self._u[:, None] * B[:, 0] + B[:, 2]).float()  # [W, 3]
+        rows = (self._v[:, None] * B[:, 1]).float()  # [H, 3]
+        return torch.add(rows[:, None, :], cols[None, :, :])
+
+    def _descriptors(self, D0: Tensor, rng: PassRandom) -> Tensor:  # [H, W, F] unit
+        """D0 plus this view's perturbation, renormalised."""
+        H, W, Fd = D0.shape
+        n = H * W
+        if self.noise.desc_noise <= 0:
+            return self._pool.empty((H, W, Fd)).copy_(D0)
+        if self._desc_bank is None or self._desc_bank.shape != (n, Fd):
+            g = torch.Generator().manual_seed(self.seed * 7919 + 17)
+            self._desc_bank = torch.randn((n, Fd), generator=g)
+        # A fixed Gaussian bank, cyclically shifted by a random offset per view: independent-looking noise
+        # for every view at the cost of reading the bank instead of H*W*F fresh normal draws.
+        r = int(rng.np.integers(0, n))
+        c = self.noise.desc_noise / np.sqrt(Fd)
+        bank, d0 = self._desc_bank, D0.view(n, Fd)
+        D = self._pool.empty((n, Fd))
+        torch.add(d0[: n - r], bank[r:], alpha=c, out=D[: n - r])
+        if r:
+            torch.add(d0[n - r :], bank[:r], alpha=c, out=D[n - r :])
+        return _normalize_(D).view(H, W, Fd)
+
+    def _view(self, X: Tensor, C: Tensor, data: OracleFrame, key: int, rng: PassRandom) -> ViewPrediction:
+        D0, Q = self._features(data, key)
         dev = self.device
-        return ViewPrediction(
-            X=torch.from_numpy(X.astype(np.float32)).to(dev),
-            C=torch.from_numpy(C).to(dev),
-            D=D.to(dev),
-            Q=Q.clone().to(dev),
-        )
+        return ViewPrediction(X=X.to(dev), C=C.to(dev), D=self._descriptors(D0, rng).to(dev), Q=Q.clone().to(dev))
 
-    def _points(self, z: np.ndarray) -> np.ndarray:  # [H, W] -> [H, W, 3] float64
-        return z[..., None] * self.rays
-
-    def decode(self, enc_i: Encoding, enc_j: Encoding) -> PairPrediction:
-        """Pass (i, j): X^i_i and X^j_i (frame i, network units) with C, D, Q."""
+    def _decode(self, enc_i: Encoding, enc_j: Encoding) -> PairPrediction:
         i, j = enc_i.index, enc_j.index
         if i == j:
-            return self.decode_mono(enc_i)
+            return self._decode_mono(enc_i)
         fi: OracleFrame = enc_i.data
         fj: OracleFrame = enc_j.data
         nz = self.noise
         rng = self._rng(i, j, 1)
-        T_ij = np.linalg.inv(self.poses_wc[i]) @ self.poses_wc[j]  # [4, 4] metres
-        err = sample_pair_error(nz, rng, float(np.linalg.norm(T_ij[:3, 3])), fi.median_depth)
-        zi, out_i, conf_out_i = corrupt_depth(fi.depth, fi.disc, nz, rng, level=nz.ii_factor)
-        zj, out_j, conf_out_j = corrupt_depth(fj.depth, fj.disc, nz, rng, level=1.0)
+        T_ij = self._poses_cw[i] @ self.poses_wc[j]  # [4, 4] metres
+        err = sample_pair_error(nz, rng.np, float(np.linalg.norm(T_ij[:3, 3])), fi.median_depth)
+        ei = corrupt_depth(fi.depth_t, fi.discs, nz, rng, level=nz.ii_factor)
+        ej = corrupt_depth(fj.depth_t, fj.discs, nz, rng, level=1.0)
         s = err.pass_scale * nz.global_scale
         M = s * (err.matrix() @ T_ij)  # [4, 4]: frame j (metres) -> frame i (network units)
-        Xii = s * self._points(zi)
-        Xji = self._points(zj) @ M[:3, :3].T + M[:3, 3]
-        Cii = confidence(rng, fi.disc | ~fi.valid | (out_i & ~conf_out_i), nz, 1.0)
-        Cji = confidence(rng, fj.disc | ~fj.valid | (out_j & ~conf_out_j), nz, 0.8)
-        return PairPrediction(ii=self._view(Xii, Cii, enc_i, rng), ji=self._view(Xji, Cji, enc_j, rng))
+        Xii = self._points(ei, s * np.eye(3))
+        Xji = self._points(ej, M[:3, :3], M[:3, 3])
+        Cii = confidence(rng, fi.unreliable, nz, 1.0, extra=ei.unreliable_outliers())
+        Cji = confidence(rng, fj.unreliable, nz, 0.8, extra=ej.unreliable_outliers())
+        return PairPrediction(ii=self._view(Xii, Cii, fi, i, rng), ji=self._view(Xji, Cji, fj, j, rng))
 
-    def decode_mono(self, enc_i: Encoding) -> PairPrediction:
-        """Pass (i, i): X^i_i for both views (the second with 0.8x confidence and its own descriptor noise)."""
+    def _points(self, e: DepthErrors, A: np.ndarray, t: np.ndarray | None = None) -> Tensor:  # [H, W, 3]
+        """``z A K^-1 (u, v, 1) + t`` for the corrupted depth z of a view (float32)."""
+        out = self._pool.empty(tuple(self.rays.shape))
+        if t is None:  # a multiple of the identity: scale the cached rays
+            return torch.mul(e.z[..., None], self.rays, out=out).mul_(float(A[0, 0]))
+        tt = torch.from_numpy(np.asarray(t, dtype=np.float64)).float()
+        return torch.addcmul(tt, e.z[..., None], self._directions(A), out=out)
+
+    def _decode_mono(self, enc_i: Encoding) -> PairPrediction:
         i = enc_i.index
         fi: OracleFrame = enc_i.data
         nz = self.noise
         rng = self._rng(i, i, 2)
-        s = float(np.exp(rng.normal() * nz.pass_scale_sigma)) * nz.global_scale
-        zi, out_i, conf_out_i = corrupt_depth(fi.depth, fi.disc, nz, rng, level=nz.ii_factor)
-        X = s * self._points(zi)
-        unreliable = fi.disc | ~fi.valid | (out_i & ~conf_out_i)
-        C = confidence(rng, unreliable, nz, 1.0)
-        C2 = (1.0 + 0.8 * (C - 1.0)).astype(np.float32)
-        return PairPrediction(ii=self._view(X, C, enc_i, rng), ji=self._view(X, C2, enc_i, rng))
+        s = float(np.exp(rng.np.normal() * nz.pass_scale_sigma)) * nz.global_scale
+        ei = corrupt_depth(fi.depth_t, fi.discs, nz, rng, level=nz.ii_factor)
+        X = self._points(ei, s * np.eye(3))
+        C = confidence(rng, fi.unreliable, nz, 1.0, extra=ei.unreliable_outliers())
+        C2 = C - 1.0
+        C2.mul_(0.8).add_(1.0)
+        X2 = self._pool.empty(tuple(X.shape)).copy_(X)
+        return PairPrediction(ii=self._view(X, C, fi, i, rng), ji=self._view(X2, C2, fi, i, rng))
 
     # --------------------------------------------------------------------------------------- retrieval
-    def retrieval_features(self, enc_i: Encoding) -> Tensor:
-        """[K, 2F] unit features (fine + coarse patch descriptors) at the K <= 256 strongest texture peaks."""
-        D0, _, E = self._features(enc_i)
-        img = enc_i.data.image
-        Dc = image_descriptors(img, self._coarse_kernels, dilations=(4,), blur_passes=3)
+    def _retrieval_features(self, enc_i: Encoding) -> Tensor:
+        data: OracleFrame = enc_i.data
+        E = data.energy
         H, W = E.shape
-        peak = E == F.max_pool2d(E[None, None], 9, stride=1, padding=4)[0, 0]
-        border = torch.zeros_like(peak)
+        peak = E == window_max(E, 4)
         b = 8 if min(H, W) > 32 else 2
+        cand = peak & (E > 0.1 * _Q_E0)
+        border = torch.zeros_like(cand)
         border[b : H - b, b : W - b] = True
-        cand = peak & border & (E > 0.1 * _Q_E0)
-        idx = torch.nonzero(cand.flatten()).flatten()
+        idx = torch.nonzero((cand & border).flatten()).flatten()
         if len(idx) == 0:  # a flat image: fall back to a sparse grid
             vv, uu = torch.meshgrid(torch.arange(b, H - b, 16), torch.arange(b, W - b, 16), indexing="ij")
             idx = (vv * W + uu).flatten()
         order = torch.argsort(E.flatten()[idx], descending=True, stable=True)[:_N_RETRIEVAL]
         idx = idx[order]
-        feats = torch.cat([D0.reshape(H * W, -1)[idx], Dc.reshape(H * W, -1)[idx]], dim=-1)
+        blurred = _blur(data.image, 1)
+        hit = self._cache.get(enc_i.index)
+        if hit is not None and hit[0] is data:
+            fine = hit[1][0].reshape(H * W, -1)[idx]
+        else:  # not worth recomputing D0 for all pixels
+            fine = _descriptors_at(blurred, self._kernels, (1, 3), idx)
+        coarse = _descriptors_at(_blur(blurred, 2), self._coarse_kernels, (4,), idx)
+        feats = torch.cat([fine, coarse], dim=-1)
         return _unit(feats).float().to(self.device)
