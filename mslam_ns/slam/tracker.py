@@ -1,0 +1,241 @@
+"""`Tracker`: Sim(3) pose of a frame against the current keyframe (SPEC.md section 3).
+
+Given the asymmetric decode (frame f as view 1, keyframe k as view 2) -> X^f_f, X^k_f (both in f's camera):
+1. match keyframe pixels into the frame (IPM + descriptor refinement, warm-started from the previous frame);
+2. weight q = sqrt(Q^f_f[idx] * Q^k_f); valid = matched & C^f_f[idx] > C_conf & C_k/N_k > C_conf & q > Q_conf;
+   fewer than `min_match_frac` valid -> tracking failure;
+3. damped Gauss-Newton (Levenberg-Marquardt) with Huber IRLS on T_CkCf: the residual/Jacobian kernel is the
+   backend's edge kernel (`mslam_ns.cuda.gn.edge_normal_equations`) on a 2-pose graph
+   [keyframe = identity, frame = T_CkCf] of which only the frame block (7x7) is solved;
+   a failed factorisation or a non-finite step is a tracking failure, never a crash;
+4. the caller fuses the frame's view of the keyframe (`Tracker.fuse`) and decides on a new keyframe from
+   `TrackResult.new_keyframe` (match fraction / unique coverage below `match_frac_thresh`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from mslam_ns.config import MatchingConfig, TrackingConfig
+from mslam_ns.geometry import sim3
+from mslam_ns.prior.base import PairPrediction
+from mslam_ns.slam.frame import Frame
+from mslam_ns.slam.fusion import constrain_to_rays, fuse_into_keyframe, pixel_rays
+
+
+@dataclass
+class TrackResult:
+    """Outcome of tracking one frame against one keyframe."""
+
+    ok: bool
+    T_kf: Tensor  # [8] T_CkCf (frame camera -> keyframe camera); the initial guess when not ok
+    reason: str = ""
+    """'' when ok, else 'few_matches' | 'solver_failed'."""
+    n_valid: int = 0
+    valid_frac: float = 0.0
+    match_frac: float = 0.0
+    unique_frac: float = 0.0
+    new_keyframe: bool = False
+    iters: int = 0
+    cost: float = float("nan")
+    idx: Tensor | None = None  # [HW] int64 frame pixel of every keyframe pixel (warm start of the next frame)
+    X_ff: Tensor | None = None  # [HW, 3] the frame's own pointmap (constrained to rays in calib mode)
+    X_kf: Tensor | None = None  # [HW, 3] keyframe pixels seen by the frame, in the KEYFRAME camera
+    C_kf: Tensor | None = None  # [HW] their confidences
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Tracker:
+    """Frame-to-keyframe tracking. Stateless apart from its configuration and intrinsics."""
+
+    def __init__(self, cfg: TrackingConfig, matching: MatchingConfig, mode: str = "rays",
+                 K: Tensor | None = None):
+        """
+        Args:
+            cfg: tracking parameters.
+            matching: matching parameters.
+            mode: 'rays' (uncalibrated) or 'calib' (known intrinsics `K`).
+            K: [3, 3] intrinsics at NETWORK resolution (required in calib mode).
+        """
+        if mode not in ("rays", "calib"):
+            raise ValueError(f"tracking mode must be 'rays' or 'calib', not {mode!r}")
+        if mode == "calib" and K is None:
+            raise ValueError("calib mode needs intrinsics K")
+        self.cfg, self.matching, self.mode = cfg, matching, mode
+        self.K = None if K is None else torch.as_tensor(K, dtype=torch.float32)
+        self._rays: dict[tuple, Tensor] = {}
+
+    # ---- helpers ------------------------------------------------------------------------------------
+    def rays(self, hw: tuple[int, int], device: torch.device) -> Tensor:  # [HW, 3]
+        key = (hw, str(device))
+        if key not in self._rays:
+            self._rays[key] = pixel_rays(self.K.to(device, torch.float64), hw).float()
+        return self._rays[key]
+
+    def canonical_points(self, X: Tensor, hw: tuple[int, int]) -> Tensor:  # [HW,3] -> [HW,3]
+        """A view's own pointmap as stored: constrained to the known rays in calib mode."""
+        return constrain_to_rays(X, self.rays(hw, X.device)) if self.mode == "calib" else X
+
+    # ---- tracking -----------------------------------------------------------------------------------
+    def track(self, kf: Frame, pred: PairPrediction, T_init: Tensor, idx_init: Tensor | None = None
+              ) -> TrackResult:
+        """Track the frame whose decode against keyframe `kf` is `pred` (frame = view 1).
+
+        Args:
+            kf: the keyframe (canonical X, C, N on the tracking device).
+            pred: `prior.decode(enc_frame, enc_keyframe)`: ii = X^f_f, ji = X^k_f.
+            T_init: [8] initial T_CkCf (previous frame's relative pose).
+            idx_init: [HW] previous frame's matches (warm start) or None (identity start).
+        """
+        from mslam_ns.slam.matching import match
+
+        t0 = _now()
+        H, W = pred.ii.X.shape[:2]
+        dev = kf.X.device
+        X_ff = self.canonical_points(pred.ii.X.reshape(H * W, 3).to(dev).float(), (H, W))  # [HW, 3]
+        X_kf_f = pred.ji.X.to(dev).float()  # [H, W, 3] keyframe pixels in f's camera
+        idx, matched = match(X_ff.reshape(1, H, W, 3), X_kf_f[None], pred.ii.D.to(dev)[None],
+                             pred.ji.D.to(dev)[None],
+                             None if idx_init is None else idx_init.reshape(1, H * W).to(dev), self.matching)
+        res = self.track_matches(kf, pred, idx[0].long(), matched[0].bool(), T_init)
+        res.timings["match"] = _now() - t0 - res.timings.get("solve", 0.0)
+        return res
+
+    def track_matches(self, kf: Frame, pred: PairPrediction, idx: Tensor, matched: Tensor, T_init: Tensor
+                      ) -> TrackResult:
+        """Steps 3-8 of the tracking given the matches: idx [HW] int64 (frame pixel of every keyframe
+        pixel) and matched [HW] bool."""
+        cfg = self.cfg
+        H, W = pred.ii.X.shape[:2]
+        HW = H * W
+        dev = kf.X.device
+        X_ff = self.canonical_points(pred.ii.X.reshape(HW, 3).to(dev).float(), (H, W))  # [HW, 3]
+        X_kf_f = pred.ji.X.reshape(HW, 3).to(dev).float()  # [HW, 3] keyframe pixels in f's camera
+        C_ff = pred.ii.C.reshape(HW).to(dev).float()
+        C_kf_f = pred.ji.C.reshape(HW).to(dev).float()
+        Q_ff = pred.ii.Q.reshape(HW).to(dev).float()
+        Q_kf_f = pred.ji.Q.reshape(HW).to(dev).float()
+        idx, matched = idx.to(dev), matched.to(dev)
+
+        q = torch.sqrt(Q_ff[idx] * Q_kf_f)  # [HW]
+        Ck = kf.average_conf()
+        valid = matched & (C_ff[idx] > cfg.C_conf) & (Ck > cfg.C_conf) & (q > cfg.Q_conf)
+        n_valid = int(valid.sum())
+        good = matched & (q > cfg.Q_conf)
+        match_frac = float(good.float().mean())
+        unique_frac = float(torch.unique(idx[good]).numel()) / HW
+        res = TrackResult(False, T_init.clone(), n_valid=n_valid, valid_frac=n_valid / HW,
+                          match_frac=match_frac, unique_frac=unique_frac, idx=idx)
+        if n_valid / HW < cfg.min_match_frac:
+            res.reason = "few_matches"
+            return res
+
+        t1 = _now()
+        T, iters, cost, ok = self._solve(kf.X, Ck, X_ff[idx], C_ff[idx], valid, q, T_init.to(dev), (H, W))
+        res.timings["solve"] = _now() - t1
+        res.iters, res.cost = iters, cost
+        if not ok:
+            res.reason = "solver_failed"
+            return res
+        res.ok, res.T_kf = True, T
+        X_kf = sim3.act(T[None], X_kf_f[None])[0]  # [HW, 3] in the keyframe camera
+        res.X_kf = self.canonical_points(X_kf, (H, W))
+        res.C_kf = C_kf_f
+        res.X_ff = X_ff
+        res.new_keyframe = min(match_frac, unique_frac) < cfg.match_frac_thresh
+        return res
+
+    def fuse(self, kf: Frame, res: TrackResult) -> None:
+        """Fuse a successful result's view of the keyframe into the keyframe (in place)."""
+        if res.ok:
+            fuse_into_keyframe(kf, res.X_kf, res.C_kf, self.cfg.filtering_mode)
+
+    # ---- Gauss-Newton -------------------------------------------------------------------------------
+    def _solve(
+        self,
+        X_k: Tensor,  # [HW, 3] keyframe canonical pointmap
+        C_k: Tensor,  # [HW] keyframe average confidence
+        X_f: Tensor,  # [HW, 3] frame points matched to each keyframe pixel (X^f_f[idx])
+        C_f: Tensor,  # [HW] their confidences
+        valid: Tensor,  # [HW] bool
+        q: Tensor,  # [HW] match weights
+        T: Tensor,  # [8] initial T_CkCf
+        hw: tuple[int, int],
+    ) -> tuple[Tensor, int, float, bool]:
+        """Levenberg-Marquardt on the frame's pose. Returns (T, iterations, cost, ok)."""
+        cfg = self.cfg
+        dev = X_k.device
+        HW = X_k.shape[0]
+        X = torch.stack([X_k, X_f]).float().contiguous()  # [2, HW, 3]
+        C = torch.stack([C_k, C_f]).float().contiguous()  # [2, HW]
+        ii = torch.zeros(1, dtype=torch.long, device=dev)
+        jj = torch.ones(1, dtype=torch.long, device=dev)
+        idx_e = torch.arange(HW, device=dev)[None]  # [1, HW]
+        valid_e, q_e = valid[None].contiguous(), q[None].float().contiguous()
+        I8 = sim3.identity(dtype=torch.float32, device=dev)
+
+        def evaluate(T_f: Tensor):
+            Twc = torch.stack([I8, T_f.float()])  # [2, 8]
+            return self._normal_equations(Twc, X, C, ii, jj, idx_e, valid_e, q_e, hw)
+
+        T = T.float()
+        H, g, cost = evaluate(T)
+        lam = max(cfg.damping, 1e-12)
+        it = 0
+        for it in range(1, cfg.max_iters + 1):
+            if not (math.isfinite(cost) and bool(torch.isfinite(H).all()) and bool(torch.isfinite(g).all())):
+                return T, it, cost, False
+            A = H.double()
+            dx = _damped_solve(A, g.double(), lam)
+            if dx is None:
+                return T, it, cost, False
+            T_new = sim3.normalize(sim3.retract(T.double(), dx)).float()
+            H_new, g_new, cost_new = evaluate(T_new)
+            if not math.isfinite(cost_new):
+                return T, it, cost, False
+            step = float(dx.norm())
+            if cost_new <= cost:
+                rel = abs(cost - cost_new) / max(cost, 1e-30)
+                T, H, g, cost = T_new, H_new, g_new, cost_new
+                lam = max(lam * 0.1, 1e-12)
+                if rel < cfg.rel_error or step < cfg.delta_norm:
+                    break
+            else:
+                lam *= 10.0
+                if step < cfg.delta_norm or lam > 1e6:
+                    break  # no better point nearby: converged to the current estimate
+        return T, it, cost, True
+
+    def _normal_equations(self, Twc, X, C, ii, jj, idx_e, valid_e, q_e, hw) -> tuple[Tensor, Tensor, float]:
+        """The frame's 7x7 block of the Huber-weighted normal equations, its gradient, and the cost."""
+        from mslam_ns.cuda.gn import edge_normal_equations
+
+        cfg = self.cfg
+        K = None if self.K is None or self.mode != "calib" else self.K.to(X.device)
+        H, g, cost = edge_normal_equations(
+            self.mode, Twc, X, C, ii, jj, idx_e, valid_e, q_e,
+            sigma_ray=cfg.sigma_ray, sigma_dist=cfg.sigma_dist, sigma_pixel=cfg.sigma_pixel,
+            sigma_depth=cfg.sigma_depth, sigma_point=cfg.sigma_point, C_thresh=cfg.C_conf,
+            Q_thresh=cfg.Q_conf, huber=cfg.huber, K=K, img_hw=hw, pixel_border=cfg.pixel_border,
+            z_eps=cfg.depth_eps)
+        return H[0, 7:, 7:], g[0, 7:], float(cost[0])
+
+
+def _damped_solve(H: Tensor, g: Tensor, lam: float) -> Tensor | None:  # [7,7], [7] -> [7] or None
+    """Solve (H + lam diag(H) + eps I) dx = -g by Cholesky; None if the factorisation fails."""
+    A = H + torch.diag(lam * torch.diagonal(H) + 1e-9 * (1.0 + torch.diagonal(H).abs().max()))
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) != 0:
+        return None
+    dx = torch.cholesky_solve(-g[:, None], L)[:, 0]
+    return dx if bool(torch.isfinite(dx).all()) else None
+
+
+def _now() -> float:
+    import time
+
+    return time.perf_counter()

@@ -1,0 +1,122 @@
+"""KeyframeStore growth / offload and Trajectory recomposition (no prior, no kernels needed)."""
+
+from __future__ import annotations
+
+import torch
+
+from mslam_ns.geometry import sim3
+from mslam_ns.prior.base import Encoding
+from mslam_ns.slam.frame import Frame
+from mslam_ns.slam.fusion import constrain_to_rays, fuse_into_keyframe, pixel_rays
+from mslam_ns.slam.keyframes import KeyframeStore
+from mslam_ns.slam.trajectory import Trajectory
+
+
+def _kf(i: int, H: int = 2, W: int = 3, T: torch.Tensor | None = None) -> Frame:
+    g = torch.Generator().manual_seed(i)
+    return Frame(i, 0.1 * i, f"{i:06d}.png", torch.randint(0, 255, (H, W, 3), dtype=torch.uint8, generator=g),
+                 None, Encoding(i, (H, W)), sim3.identity() if T is None else T,
+                 X=torch.rand(H * W, 3, generator=g) + torch.tensor([0.0, 0.0, 1.0]),
+                 C=torch.full((H * W,), 2.0), N=1, D=torch.randn(H * W, 4, generator=g),
+                 Q=torch.ones(H * W))
+
+
+def _random_sim3(g: torch.Generator, n: int = 1) -> torch.Tensor:
+    xi = torch.randn(n, 7, generator=g, dtype=torch.float64) * 0.3
+    return sim3.exp(xi)
+
+
+def test_store_grows_past_600_keyframes():
+    store = KeyframeStore("cpu")
+    for i in range(650):
+        assert store.add(_kf(i)) == i
+    assert len(store) == 650
+    assert store.poses().shape == (650, 8)
+    X, C = store.pointmaps([0, 333, 649])
+    assert X.shape == (3, 6, 3) and C.shape == (3, 6)
+    torch.testing.assert_close(X[2], store[649].X)
+    D, Q = store.descriptors([1, 648])
+    assert D.shape == (2, 6, 4) and Q.shape == (2, 6)
+
+
+def test_store_offload_marks_old_keyframes_and_fetches_them():
+    store = KeyframeStore("cpu", offload=True, resident=3)
+    ref = [_kf(i) for i in range(10)]
+    for f in ref:
+        store.add(_kf(f.index))
+    assert [store.is_offloaded(i) for i in range(10)] == [True] * 7 + [False] * 3
+    for i in (0, 6, 9):
+        torch.testing.assert_close(store.get(i).X, ref[i].X)
+        assert store.get(i).X.device == torch.device("cpu")
+
+
+def test_store_offload_to_host_on_cuda():
+    import pytest
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (the CPU twin above checks the bookkeeping)")
+    store = KeyframeStore("cuda", offload=True, resident=2)
+    for i in range(5):
+        store.add(_kf(i).to("cuda"))
+    assert store.raw(0).X.device.type == "cpu" and store.raw(4).X.device.type == "cuda"
+    assert store.get(0).X.device.type == "cuda"
+    assert store.nbytes()["host"] > 0
+
+
+def test_set_poses_validates_shape():
+    import pytest
+
+    store = KeyframeStore("cpu")
+    store.add(_kf(0))
+    with pytest.raises(ValueError):
+        store.set_poses(torch.zeros(2, 8))
+
+
+def test_trajectory_recomposes_after_moving_a_keyframe():
+    g = torch.Generator().manual_seed(0)
+    store = KeyframeStore("cpu")
+    T0, T1 = _random_sim3(g, 2).float()
+    store.add(_kf(0, T=T0))
+    store.add(_kf(1, T=T1))
+    traj = Trajectory(store)
+    rel = _random_sim3(g, 4).float()
+    traj.add(0.0, "a", 0, sim3.identity(), is_keyframe=True)
+    traj.add(0.1, "b", 0, rel[0])
+    traj.add(0.2, "c", 1, rel[1])
+    traj.add(0.3, "d", 1, rel[2], lost=True)
+    before = traj.poses()
+    # Each frame = keyframe pose * relative pose, checked with 4x4 matrices.
+    M = sim3.to_matrix(before.double())
+    torch.testing.assert_close(M[2], sim3.to_matrix(T1.double()) @ sim3.to_matrix(rel[1].double()),
+                               atol=1e-5, rtol=1e-5)
+    # Move keyframe 1: its frames follow, keyframe 0's frames do not.
+    T1_new = sim3.mul(_random_sim3(g)[0].float(), T1)
+    store.set_poses(T1_new[None], [1])
+    after = traj.poses()
+    torch.testing.assert_close(after[:2], before[:2])
+    assert (after[2:, :3] - before[2:, :3]).norm() > 1e-3
+    torch.testing.assert_close(sim3.to_matrix(after[3].double()),
+                               sim3.to_matrix(T1_new.double()) @ sim3.to_matrix(rel[2].double()),
+                               atol=1e-5, rtol=1e-5)
+    assert traj.lost_mask().tolist() == [False, False, False, True]
+    assert traj.keyframe_mask().tolist() == [True, False, False, False]
+    assert traj.names() == ["a", "b", "c", "d"]
+
+
+def test_weighted_fusion_and_ray_constraint():
+    kf = _kf(0)
+    X0 = kf.X.clone()
+    X_new = X0 + 1.0
+    fuse_into_keyframe(kf, X_new, torch.full((6,), 6.0))
+    # (2 X0 + 6 (X0 + 1)) / 8 = X0 + 0.75
+    torch.testing.assert_close(kf.X, X0 + 0.75)
+    assert kf.N == 2 and torch.allclose(kf.C, torch.full((6,), 8.0))
+    torch.testing.assert_close(kf.average_conf(), torch.full((6,), 4.0))
+
+    K = torch.tensor([[100.0, 0, 1.5], [0, 90.0, 1.0], [0, 0, 1]], dtype=torch.float64)
+    rays = pixel_rays(K, (2, 3))
+    Xc = constrain_to_rays(torch.rand(6, 3, dtype=torch.float64) + 1, rays)
+    uv = (Xc @ K.T)
+    uv = uv[:, :2] / uv[:, 2:]
+    v, u = torch.meshgrid(torch.arange(2.0), torch.arange(3.0), indexing="ij")
+    torch.testing.assert_close(uv, torch.stack([u, v], -1).reshape(-1, 2).double())
