@@ -18,7 +18,7 @@ import numpy as np
 
 from mslam_ns.io.frames import Intrinsics
 
-__all__ = ["Undistorter", "distort_normalized"]
+__all__ = ["Undistorter", "UndistortedSource", "distort_normalized", "undistorted"]
 
 
 def distort_normalized(x: np.ndarray, y: np.ndarray, dist: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -74,3 +74,39 @@ class Undistorter:
         out = np.zeros_like(depth)
         out[valid] = depth[v[valid], u[valid]]
         return out
+
+
+class UndistortedSource:
+    """A view of a `FrameSource` whose images and depth maps are undistorted to the pinhole camera with the
+    same K (`intrinsics.dist` becomes empty). Timestamps, names and ground truth are those of the source."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+        self.undistorter = Undistorter(source.intrinsics)
+        self.intrinsics = self.undistorter.intrinsics
+
+    def __getattr__(self, name: str):  # everything else (path, name, kind, timestamps, gt_poses, ...)
+        return getattr(self.source, name)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        raw = self.source[i]
+        return replace(raw, image=self.undistorter.image(raw.image))
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def depth(self, i: int) -> np.ndarray | None:
+        d = self.source.depth(i)
+        return None if d is None else self.undistorter.depth(d)
+
+
+def undistorted(source):
+    """`source` itself when its intrinsics have no distortion (or are unknown), else an `UndistortedSource`."""
+    intr = source.intrinsics
+    if intr is None or not intr.has_distortion:
+        return source
+    return UndistortedSource(source)

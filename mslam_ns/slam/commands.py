@@ -49,7 +49,9 @@ def open_dataset(dataset: Path, stride: int = 1, max_frames: int | None = None, 
         raise _user_error(f"{dataset}: {e}") from None
     if len(source) == 0:
         raise _user_error(f"{dataset}: no frames")
-    return source
+    from mslam_ns.io.undistort import undistorted
+
+    return undistorted(source)  # the SLAM works on pinhole images: lens distortion is removed here
 
 
 def make_prior(source, prior: str, oracle_noise: str, img_size: int, seed: int, checkpoint: Path | None,
@@ -147,6 +149,7 @@ def run_slam(source, prior_obj, cfg: SlamConfig, K: np.ndarray | None, max_lost:
             "cy": float(K_est[1, 2]), "source": "given" if system.K_given is not None else "estimated",
             "pixels": "original image"},
         "image_transform": None if system.transform is None else system.transform.to_dict(),
+        "undistorted": type(source).__name__ == "UndistortedSource",
         "config": dataclasses.asdict(cfg),
     }
     return system, summary

@@ -46,3 +46,27 @@ def test_undistort_image_and_depth_inverts_distortion():
     assert und.image(rgb).dtype == np.uint8
     d = und.depth(np.full((intr.height, intr.width), 2.0, np.float32))
     assert d[inner].min() == 2.0 and d.dtype == np.float32
+
+
+def test_undistorted_source_remaps_images_and_depth_only(tmp_path):
+    from mslam_ns.io.frames import open_source
+    from mslam_ns.io.synthetic import generate_sequence
+    from mslam_ns.io.undistort import UndistortedSource, undistorted
+
+    seq = generate_sequence(tmp_path / "seq", 4, 96, 72, 0)
+    src = open_source(seq)
+    assert undistorted(src) is src  # a pinhole camera is left alone
+    intr = src.intrinsics
+    calib = tmp_path / "calib.txt"
+    calib.write_text(f"{intr.fx} {intr.fy} {intr.cx} {intr.cy} 0.1 -0.05 0.001 0.001\n")
+    src_d = open_source(seq, calib=calib)
+    view = undistorted(src_d)
+    assert isinstance(view, UndistortedSource)
+    assert view.intrinsics.dist == () and src_d.intrinsics.has_distortion
+    und = Undistorter(src_d.intrinsics)
+    f_raw, f = src_d[2], view[2]
+    assert (f.index, f.timestamp, f.name) == (f_raw.index, f_raw.timestamp, f_raw.name)
+    np.testing.assert_array_equal(f.image, und.image(f_raw.image))
+    assert not np.array_equal(f.image, f_raw.image)
+    np.testing.assert_array_equal(view.depth(2), und.depth(src_d.depth(2)))
+    assert len(view) == len(src_d) and view.gt_poses is src_d.gt_poses

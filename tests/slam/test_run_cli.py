@@ -143,3 +143,18 @@ def test_bad_input_one_line_nonzero_no_output(tmp_path, capsys, case, synthetic_
     else:
         assert not out.exists()
     assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())  # no temporary folder left
+
+
+def test_run_with_distorted_calibration_undistorts_frames(synthetic_seq, tmp_path):
+    # the same camera declared with lens distortion: the run must undistort (and say so), not ignore it
+    lines = [l for l in (synthetic_seq / "calibration.txt").read_text().splitlines() if not l.startswith("#")]
+    calib = tmp_path / "calib.txt"
+    calib.write_text(f"{lines[0]}\n{lines[1]} 0.02 -0.01 0.0 0.0\n")
+    out = tmp_path / "out"
+    rc = main(["run", str(synthetic_seq), "--out", str(out), "--calib", str(calib), "--img-size", str(IMG_SIZE),
+               "--max-frames", "8", "--quiet"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["undistorted"] is True
+    assert summary["config"]["mode"] == "calib"
+    assert _read_tum(out / "trajectory.txt").shape == (8, 8)
