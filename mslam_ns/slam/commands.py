@@ -275,10 +275,10 @@ def evaluate_run(system, source) -> dict:
 
 def demo(
     out: Path = Path("mslam_demo"),
-    frames: int = 60,
-    img_size: int = 256,
-    width: int = 320,
-    height: int = 240,
+    frames: int = 120,
+    img_size: int = 512,
+    width: int = 640,
+    height: int = 480,
     oracle_noise: Literal["none", "mast3r", "hard"] = "mast3r",
     mode: Literal["rays", "calib"] = "rays",
     seed: int = 0,

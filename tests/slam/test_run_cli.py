@@ -158,3 +158,16 @@ def test_run_with_distorted_calibration_undistorts_frames(synthetic_seq, tmp_pat
     assert summary["undistorted"] is True
     assert summary["config"]["mode"] == "calib"
     assert _read_tum(out / "trajectory.txt").shape == (8, 8)
+
+
+def test_demo_generates_runs_and_evaluates(tmp_path, capsys):
+    # the README's main job, at a small size: sequence + SLAM + ATE, all written atomically into OUT
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "--frames", "24", "--width", "160", "--height", "120",
+               "--img-size", str(IMG_SIZE), "--quiet"])
+    assert rc == 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["all_frames"]["n_matched"] == 24
+    assert ev["all_frames"]["rmse_percent_of_path"] < 100 * ATE_BOUND_FRAC
+    assert (out / "sequence" / "groundtruth.txt").is_file() and (out / "points.ply").is_file()
+    assert "ATE RMSE" in capsys.readouterr().out
