@@ -4,6 +4,7 @@ Outputs (built in a temporary sibling folder and moved into OUT only when everyt
 - `trajectory.txt`: TUM format, EVERY input frame, original timestamps;
 - `keyframes.txt`: TUM format, keyframes only;
 - `points.ply`: fused confident points with colours, same world frame;
+- `frames.txt`: per input frame (trajectory.txt's order): timestamp, keyframe, flags, original file name;
 - `summary.json`: counts, timings (prior vs tracking), frames/s, intrinsics, configuration.
 """
 
@@ -22,6 +23,7 @@ from mslam_ns.config import SlamConfig
 TRAJECTORY_FILE = "trajectory.txt"
 KEYFRAMES_FILE = "keyframes.txt"
 POINTS_FILE = "points.ply"
+FRAMES_FILE = "frames.txt"
 SUMMARY_FILE = "summary.json"
 
 
@@ -94,10 +96,25 @@ def write_outputs(system, out_dir: Path, summary: dict, conf_thresh: float) -> N
     write_tum_trajectory(out_dir / TRAJECTORY_FILE, ts.numpy(), pose7(T))
     kts, _, kT = system.keyframe_poses()
     write_tum_trajectory(out_dir / KEYFRAMES_FILE, kts.numpy(), pose7(kT))
+    write_frame_table(out_dir / FRAMES_FILE, system.trajectory)
     xyz, rgb = system.points(conf_thresh=conf_thresh)
     write_ply(out_dir / POINTS_FILE, xyz.numpy().astype(np.float32), rgb.numpy().astype(np.uint8))
     summary["points"] = int(xyz.shape[0])
     write_json(out_dir / SUMMARY_FILE, summary)
+
+
+def write_frame_table(path: Path, trajectory) -> None:
+    """One line per input frame, in trajectory.txt's order: timestamp, keyframe, flags, then the original
+    file name (last, so that names with spaces stay one field: everything after the fourth column)."""
+    from mslam_ns.io.atomic import atomic_write
+
+    ts, names = trajectory.timestamps().tolist(), trajectory.names()
+    kf, lost, is_kf = trajectory.kf_ids().tolist(), trajectory.lost_mask().tolist(), \
+        trajectory.keyframe_mask().tolist()
+    with atomic_write(path) as f:
+        f.write("# timestamp keyframe_id is_keyframe lost name\n")
+        for t, name, k, iskf, ls in zip(ts, names, kf, is_kf, lost):
+            f.write(f"{t:.6f} {k} {int(iskf)} {int(ls)} {name}\n")
 
 
 def _progress(total: int, quiet: bool):

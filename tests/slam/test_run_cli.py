@@ -171,3 +171,12 @@ def test_demo_generates_runs_and_evaluates(tmp_path, capsys):
     assert ev["all_frames"]["rmse_percent_of_path"] < 100 * ATE_BOUND_FRAC
     assert (out / "sequence" / "groundtruth.txt").is_file() and (out / "points.ply").is_file()
     assert "ATE RMSE" in capsys.readouterr().out
+
+
+def test_frames_table_keeps_original_names(run_out, synthetic_source):
+    _, out = run_out
+    rows = [l.split(maxsplit=4) for l in (out / "frames.txt").read_text().splitlines() if not l.startswith("#")]
+    assert [r[4] for r in rows] == list(synthetic_source.names)
+    np.testing.assert_allclose([float(r[0]) for r in rows], synthetic_source.timestamps, atol=1e-6)
+    kf_rows = [r for r in rows if r[2] == "1"]
+    assert len(kf_rows) == len(_read_tum(out / "keyframes.txt"))
