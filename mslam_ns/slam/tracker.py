@@ -25,6 +25,7 @@ from mslam_ns.geometry import sim3
 from mslam_ns.prior.base import PairPrediction
 from mslam_ns.slam.frame import Frame
 from mslam_ns.slam.fusion import constrain_to_rays, fuse_into_keyframe, pixel_rays
+from mslam_ns.slam.solve import solve_lm
 
 
 @dataclass
@@ -189,10 +190,10 @@ class Tracker:
         for it in range(1, cfg.max_iters + 1):
             if not (math.isfinite(cost) and bool(torch.isfinite(H).all()) and bool(torch.isfinite(g).all())):
                 return T, it, cost, False
-            A = H.double()
-            dx = _damped_solve(A, g.double(), lam)
+            dx = solve_lm(H, -g, lam)  # [1, 7] float64, None if the factorisation fails
             if dx is None:
                 return T, it, cost, False
+            dx = dx[0]
             T_new = sim3.normalize(sim3.retract(T.double(), dx)).float()
             H_new, g_new, cost_new = evaluate(T_new)
             if not math.isfinite(cost_new):
@@ -223,16 +224,6 @@ class Tracker:
             Q_thresh=cfg.Q_conf, huber=cfg.huber, K=K, img_hw=hw, pixel_border=cfg.pixel_border,
             z_eps=cfg.depth_eps)
         return H[0, 7:, 7:], g[0, 7:], float(cost[0])
-
-
-def _damped_solve(H: Tensor, g: Tensor, lam: float) -> Tensor | None:  # [7,7], [7] -> [7] or None
-    """Solve (H + lam diag(H) + eps I) dx = -g by Cholesky; None if the factorisation fails."""
-    A = H + torch.diag(lam * torch.diagonal(H) + 1e-9 * (1.0 + torch.diagonal(H).abs().max()))
-    L, info = torch.linalg.cholesky_ex(A)
-    if int(info) != 0:
-        return None
-    dx = torch.cholesky_solve(-g[:, None], L)[:, 0]
-    return dx if bool(torch.isfinite(dx).all()) else None
 
 
 def _now() -> float:
