@@ -239,6 +239,23 @@ def test_refine_ties_take_first_in_scan_order(cpu_mod):
         assert out.tolist() == [[[11, 11]]]
 
 
+@pytest.mark.parametrize("radius", [1, 3, 4, 9])  # 3: one chunk of <= 8 rows; 4, 9: several chunks and rows
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_refine_integer_ties_match_twin_exactly(cpu_mod, radius, dtype):
+    # Small-integer descriptors: every score is an exact integer whatever the summation order, with many
+    # ties between rows and chunks of the window; the winner must be the first maximum in scan order.
+    B, H, W, Fd, N = 2, 23, 37, 24, 400
+    g = torch.Generator().manual_seed(11)
+    D_i = torch.randint(-1, 2, (B, H, W, Fd), generator=g).to(dtype)
+    D_j = torch.randint(-1, 2, (B, N, Fd), generator=g).to(dtype)
+    p = torch.stack([torch.randint(-2, W + 2, (B, N), generator=g),
+                     torch.randint(-2, H + 2, (B, N), generator=g)], -1)
+    out_c = cpu_mod.refine_matches(D_i, D_j, p, radius, 3)
+    out_t = _torch_impl._refine_matches(D_i, D_j, p, radius, 3)
+    assert torch.equal(out_c, out_t)
+    assert (out_c != p.clamp_min(0)).any()  # the search moved points
+
+
 def test_refine_radius_or_dilation_zero_is_identity(cpu_mod):
     D_i = _descriptors(1, 8, 9, 24, 6)
     D_j = _descriptors(1, 1, 4, 24, 7).reshape(1, 4, 24)

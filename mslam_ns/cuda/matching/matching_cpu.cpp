@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
+#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -70,11 +71,12 @@ std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Descriptor refinement. Two scorers for the same body (refine_point):
-//  * portable: LaneScorer on float32 copies of the descriptors (any F, any CPU);
-//  * x86-64 with AVX2 + F16C and F = 8 K (K <= 4): AvxRowScorer reads fp16 or fp32 storage directly and
-//    scores a row of up to 8 candidates at once; it multiplies then adds (no FMA) and reduces the 8 lanes
-//    in dot_lanes' order, so both scorers (and the PyTorch twin) give bit-identical scores.
+// Descriptor refinement. Two paths with the same result:
+//  * portable: refine_point (matching.h) with LaneScorer on float32 copies of the descriptors (any F, CPU);
+//  * x86-64 with AVX2 + F16C and F = 8 K (K <= 4): refine_point_avx reads fp16 or fp32 storage directly,
+//    scores a row of up to 8 candidates at once (multiply then add, no FMA, the 8 lanes reduced in
+//    dot_lanes' order, so scores are bit-identical to the portable scorer and the PyTorch twin) and picks
+//    each window's winner without data-dependent branches.
 // ---------------------------------------------------------------------------------------------------
 
 struct RefineArgs {
@@ -128,53 +130,114 @@ MSLAM_AVX inline __m256 load8(const at::Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
+// Scores of one row of up to 8 candidates, lane c = candidate c (c < n), lanes n..7 = 0:
+// dot(q, D_i[c]) with the products of 8 channels added in order over the K groups (multiply then add, no
+// FMA), then the 8 lanes reduced as ((l0+l4)+(l1+l5))+((l2+l6)+(l3+l7)), i.e. bit-identical to dot_lanes.
 template <int K, typename T>
-struct AvxRowScorer {
-  const T* Di;  // [H, W, 8 K]
-  int W;
-  __m256 q[K];  // the query, loaded once per point
-
-  MSLAM_AVX AvxRowScorer(const T* Di_, const float* query, int W_) : Di(Di_), W(W_) {
-    for (int k = 0; k < K; ++k) q[k] = _mm256_loadu_ps(query + 8 * k);
+MSLAM_AVX inline __m256 score_row(const T* base, int64_t stride, int n, const __m256 q[K]) {
+  __m256 acc[8];
+  for (int c = 0; c < 8; ++c) {
+    if (c < n) {
+      const T* a = base + c * stride;
+      __m256 s = _mm256_mul_ps(load8(a), q[0]);
+      for (int k = 1; k < K; ++k) s = _mm256_add_ps(s, _mm256_mul_ps(load8(a + 8 * k), q[k]));
+      acc[c] = s;
+    } else {
+      acc[c] = _mm256_setzero_ps();
+    }
   }
+  // Lane sums of 8 candidates at once: fold halves (l_i + l_{i+4}), then two pairwise levels.
+  const __m256 t0 = _mm256_add_ps(_mm256_permute2f128_ps(acc[0], acc[1], 0x20),
+                                  _mm256_permute2f128_ps(acc[0], acc[1], 0x31));
+  const __m256 t1 = _mm256_add_ps(_mm256_permute2f128_ps(acc[2], acc[3], 0x20),
+                                  _mm256_permute2f128_ps(acc[2], acc[3], 0x31));
+  const __m256 t2 = _mm256_add_ps(_mm256_permute2f128_ps(acc[4], acc[5], 0x20),
+                                  _mm256_permute2f128_ps(acc[4], acc[5], 0x31));
+  const __m256 t3 = _mm256_add_ps(_mm256_permute2f128_ps(acc[6], acc[7], 0x20),
+                                  _mm256_permute2f128_ps(acc[6], acc[7], 0x31));
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(t0, t1), _mm256_hadd_ps(t2, t3));  // c = 0 2 4 6 1 3 5 7
+  return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
 
-  // sc[k] = dot(q, D_i[y, x0 + k step]) for k < n <= 8, sc[n..7] = 0; returns max(sc).
-  MSLAM_AVX inline float operator()(int x0, int y, int step, int n, float sc[8]) const {
-    const T* base = Di + (static_cast<int64_t>(y) * W + x0) * (8 * K);
-    const int64_t stride = static_cast<int64_t>(step) * (8 * K);
-    __m256 acc[8];
-    for (int c = 0; c < 8; ++c) {
-      if (c < n) {
-        const T* a = base + c * stride;
-        __m256 s = _mm256_mul_ps(load8(a), q[0]);
-        for (int k = 1; k < K; ++k) s = _mm256_add_ps(s, _mm256_mul_ps(load8(a + 8 * k), q[k]));
-        acc[c] = s;
-      } else {
-        acc[c] = _mm256_setzero_ps();
+// refine_point (matching.h) for one query, with the window of each dilation scored branch-free: all rows
+// are scored into `buf` first (scan order: dy outer, then dx in chunks of 8), then the winner is the first
+// candidate in scan order whose score equals the window maximum, if that maximum is > 0. That is exactly
+// the candidate refine_point's running "strictly better" scan keeps, but without a data-dependent branch
+// per row (each mispredicted one discarded a whole row's worth of work in flight).
+template <int K, typename T>
+MSLAM_AVX inline void refine_point_avx(const T* Di, const float* query, int H, int W, const RefineParams& prm,
+                                       float* buf, int* u, int* v) {
+  constexpr int F = 8 * K;
+  __m256 q[K];
+  for (int k = 0; k < K; ++k) q[k] = _mm256_loadu_ps(query + 8 * k);
+  int cu = mslam::matching::clampi(*u, 0, W - 1);
+  int cv = mslam::matching::clampi(*v, 0, H - 1);
+  const int r = prm.radius;
+  for (int d = prm.dilation_max; d >= 1; --d) {
+    int dx_lo = -r, dx_hi = r;  // the columns cu + dx d inside [0, W)
+    while (dx_lo <= dx_hi && cu + dx_lo * d < 0) ++dx_lo;
+    while (dx_hi >= dx_lo && cu + dx_hi * d > W - 1) --dx_hi;
+    int dy_lo = -r, dy_hi = r;  // the rows cv + dy d inside [0, H)
+    while (dy_lo <= dy_hi && cv + dy_lo * d < 0) ++dy_lo;
+    while (dy_hi >= dy_lo && cv + dy_hi * d > H - 1) --dy_hi;
+    const int ncol = dx_hi - dx_lo + 1;  // >= 1: dx = 0 is always inside
+    const int nch = (ncol + 7) / 8;
+    const int64_t stride = static_cast<int64_t>(d) * F;
+    __m256 vmax = _mm256_setzero_ps();
+    int j = 0;
+    for (int dy = dy_lo; dy <= dy_hi; ++dy) {
+      const T* row = Di + (static_cast<int64_t>(cv + dy * d) * W + cu + dx_lo * d) * F;
+      for (int ch = 0; ch < nch; ++ch, ++j) {
+        const int n = ncol - 8 * ch < 8 ? ncol - 8 * ch : 8;
+        const __m256 sc = score_row<K, T>(row + 8 * ch * stride, stride, n, q);
+        _mm256_storeu_ps(buf + 8 * j, sc);
+        vmax = _mm256_max_ps(vmax, sc);
       }
     }
-    // Lane sums of 8 candidates at once: fold halves (l_i + l_{i+4}), then two pairwise levels.
-    const __m256 t0 = _mm256_add_ps(_mm256_permute2f128_ps(acc[0], acc[1], 0x20),
-                                    _mm256_permute2f128_ps(acc[0], acc[1], 0x31));
-    const __m256 t1 = _mm256_add_ps(_mm256_permute2f128_ps(acc[2], acc[3], 0x20),
-                                    _mm256_permute2f128_ps(acc[2], acc[3], 0x31));
-    const __m256 t2 = _mm256_add_ps(_mm256_permute2f128_ps(acc[4], acc[5], 0x20),
-                                    _mm256_permute2f128_ps(acc[4], acc[5], 0x31));
-    const __m256 t3 = _mm256_add_ps(_mm256_permute2f128_ps(acc[6], acc[7], 0x20),
-                                    _mm256_permute2f128_ps(acc[6], acc[7], 0x31));
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(t0, t1), _mm256_hadd_ps(t2, t3));  // c = 0 2 4 6 1 3 5 7
-    const __m256 scores = _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_ps(sc, scores);
-    __m256 m = _mm256_max_ps(scores, _mm256_permute2f128_ps(scores, scores, 0x01));
-    m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, 0x4e));
-    m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, 0xb1));
-    return _mm256_cvtss_f32(m);
+    vmax = _mm256_max_ps(vmax, _mm256_permute2f128_ps(vmax, vmax, 0x01));
+    vmax = _mm256_max_ps(vmax, _mm256_shuffle_ps(vmax, vmax, 0x4e));
+    vmax = _mm256_max_ps(vmax, _mm256_shuffle_ps(vmax, vmax, 0xb1));
+    const float m = _mm256_cvtss_f32(vmax);
+    if (j <= 8 && nch == 1) {
+      // Common case (radius <= 3): at most 8 rows of one chunk. The first lane equal to the maximum, found
+      // from the 8-bit equality masks of the rows without a branch (the next window's loads wait on it).
+      uint64_t bits = 1ull << 63;  // sentinel; not reached when m > 0
+      for (int i = 0; i < j; ++i) {
+        const uint64_t mask = static_cast<unsigned>(
+            _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(buf + 8 * i), vmax, _CMP_EQ_OQ)));
+        bits |= mask << (8 * i);
+      }
+      const int idx = __builtin_ctzll(bits);
+      const bool take = m > 0.0f;  // else no score is > 0 and the centre stays
+      cu = take ? cu + (dx_lo + (idx & 7)) * d : cu;
+      cv = take ? cv + (dy_lo + (idx >> 3)) * d : cv;
+    } else if (m > 0.0f) {  // else no score is > 0 and the centre stays
+      int i = 0, mask = 0;
+      while ((mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(buf + 8 * i), vmax, _CMP_EQ_OQ))) == 0) ++i;
+      const int k = 8 * (i % nch) + __builtin_ctz(static_cast<unsigned>(mask));
+      cu = cu + (dx_lo + k) * d;
+      cv = cv + (dy_lo + i / nch) * d;
+    }
   }
-};
+  *u = cu;
+  *v = cv;
+}
 
 template <int K, typename T>
 MSLAM_AVX __attribute__((flatten)) void refine_avx(const RefineArgs& a, int64_t begin, int64_t end) {
-  refine_loop<T>(a, begin, end, [&](const T* Di, const float* q) { return AvxRowScorer<K, T>(Di, q, a.W); });
+  const int64_t img_stride = static_cast<int64_t>(a.H) * a.W * a.F;
+  const T* Di_all = static_cast<const T*>(a.Di);
+  const int side = 2 * a.prm.radius + 1;
+  std::vector<float> buf(static_cast<size_t>(side) * ((side + 7) / 8) * 8);  // one window's scores
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t b = i / a.N;
+    // Clamp in 64 bits before narrowing to int (the body clamps again into the image).
+    int u = static_cast<int>(std::min<int64_t>(std::max<int64_t>(a.p_in[i * 2], 0), a.W - 1));
+    int v = static_cast<int>(std::min<int64_t>(std::max<int64_t>(a.p_in[i * 2 + 1], 0), a.H - 1));
+    refine_point_avx<K, T>(Di_all + b * img_stride, a.Dj + i * a.F, a.H, a.W, a.prm, buf.data(), &u, &v);
+    a.p_out[i * 2] = u;
+    a.p_out[i * 2 + 1] = v;
+  }
 }
 
 template <typename T>
