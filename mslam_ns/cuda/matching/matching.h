@@ -209,7 +209,8 @@ MSLAM_HD float max8(const float s[8]) {
 
 // Scores one row of candidates of image i against the query descriptor: sc[k] = dot(q, D_i[y, x0 + k step])
 // for k < n (n <= 8) and sc[k] = 0 for k >= n, with dot_lanes; returns max(sc[0..7]). The portable scorer;
-// a build may pass its own with the same arithmetic (the CPU build batches a row with SIMD).
+// the CPU build's AVX2 path (matching_cpu.cpp, refine_point_avx) scores whole windows with the same
+// arithmetic and scan order instead, so every build returns the same pixel.
 template <int FC, typename TI, typename TQ>
 struct LaneScorer {
   const TI* __restrict__ Di;  // [H, W, F] descriptors of image i
