@@ -1,7 +1,7 @@
 """Speed of the Gauss-Newton normal-equation kernels: compiled CPU vs the PyTorch twin, in the same run.
 
 Workload: 512x384 pointmaps (HW = 196608), float32, ~90% valid matches. Measures one edge (the tracker's
-shape: N = 2, E = 1) and a 10-edge graph (N = 11) in rays and calib modes, in ms per edge, plus one full
+shape: N = 2, E = 1) and a 10-edge graph (N = 11) in each mode (rays, calib, points), in ms per edge, plus one full
 `optimize_graph` iteration (normal equations + assembly + Cholesky + retraction + the trial evaluation).
 Speed-ups are ratios measured in the same process, so they do not depend on the machine's absolute speed.
 
@@ -78,7 +78,7 @@ def bench_edges(prob: dict, mode: str, repeats: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--modes", nargs="+", default=["rays", "calib"], choices=MODES)
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--threads", type=int, default=0, help="torch / kernel threads (0: torch's default)")
     a = ap.parse_args()
     if a.threads > 0:

@@ -71,6 +71,52 @@ def test_compiled_matches_twin_float32(mode: str) -> None:
     torch.testing.assert_close(cc, ct, rtol=2e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", MODES)
+def test_compiled_identity_matches_and_multi_chunk(mode: str, dtype: torch.dtype) -> None:
+    """Identity correspondences (the kernel's fast path) on an image of several pixel chunks (> 4096 pixels,
+    not a multiple of the SIMD batch), with near-exact matches so that most pixels pass the gates."""
+    g = torch.Generator().manual_seed(7)
+    G = make_graph(n=3, h=50, w=99, seed=7, dtype=torch.float64)
+    N, HW = G.X.shape[:2]
+    Twc = perturb(G.Twc, 0.02, n_fixed=0, seed=8)
+    E = 3
+    ii = torch.tensor([0, 1, 2])
+    jj = torch.tensor([1, 2, 0])
+    idx = torch.arange(HW).expand(E, HW).contiguous()
+    idx[2, :10] = torch.randint(0, HW, (10,), generator=g)  # edge 2: not the identity (general path)
+    valid = torch.rand(E, HW, generator=g) > 0.1
+    X = G.X + 0.01 * torch.randn(G.X.shape, generator=g, dtype=torch.float64)
+    Q = 0.5 + 2.0 * torch.rand(E, HW, generator=g, dtype=torch.float64)
+    C = 0.5 + 2.0 * torch.rand(N, HW, generator=g, dtype=torch.float64)
+    prob = dict(Twc=Twc.to(dtype), X=X.to(dtype), C=C.to(dtype), ii=ii, jj=jj, idx_ii2jj=idx, valid_match=valid,
+                Q=Q.to(dtype))
+    (Ht, gt, ct, nt), (Hc, gc, cc, nc) = _both(mode, prob, G.K, G.img_hw, huber=0.5)
+    assert int(nt.min()) > HW // 4  # most pixels contribute
+    if dtype == torch.float64:
+        torch.testing.assert_close(nc, nt)
+        torch.testing.assert_close(Hc, Ht, rtol=1e-10, atol=1e-8 * float(Ht.abs().max()))
+        torch.testing.assert_close(gc, gt, rtol=1e-10, atol=1e-8 * float(gt.abs().max()))
+        torch.testing.assert_close(cc, ct, rtol=1e-10, atol=1e-10)
+    else:
+        assert (nc - nt).abs().max() <= 2
+        torch.testing.assert_close(Hc, Ht, rtol=2e-3, atol=2e-3 * float(Ht.abs().max()))
+        torch.testing.assert_close(gc, gt, rtol=2e-3, atol=2e-3 * float(gt.abs().max()))
+        torch.testing.assert_close(cc, ct, rtol=2e-3, atol=1e-3 * float(ct.abs().max()))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_compiled_matches_twin_zero_huber(mode: str) -> None:
+    """Huber threshold 0 (weights 1 at |e| = 0, e.g. gated pixels, and 0 elsewhere) must not produce NaNs."""
+    prob, K, hw = _random_problem(torch.float64, seed=5)
+    (Ht, gt, ct, nt), (Hc, gc, cc, nc) = _both(mode, prob, K, hw, C_thresh=0.3, huber=0.0)
+    assert bool(torch.isfinite(Hc).all()) and int(nt.sum()) > 0
+    torch.testing.assert_close(nc, nt)
+    torch.testing.assert_close(Hc, Ht, rtol=1e-10, atol=1e-8 * float(Ht.abs().max() + 1e-30))
+    torch.testing.assert_close(gc, gt, rtol=1e-10, atol=1e-8 * float(gt.abs().max() + 1e-30))
+    torch.testing.assert_close(cc, ct, rtol=1e-10, atol=1e-10)
+
+
 def test_twin_edge_chunking_matches_single_chunk(monkeypatch) -> None:
     """The twin processes edges in chunks; a one-edge chunk size must give the same result."""
     prob, K, hw = _random_problem(torch.float64)

@@ -56,6 +56,7 @@ struct Params {
   T z_eps, border;
   int H, W;
   T isig_ray, isig_dist, isig_pixel, isig_depth, isig_point;  // 1 / sigma (set by make_params)
+  T one;                                                       // 1 (set by make_params)
 };
 constexpr int kNumParams = 14;
 constexpr int kJ = 7;  // columns of the local Jacobian (tau, phi, sigma)
@@ -73,24 +74,54 @@ MSLAM_HD Params<T> make_params(const double* v, int H, int W) {
   p.isig_pixel = T(1.0 / v[2]);
   p.isig_depth = T(1.0 / v[3]);
   p.isig_point = T(1.0 / v[4]);
+  p.one = T(1);
   return p;
 }
 
-// Residual r, local Jacobian J (rows x 7) and 1/sigma per row.
-// Returns false when the correspondence is gated.
+// Stage 1 of one correspondence (no gates, no branches): P = T_ij X_j and the square roots used later
+// (|P|, |X_i| for rays; sqrt(q) for the whitening). Split from stage 2 so that the CPU build can run the
+// square roots (library calls) and the gated arithmetic in separate vectorised loops.
+template <typename T>
+struct Geo {
+  T P[3];
+  T nP, nX;  // |P|, |X_i| (rays only; 0 otherwise)
+  T sq;      // sqrt(q)
+};
+
 template <int MODE, typename T>
-MSLAM_HD bool residual(const T* P, const T* Xi, int64_t m, const Params<T>& p, T* r, T (*J)[kJ], T* isig) {
-  using sim3::m_sqrt;
-  using sim3::m_log;
+MSLAM_HD void geometry(const T* Tij, const T* Xj, const T* Xi, T q, Geo<T>& g) {
+  sim3::act(Tij, Xj, g.P);
   if (MODE == kRays) {
-    const T nP = m_sqrt(P[0] * P[0] + P[1] * P[1] + P[2] * P[2]);
-    const T nX = m_sqrt(Xi[0] * Xi[0] + Xi[1] * Xi[1] + Xi[2] * Xi[2]);
-    if (!(nP > T(0)) || !(nX > T(0))) return false;
+    g.nP = sim3::m_sqrt(g.P[0] * g.P[0] + g.P[1] * g.P[1] + g.P[2] * g.P[2]);
+    g.nX = sim3::m_sqrt(Xi[0] * Xi[0] + Xi[1] * Xi[1] + Xi[2] * Xi[2]);
+  } else {
+    g.nP = T(0);
+    g.nX = T(0);
+  }
+  g.sq = sim3::m_sqrt(q);
+}
+
+// Residual r, local Jacobian J (rows x 7) and 1/sigma per row; (mu, mv) = pixel coordinates of m.
+// Returns false when the correspondence is gated. Branch-free (gates are masks, gated lanes compute finite
+// dummy values) so that the CPU build can vectorise it across pixels.
+template <int MODE, typename T>
+MSLAM_HD bool residual(const Geo<T>& g, const T* Xi, T mu, T mv, const Params<T>& p, T* r, T (*J)[kJ],
+                       T* isig) {
+  using sim3::m_log;
+  const T* P = g.P;
+  if (MODE == kRays) {
+    const bool ok = (g.nP > T(0)) & (g.nX > T(0));  // |P| > 0 and |X_i| > 0
+    // Gated lanes divide by p.one (a run-time 1: with a literal the compiler would fold 1 / 1 and move the
+    // division into a branch, which blocks vectorisation on the CPU).
+    const T nP = ok ? g.nP : p.one;
+    const T nX = ok ? g.nX : p.one;
     const T iP = T(1) / nP, iX = T(1) / nX;
     const T d[3] = {P[0] * iP, P[1] * iP, P[2] * iP};  // unit ray of P
+    MSLAM_UNROLL
     for (int a = 0; a < 3; ++a) {
       r[a] = d[a] - Xi[a] * iX;
       // [(I - d d^T)/|P|, -[d]x, 0]
+      MSLAM_UNROLL
       for (int b = 0; b < 3; ++b) J[a][b] = ((a == b ? T(1) : T(0)) - d[a] * d[b]) * iP;
       J[a][6] = T(0);
       isig[a] = p.isig_ray;
@@ -102,19 +133,18 @@ MSLAM_HD bool residual(const T* P, const T* Xi, int64_t m, const Params<T>& p, T
     J[3][0] = d[0]; J[3][1] = d[1]; J[3][2] = d[2];
     J[3][3] = T(0); J[3][4] = T(0); J[3][5] = T(0); J[3][6] = nP;
     isig[3] = p.isig_dist;
-    return true;
+    return ok;
   } else if (MODE == kCalib) {
-    if (!(P[2] > p.z_eps) || !(Xi[2] > p.z_eps)) return false;
-    const T iz = T(1) / P[2];
+    const bool okz = (P[2] > p.z_eps) & (Xi[2] > p.z_eps);
+    const T Pz = okz ? P[2] : p.one, Xz = okz ? Xi[2] : p.one;  // p.one: see kRays
+    const T iz = T(1) / Pz;
     const T a = P[0] * iz, b = P[1] * iz;
     const T u = p.fx * a + p.cx, v = p.fy * b + p.cy;
-    if (!(u >= p.border) || !(u <= T(p.W - 1) - p.border) || !(v >= p.border) || !(v <= T(p.H - 1) - p.border))
-      return false;
-    const int64_t mv = m / p.W;
-    const int64_t mu = m - mv * p.W;
-    r[0] = u - T(mu);
-    r[1] = v - T(mv);
-    r[2] = m_log(P[2]) - m_log(Xi[2]);
+    const bool ok = okz & (u >= p.border) & (u <= T(p.W - 1) - p.border) & (v >= p.border) &
+                    (v <= T(p.H - 1) - p.border);
+    r[0] = u - mu;
+    r[1] = v - mv;
+    r[2] = m_log(Pz) - m_log(Xz);
     J[0][0] = p.fx * iz; J[0][1] = T(0); J[0][2] = -p.fx * a * iz;
     J[0][3] = -p.fx * a * b; J[0][4] = p.fx * (T(1) + a * a); J[0][5] = -p.fx * b; J[0][6] = T(0);
     J[1][0] = T(0); J[1][1] = p.fy * iz; J[1][2] = -p.fy * b * iz;
@@ -123,11 +153,13 @@ MSLAM_HD bool residual(const T* P, const T* Xi, int64_t m, const Params<T>& p, T
     J[2][3] = b; J[2][4] = -a; J[2][5] = T(0); J[2][6] = T(1);
     isig[0] = isig[1] = p.isig_pixel;
     isig[2] = p.isig_depth;
-    return true;
+    return ok;
   } else {
     // [I, -[P]x, P]
+    MSLAM_UNROLL
     for (int a = 0; a < 3; ++a) {
       r[a] = P[a] - Xi[a];
+      MSLAM_UNROLL
       for (int b = 0; b < 3; ++b) J[a][b] = (a == b) ? T(1) : T(0);
       J[a][6] = P[a];
       isig[a] = p.isig_point;
@@ -139,38 +171,57 @@ MSLAM_HD bool residual(const T* P, const T* Xi, int64_t m, const Params<T>& p, T
   }
 }
 
-// One correspondence: gate, transform, residual, whitening and Huber weight. Returns the number of residual
-// rows (0 when gated) and fills r, J, the robust weights w = Huber(e) * w0 and cost += sum 2 rho(e).
-//   Tij [8]  T_WCi^-1 T_WCj;  Xj [3]  X_j[n];  Xi [3]  X_i[m];  q = Q[e, n];  Cj = C_j[n];  Ci = C_i[m].
+// Stage 2 of one correspondence, branch-free: residual, gates, whitening and Huber weight. Always fills all
+// R rows of r and J and the robust weights w = Huber(e) * w0 (w = 0 when gated); returns whether the pixel
+// contributes and adds its sum 2 rho(e) to cost (nothing when gated).
+//   g  stage 1 of (T_ij, X_j[n], X_i[m], q);  Xi [3]  X_i[m];  (mu, mv) pixel of m;  q = Q[e, n];
+//   Cj = C_j[n];  Ci = C_i[m];  ok_in: valid match with m inside the image (caller's index checks).
+template <int MODE, typename T>
+MSLAM_HD bool weigh_pixel_masked(const Geo<T>& g, const T* Xi, T mu, T mv, T q, T Cj, T Ci, bool ok_in,
+                                 const Params<T>& p, T* r, T (*J)[kJ], T* w, T& cost) {
+  bool ok = ok_in & (q > p.Q_thresh) & (Ci > p.C_thresh) & (Cj > p.C_thresh);
+  constexpr int R = Rows<MODE>::value;
+  T isig[4];
+  ok = ok & residual<MODE, T>(g, Xi, mu, mv, p, r, J, isig);
+  const T sq = ok ? g.sq : T(0);
+  T c = T(0);
+  MSLAM_UNROLL
+  for (int k = 0; k < R; ++k) {
+    const T sw = sq * isig[k];  // sqrt(w0); 0 when gated
+    const T e = sw * r[k];      // whitened residual
+    const T ae = sim3::m_abs(e);
+    // Branch-free Huber: weight k / max(|e|, k) (exactly 1 for inliers; 1 / 1 when k = |e| = 0), 2 rho(e) =
+    // lo (2|e| - lo) with lo = min(|e|, k) (= e^2 for inliers, 2k|e| - k^2 for outliers).
+    const bool outlier = ae > p.huber;
+    const T hi = outlier ? ae : p.huber;
+    const T lo = outlier ? p.huber : ae;
+    const bool pos = hi > T(0);
+    w[k] = ((pos ? p.huber : p.one) / (pos ? hi : p.one)) * sw * sw;  // Huber(e) * w0
+    c += lo * (T(2) * ae - lo);
+  }
+  cost += c;
+  return ok;
+}
+
+// Scalar form of weigh_pixel_masked: returns the number of residual rows (0 when gated).
 template <int MODE, typename T>
 MSLAM_HD int weigh_pixel(const T* Tij, const T* Xj, const T* Xi, int64_t m, T q, T Cj, T Ci, const Params<T>& p,
                          T* r, T (*J)[kJ], T* w, T& cost) {
-  if (!(q > p.Q_thresh) || !(Ci > p.C_thresh) || !(Cj > p.C_thresh)) return 0;
-  T P[3];
-  sim3::act(Tij, Xj, P);
-  constexpr int R = Rows<MODE>::value;
-  T isig[4];
-  if (!residual<MODE, T>(P, Xi, m, p, r, J, isig)) return 0;
-  const T sq = sim3::m_sqrt(q);
-  for (int k = 0; k < R; ++k) {
-    const T sw = sq * isig[k];  // sqrt(w0)
-    const T e = sw * r[k];      // whitened residual
-    const T ae = sim3::m_abs(e);
-    const bool inlier = ae <= p.huber;
-    w[k] = (inlier ? T(1) : p.huber / ae) * sw * sw;  // Huber(e) * w0
-    cost += inlier ? e * e : T(2) * p.huber * ae - p.huber * p.huber;
-  }
-  return R;
+  const int64_t mv = m / p.W;
+  const int64_t mu = m - mv * p.W;
+  T c = T(0);
+  Geo<T> g;
+  geometry<MODE, T>(Tij, Xj, Xi, q, g);
+  if (!weigh_pixel_masked<MODE, T>(g, Xi, T(mu), T(mv), q, Cj, Ci, true, p, r, J, w, c)) return 0;
+  cost += c;
+  return Rows<MODE>::value;
 }
 
-// weigh_pixel + accumulation into acc[kAcc] (packed 7x7 upper triangle; the body of both the CPU and CUDA loops).
-template <int MODE, typename T, typename A>
-MSLAM_HD void accumulate_pixel(const T* Tij, const T* Xj, const T* Xi, int64_t m, T q, T Cj, T Ci,
-                               const Params<T>& p, A* acc) {
-  T r[4], J[4][kJ], w[4];
-  T cost = T(0);
-  const int R = weigh_pixel<MODE, T>(Tij, Xj, Xi, m, q, Cj, Ci, p, r, J, w, cost);
-  if (R == 0) return;
+// acc[k * STRIDE] += this pixel's terms, k over the kAcc layout: packed upper triangle of sum_k w_k J_k^T J_k
+// (only the structurally non-zero entries, row_mask), sum_k w_k r_k J_k, cost and count (ok ? 1 : 0).
+// Gated pixels have w = 0 and cost = 0, so they add zeros (branch-free: the CPU build vectorises over lanes).
+template <int MODE, int STRIDE, typename T, typename A>
+MSLAM_HD void accumulate_terms(const T* r, const T (*J)[kJ], const T* w, T cost, bool ok, A* acc) {
   MSLAM_UNROLL
   for (int k = 0; k < Rows<MODE>::value; ++k) {
     // Skip the structurally zero Jacobian entries (row_mask): after unrolling the tests are compile-time.
@@ -181,15 +232,25 @@ MSLAM_HD void accumulate_pixel(const T* Tij, const T* Xj, const T* Xi, int64_t m
     MSLAM_UNROLL
     for (int a = 0; a < 7; ++a) {
       const bool on_a = (mask >> a) & 1u;
-      if (on_a) acc[kAccG + a] += wr * A(J[k][a]);
+      if (on_a) acc[(kAccG + a) * STRIDE] += wr * A(J[k][a]);
       const A wa = wk * A(J[k][a]);
       MSLAM_UNROLL
       for (int b = a; b < 7; ++b, ++idx)
-        if (on_a && ((mask >> b) & 1u)) acc[kAccH + idx] += wa * A(J[k][b]);
+        if (on_a && ((mask >> b) & 1u)) acc[(kAccH + idx) * STRIDE] += wa * A(J[k][b]);
     }
   }
-  acc[kAccCost] += A(cost);
-  acc[kAccCount] += A(1);
+  acc[kAccCost * STRIDE] += A(cost);
+  acc[kAccCount * STRIDE] += ok ? A(1) : A(0);
+}
+
+// weigh_pixel + accumulation into acc[kAcc] (packed 7x7 upper triangle; the body of the CUDA loop).
+template <int MODE, typename T, typename A>
+MSLAM_HD void accumulate_pixel(const T* Tij, const T* Xj, const T* Xi, int64_t m, T q, T Cj, T Ci,
+                               const Params<T>& p, A* acc) {
+  T r[4], J[4][kJ], w[4];
+  T cost = T(0);
+  if (weigh_pixel<MODE, T>(Tij, Xj, Xi, m, q, Cj, Ci, p, r, J, w, cost) == 0) return;
+  accumulate_terms<MODE, 1, T, A>(r, J, w, cost, true, acc);
 }
 
 }  // namespace gn

@@ -1,8 +1,10 @@
-// CPU build of the Gauss-Newton kernels: at::parallel_for over (edge, pixel chunk) tasks. Each pixel runs the
-// shared per-element body (gn.h `weigh_pixel`, also used by the CUDA loop); accepted pixels are packed into a
-// small structure-of-arrays block whose 7x7 / 7 sums are then SIMD dot products over the block (only the
-// structurally non-zero Jacobian entries, `row_mask`), flushed into a per-task double accumulator. Tasks are
-// reduced per edge in a fixed order (deterministic).
+// CPU build of the Gauss-Newton kernels: at::parallel_for over (edge, pixel chunk) tasks. Pixels are processed
+// in batches of kLanes: a scalar pass gathers each lane's inputs into structure-of-arrays buffers (index and
+// validity checks become a per-lane mask, gated lanes read a safe pixel), then a SIMD pass over the lanes runs
+// the shared branch-free per-element body (gn.h `weigh_pixel_masked`, also behind the CUDA loop) and adds each
+// lane's terms into per-lane accumulators (`accumulate_terms`: gated lanes add zeros). The per-lane sums are
+// flushed into a per-task double accumulator every kFlush batches; tasks are reduced per edge in a fixed order
+// (deterministic). With AVX2 available (checked at run time) the same body runs as an AVX2 build.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -21,55 +23,167 @@ using mslam::gn::kAccH;
 using mslam::gn::kJ;
 
 constexpr int64_t kChunk = 4096;  // pixels per task
-constexpr int kBlock = 64;        // accepted pixels per SIMD block
+constexpr int kLanes = 16;        // pixels per SIMD batch
+constexpr int kFlush = 64;        // batches per flush of the per-lane (T) sums into the double accumulator
 
-// Accepted pixels of one block: robust weights, residuals and local Jacobians, pixel index last (SIMD lanes).
-template <int MODE, typename T>
-struct Block {
-  static constexpr int R = mslam::gn::Rows<MODE>::value;
-  alignas(64) T J[R][kJ][kBlock];
-  alignas(64) T w[R][kBlock];
-  alignas(64) T r[R][kBlock];
-  T cost = T(0);
-  int L = 0;
+// Inputs of one edge.
+template <typename T>
+struct EdgeIn {
+  const T* Xi;            // [HW, 3]
+  const T* Xj;            // [HW, 3]
+  const T* Ci;            // [HW]
+  const T* Cj;            // [HW]
+  const int64_t* idx;     // [HW]
+  const bool* valid;      // [HW]
+  const T* Q;             // [HW]
+  T Tij[8];               // T_WCi^-1 T_WCj
+};
 
-  void push(const T* rr, T (*JJ)[kJ], const T* ww) {
-    for (int k = 0; k < R; ++k) {
-      w[k][L] = ww[k];
-      r[k][L] = rr[k];
-      for (int a = 0; a < kJ; ++a) J[k][a][L] = JJ[k][a];
+// acc [kAcc] (double) += the pixels n0 <= n < n1 of one edge. IDENT: idx[n] == n for every pixel (not read).
+template <int MODE, typename T, bool IDENT>
+__attribute__((always_inline)) inline void chunk_body(const EdgeIn<T>& in, int64_t n0, int64_t n1, int64_t HW,
+                                                      const mslam::gn::Params<T>& p, double* acc) {
+  alignas(64) T lacc[kAcc * kLanes];  // per-lane sums, entry k of lane l at k * kLanes + l
+  alignas(64) T xj[3][kLanes], xi[3][kLanes], q[kLanes], cj[kLanes], ci[kLanes], mu[kLanes], mv[kLanes];
+  alignas(64) int32_t ok[kLanes], msi[kLanes];
+  for (int l = 0; l < kLanes; ++l) mu[l] = mv[l] = T(0);
+  alignas(64) T gP[3][kLanes], gnP[kLanes], gnX[kLanes], gsq[kLanes];  // stage 1 results
+  for (int k = 0; k < kAcc * kLanes; ++k) lacc[k] = T(0);
+  const T t0 = in.Tij[0], t1 = in.Tij[1], t2 = in.Tij[2], t3 = in.Tij[3], t4 = in.Tij[4], t5 = in.Tij[5],
+          t6 = in.Tij[6], t7 = in.Tij[7];
+  const mslam::gn::Params<T> pl = p;
+  const double invW = 1.0 / double(p.W);
+  const int32_t W32 = p.W;
+  auto flush = [&]() {
+    for (int k = 0; k < kAcc; ++k) {
+      double s = 0.0;
+      for (int l = 0; l < kLanes; ++l) s += double(lacc[k * kLanes + l]);
+      acc[k] += s;
     }
-    ++L;
-  }
-
-  // acc += sum over the block of J^T W J (packed upper triangle), J^T W r, cost and count; then empty it.
-  void flush(double* acc) {
-    for (int k = 0; k < R; ++k) {
-      const unsigned mask = mslam::gn::row_mask<MODE>(k);
-      int id = 0;
-      for (int a = 0; a < kJ; ++a) {
-        const bool on_a = (mask >> a) & 1u;
-        if (on_a) {
-          T s = T(0);
-          _Pragma("omp simd reduction(+:s)")
-          for (int l = 0; l < L; ++l) s += w[k][l] * r[k][l] * J[k][a][l];
-          acc[kAccG + a] += double(s);
+    for (int k = 0; k < kAcc * kLanes; ++k) lacc[k] = T(0);
+  };
+  int nb = 0;
+  for (int64_t b = n0; b < n1; b += kLanes) {
+    // Gather: per-lane inputs, masks and safe indices (gated lanes read pixel 0).
+    if (b + kLanes <= n1) {
+      // Full batch (branch-free, vectorisable).
+#pragma GCC ivdep
+      for (int l = 0; l < kLanes; ++l) {
+        const int64_t n = b + l;
+        // Integer arithmetic instead of bools (bool <-> int conversions block GCC's vectoriser).
+        const uint64_t m = IDENT ? uint64_t(n) : uint64_t(in.idx[n]);
+        const uint64_t vb = reinterpret_cast<const uint8_t*>(in.valid)[n];
+        const uint64_t in_range = IDENT ? 1u : (((m - uint64_t(HW)) >> 63) & (~m >> 63));  // 0 <= m < HW
+        const uint64_t okl = vb & in_range;
+        const uint64_t ms = m & (uint64_t(0) - okl);  // m, or 0 when gated
+        for (int c = 0; c < 3; ++c) {
+          xj[c][l] = in.Xj[3 * n + c];
+          xi[c][l] = in.Xi[3 * ms + c];
         }
-        for (int b = a; b < kJ; ++b, ++id) {
-          if (!on_a || !((mask >> b) & 1u)) continue;
-          T s = T(0);
-          _Pragma("omp simd reduction(+:s)")
-          for (int l = 0; l < L; ++l) s += w[k][l] * J[k][a][l] * J[k][b][l];
-          acc[kAccH + id] += double(s);
+        q[l] = in.Q[n];
+        cj[l] = in.Cj[n];
+        ci[l] = in.Ci[ms];
+        ok[l] = int32_t(okl);
+        msi[l] = int32_t(ms);
+      }
+    } else {
+      for (int l = 0; l < kLanes; ++l) {
+        const int64_t n = b + l;
+        const bool inside = n < n1;
+        const int64_t nn = inside ? n : n0;
+        const int64_t m = IDENT ? nn : in.idx[nn];
+        const bool okl = inside && in.valid[nn] && (IDENT || (m >= 0 && m < HW));
+        const int64_t ms = (IDENT || okl) ? m : 0;
+        for (int c = 0; c < 3; ++c) {
+          xj[c][l] = in.Xj[3 * nn + c];
+          xi[c][l] = in.Xi[3 * ms + c];
         }
+        q[l] = in.Q[nn];
+        cj[l] = in.Cj[nn];
+        ci[l] = in.Ci[ms];
+        ok[l] = okl;
+        msi[l] = int32_t(ms);
       }
     }
-    acc[kAccCost] += double(cost);
-    acc[kAccCount] += double(L);
-    cost = T(0);
-    L = 0;
+    if (MODE == mslam::gn::kCalib) {
+      // Pixel (u, v) of m: v = floor((m + 0.5) / W) in double, then an exact integer correction.
+#pragma GCC ivdep
+      for (int l = 0; l < kLanes; ++l) {
+        const int32_t ms = msi[l];
+        int32_t v = int32_t((double(ms) + 0.5) * invW);
+        int32_t u = ms - v * W32;
+        v = v + (u >= W32 ? 1 : 0) - (u < 0 ? 1 : 0);
+        u = ms - v * W32;
+        mu[l] = T(u);
+        mv[l] = T(v);
+      }
+    }
+    // Stage 1 (transform and square roots; SIMD over the lanes, no branches).
+#pragma GCC ivdep
+    for (int l = 0; l < kLanes; ++l) {
+      const T Xjl[3] = {xj[0][l], xj[1][l], xj[2][l]};
+      const T Xil[3] = {xi[0][l], xi[1][l], xi[2][l]};
+      const T Tij[8] = {t0, t1, t2, t3, t4, t5, t6, t7};
+      mslam::gn::Geo<T> g;
+      mslam::gn::geometry<MODE, T>(Tij, Xjl, Xil, q[l], g);
+      for (int c = 0; c < 3; ++c) gP[c][l] = g.P[c];
+      gnP[l] = g.nP;
+      gnX[l] = g.nX;
+      gsq[l] = g.sq;
+    }
+    // Stage 2: gates, residuals, weights and accumulation (SIMD over the lanes, selects instead of branches).
+#pragma GCC ivdep
+    for (int l = 0; l < kLanes; ++l) {
+      const T Xil[3] = {xi[0][l], xi[1][l], xi[2][l]};
+      mslam::gn::Geo<T> g;
+      for (int c = 0; c < 3; ++c) g.P[c] = gP[c][l];
+      g.nP = gnP[l];
+      g.nX = gnX[l];
+      g.sq = gsq[l];
+      T r[4], J[4][kJ], w[4];
+      T cost = T(0);
+      const bool o = mslam::gn::weigh_pixel_masked<MODE, T>(g, Xil, mu[l], mv[l], q[l], cj[l], ci[l], ok[l] != 0,
+                                                            pl, r, J, w, cost);
+      mslam::gn::accumulate_terms<MODE, kLanes, T, T>(r, J, w, cost, o, lacc + l);
+    }
+    if (++nb == kFlush) {
+      flush();
+      nb = 0;
+    }
   }
-};
+  if (nb) flush();
+}
+
+template <int MODE, typename T, bool IDENT>
+void chunk_default(const EdgeIn<T>& in, int64_t n0, int64_t n1, int64_t HW, const mslam::gn::Params<T>& p,
+                   double* acc) {
+  chunk_body<MODE, T, IDENT>(in, n0, n1, HW, p, acc);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MSLAM_GN_AVX2 1
+template <int MODE, typename T, bool IDENT>
+__attribute__((target("avx2"))) void chunk_avx2(const EdgeIn<T>& in, int64_t n0, int64_t n1, int64_t HW,
+                                                const mslam::gn::Params<T>& p, double* acc) {
+  chunk_body<MODE, T, IDENT>(in, n0, n1, HW, p, acc);
+}
+#endif
+
+template <int MODE, typename T, bool IDENT>
+void run_chunk(bool avx2, const EdgeIn<T>& in, int64_t n0, int64_t n1, int64_t HW, const mslam::gn::Params<T>& p,
+               double* acc) {
+#ifdef MSLAM_GN_AVX2
+  if (avx2) return chunk_avx2<MODE, T, IDENT>(in, n0, n1, HW, p, acc);
+#endif
+  chunk_default<MODE, T, IDENT>(in, n0, n1, HW, p, acc);
+}
+
+// True when idx[n] == n for all n (the tracker's correspondences are often the identity).
+bool is_identity(const int64_t* idx, int64_t HW) {
+  for (int64_t n = 0; n < HW; ++n)
+    if (idx[n] != n) return false;
+  return true;
+}
 
 template <int MODE, typename T>
 void accumulate_edges(const T* Tij,          // [E, 8]
@@ -83,34 +197,36 @@ void accumulate_edges(const T* Tij,          // [E, 8]
                       int64_t E, int64_t HW, const mslam::gn::Params<T>& p,
                       double* partial) {     // [E, n_chunks, kAcc]
   const int64_t n_chunks = (HW + kChunk - 1) / kChunk;
+#ifdef MSLAM_GN_AVX2
+  const bool avx2 = __builtin_cpu_supports("avx2");
+#else
+  const bool avx2 = false;
+#endif
+  std::vector<char> ident(static_cast<size_t>(E), 0);
+  at::parallel_for(0, E, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) ident[e] = is_identity(idx + e * HW, HW);
+  });
   at::parallel_for(0, E * n_chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t e = task / n_chunks;
       const int64_t c = task - e * n_chunks;
       double acc[kAcc];
       for (int k = 0; k < kAcc; ++k) acc[k] = 0.0;
-      const T* Xi = X + ii[e] * HW * 3;
-      const T* Xj = X + jj[e] * HW * 3;
-      const T* Ci = C + ii[e] * HW;
-      const T* Cj = C + jj[e] * HW;
-      const int64_t* idx_e = idx + e * HW;
-      const bool* valid_e = valid + e * HW;
-      const T* Q_e = Q + e * HW;
-      const T* Tij_e = Tij + e * 8;
+      EdgeIn<T> in;
+      in.Xi = X + ii[e] * HW * 3;
+      in.Xj = X + jj[e] * HW * 3;
+      in.Ci = C + ii[e] * HW;
+      in.Cj = C + jj[e] * HW;
+      in.idx = idx + e * HW;
+      in.valid = valid + e * HW;
+      in.Q = Q + e * HW;
+      for (int k = 0; k < 8; ++k) in.Tij[k] = Tij[e * 8 + k];
+      const int64_t n0 = c * kChunk;
       const int64_t n1 = std::min(HW, (c + 1) * kChunk);
-      Block<MODE, T> blk;
-      for (int64_t n = c * kChunk; n < n1; ++n) {
-        if (!valid_e[n]) continue;
-        const int64_t m = idx_e[n];
-        if (m < 0 || m >= HW) continue;
-        T r[4], J[4][kJ], w[4];
-        if (mslam::gn::weigh_pixel<MODE, T>(Tij_e, Xj + 3 * n, Xi + 3 * m, m, Q_e[n], Cj[n], Ci[m], p, r, J, w,
-                                            blk.cost) == 0)
-          continue;
-        blk.push(r, J, w);
-        if (blk.L == kBlock) blk.flush(acc);
-      }
-      blk.flush(acc);
+      if (ident[e])
+        run_chunk<MODE, T, true>(avx2, in, n0, n1, HW, p, acc);
+      else
+        run_chunk<MODE, T, false>(avx2, in, n0, n1, HW, p, acc);
       double* out = partial + task * kAcc;
       for (int k = 0; k < kAcc; ++k) out[k] = acc[k];
     }
@@ -133,6 +249,7 @@ std::vector<at::Tensor> edge_normal_equations(int64_t mode, at::Tensor Twc, at::
   TORCH_CHECK(mode >= 0 && mode <= 2, "mode must be 0 (rays), 1 (calib) or 2 (points)");
   const int64_t E = ii.size(0);
   const int64_t HW = X.size(1);
+  TORCH_CHECK(HW < (int64_t(1) << 31), "at most 2^31 - 1 pixels per pointmap");
   auto opts = X.options();
   at::Tensor Hout = at::zeros({E, 14, 14}, opts);
   at::Tensor gout = at::zeros({E, 14}, opts);
