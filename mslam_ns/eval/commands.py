@@ -7,28 +7,19 @@ from pathlib import Path
 
 from tyro.conf import Positional
 
+from mslam_ns.cli import UserError
 from mslam_ns.eval.ate import EVO_MAX_DIFF, AteResult, ate
+from mslam_ns.slam.commands import KEYFRAMES_FILE, SUMMARY_FILE, TRAJECTORY_FILE  # the run's layout
 
-TRAJECTORY_FILE = "trajectory.txt"
-"""All frames' poses (TUM format) written by `mslam-ns run`."""
-KEYFRAMES_FILE = "keyframes.txt"
-"""Keyframe poses (TUM format) written by `mslam-ns run`."""
 EVAL_FILE = "eval.json"
-SUMMARY_FILE = "summary.json"
 GT_FILE = "groundtruth.txt"
-
-
-def _user_error(msg: str) -> Exception:
-    from mslam_ns.cli import UserError
-
-    return UserError(msg)
 
 
 def _read(path: Path):
     from mslam_ns.io.tum import read_tum_trajectory
 
     if not path.is_file():
-        raise _user_error(f"{path}: file not found")
+        raise UserError(f"{path}: file not found")
     return read_tum_trajectory(path)
 
 
@@ -38,7 +29,7 @@ def evaluate_files(est: Path, gt_ts, gt_poses, gt: Path, max_dt: float) -> AteRe
     try:
         return ate(ts, poses, gt_ts, gt_poses, max_dt=max_dt, align="sim3")
     except ValueError as e:
-        raise _user_error(f"{est}: cannot evaluate against {gt}: {str(e).removeprefix('ate: ')}") from None
+        raise UserError(f"{est}: cannot evaluate against {gt}: {str(e).removeprefix('ate: ')}") from None
 
 
 def format_result(name: str, r: AteResult) -> str:
@@ -79,15 +70,15 @@ def evaluate(out: Positional[Path], gt: Path | None = None, max_dt: float = EVO_
 
     out = Path(out)
     if not out.is_dir():
-        raise _user_error(f"{out}: output folder not found")
+        raise UserError(f"{out}: output folder not found")
     if gt is None:
         gt = find_ground_truth(out)
         if gt is None:
-            raise _user_error(f"{out}: no --gt given and no {GT_FILE} found for this run (pass --gt FILE)")
+            raise UserError(f"{out}: no --gt given and no {GT_FILE} found for this run (pass --gt FILE)")
     gt = Path(gt)
     gt_ts, gt_poses = _read(gt)
     if len(gt_ts) == 0:
-        raise _user_error(f"{gt}: no poses in ground-truth file")
+        raise UserError(f"{gt}: no poses in ground-truth file")
     report: dict[str, object] = {"gt": str(gt), "max_dt": max_dt, "align": "sim3"}
     # Same keys as the eval.json that `mslam-ns demo` writes.
     for key, name in (("all_frames", TRAJECTORY_FILE), ("keyframes", KEYFRAMES_FILE)):

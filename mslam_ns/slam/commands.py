@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mslam_ns.cli import UserError
 from mslam_ns.config import SlamConfig
 
 TRAJECTORY_FILE = "trajectory.txt"
@@ -27,30 +28,23 @@ FRAMES_FILE = "frames.txt"
 SUMMARY_FILE = "summary.json"
 
 
-def _user_error(msg: str) -> Exception:
-    from mslam_ns.cli import UserError
-
-    return UserError(msg)
-
-
 # ------------------------------------------------------------------------------------------- building
 def open_dataset(dataset: Path, stride: int = 1, max_frames: int | None = None, calib: Path | None = None):
     """`open_source` with every failure turned into one `UserError` line naming the file."""
-    from mslam_ns.cli import UserError
     from mslam_ns.io.frames import open_source
 
     if not dataset.exists():
-        raise _user_error(f"{dataset}: no such file or folder")
+        raise UserError(f"{dataset}: no such file or folder")
     if calib is not None and not calib.is_file():
-        raise _user_error(f"{calib}: calibration file not found")
+        raise UserError(f"{calib}: calibration file not found")
     try:
         source = open_source(dataset, stride=stride, max_frames=max_frames, calib=calib)
     except UserError:
         raise
     except (OSError, ValueError, RuntimeError) as e:
-        raise _user_error(f"{dataset}: {e}") from None
+        raise UserError(f"{dataset}: {e}") from None
     if len(source) == 0:
-        raise _user_error(f"{dataset}: no frames")
+        raise UserError(f"{dataset}: no frames")
     from mslam_ns.io.undistort import undistorted
 
     return undistorted(source)  # the SLAM works on pinhole images: lens distortion is removed here
@@ -63,22 +57,22 @@ def make_prior(source, prior: str, oracle_noise: str, img_size: int, seed: int, 
         from mslam_ns.prior.oracle import OraclePrior
 
         if source.gt_poses is None:
-            raise _user_error(f"{source.path}: the oracle prior needs ground-truth poses and depth "
+            raise UserError(f"{source.path}: the oracle prior needs ground-truth poses and depth "
                               "(a TUM / synthetic sequence); use --prior mast3r")
         try:
             return OraclePrior.from_source(source, size=img_size, noise=oracle_noise, seed=seed, device=device)
         except ValueError as e:
-            raise _user_error(f"{source.path}: {e}") from None
+            raise UserError(f"{source.path}: {e}") from None
     if prior == "mast3r":
         try:
             from mslam_ns.model import load_mast3r
             from mslam_ns.model.weights import resolve_checkpoint
             from mslam_ns.prior.mast3r import Mast3rPrior
         except ImportError as e:
-            raise _user_error(f"mast3r prior unavailable: {e}") from None
+            raise UserError(f"mast3r prior unavailable: {e}") from None
         path = resolve_checkpoint("mast3r", checkpoint)
         return Mast3rPrior(load_mast3r(path, device=device))
-    raise _user_error(f"unknown prior {prior!r}")
+    raise UserError(f"unknown prior {prior!r}")
 
 
 def pose7(T: Any) -> np.ndarray:  # [N, 8] Sim(3) -> [N, 7] (tx ty tz qx qy qz qw)
@@ -179,7 +173,7 @@ def _resolve_mode(mode: str, calib: Path | None, source) -> tuple[str, np.ndarra
     if mode == "auto":
         mode = "calib" if calib is not None else "rays"
     if mode == "calib" and K is None:
-        raise _user_error(f"{source.path}: calib mode needs intrinsics (pass --calib FILE)")
+        raise UserError(f"{source.path}: calib mode needs intrinsics (pass --calib FILE)")
     return mode, (K if mode == "calib" or calib is not None else None)
 
 
@@ -251,7 +245,7 @@ def run(
 
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise _user_error(f"{out}: exists and is not a folder")
+        raise UserError(f"{out}: exists and is not a folder")
 
 
 def _print_summary(summary: dict, out: Path) -> None:
