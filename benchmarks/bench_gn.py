@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from mslam_ns.config import BackendConfig
+from mslam_ns.config import BackendConfig, LMConfig
 from mslam_ns.cuda import _backend
 from mslam_ns.cuda.gn import _torch_impl, edge_normal_equations
 from mslam_ns.geometry import sim3
@@ -98,7 +98,7 @@ def main() -> None:
     t_api = best_ms(lambda: edge_normal_equations("rays", o["Twc"], o["X"], o["C"], o["ii"], o["jj"], o["idx"],
                                                   o["valid"], o["Q"]), a.repeats)
     print(f"public edge_normal_equations, tracker shape (N=2, E=1, rays, input checks included): {t_api:.2f} ms")
-    cfg = BackendConfig(max_iters=1)
+    cfg = BackendConfig(lm=LMConfig(max_iters=1))
     g = graph
     for mode in a.modes:
         def one_iter() -> None:

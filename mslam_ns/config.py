@@ -33,36 +33,59 @@ class MatchingConfig:
 
 
 @dataclass
+class ResidualConfig:
+    """Residual weighting and gating shared by tracking and the keyframe graph (the GN kernels' parameters).
+
+    One place for these constants: `mslam_ns.cuda.gn.edge_normal_equations(..., residual=cfg)` maps them
+    onto the kernel parameters.
+    """
+
+    sigma_ray: float = 0.003
+    """Rays mode: standard deviation of the unit-ray residual."""
+    sigma_dist: float = 10.0
+    """Rays mode: standard deviation of the distance residual (network units)."""
+    sigma_pixel: float = 1.0
+    """Calib mode: standard deviation of the pixel residual."""
+    sigma_depth: float = 10.0
+    """Calib mode: standard deviation of the log-depth residual."""
+    sigma_point: float = 0.05
+    """Points mode: standard deviation of the 3D point residual."""
+    huber: float = 1.345
+    """Huber constant on the whitened residual."""
+    C_conf: float = 0.0
+    """Minimum (average) confidence of both pointmaps for a pixel to count."""
+    Q_conf: float = 1.5
+    """Minimum match (descriptor-confidence) weight for a pixel to count."""
+    pixel_border: int = -10
+    """Calib mode: pixels closer than this to the border are ignored (negative = allowed outside)."""
+    depth_eps: float = 1e-6
+    """Calib mode: minimum depth."""
+
+
+@dataclass
+class LMConfig:
+    """Damped Gauss-Newton (Levenberg-Marquardt) iterations, shared by tracking and the graph."""
+
+    max_iters: int = 50
+    """Maximum number of normal-equation evaluations."""
+    rel_error: float = 1e-3
+    """Stop when the relative cost decrease of an accepted step falls below this."""
+    delta_norm: float = 1e-3
+    """Stop when the step norm |dx| falls below this."""
+    damping: float = 1e-6
+    """Initial damping, relative to the normal matrix's diagonal (divided by 10 after a good step)."""
+
+
+@dataclass
 class TrackingConfig:
     """Frame-to-keyframe Sim(3) tracking (SPEC.md section 3)."""
 
     min_match_frac: float = 0.05
     """Below this fraction of valid matches the frame is skipped and the system relocalises."""
-    max_iters: int = 50
-    """Gauss-Newton iterations."""
-    C_conf: float = 0.0
-    """Minimum (average) confidence of both pointmaps."""
-    Q_conf: float = 1.5
-    """Minimum match (descriptor-confidence) weight."""
-    rel_error: float = 1e-3
-    """Stop when |d cost| / cost falls below this."""
-    delta_norm: float = 1e-3
-    """Stop when |tau| falls below this."""
-    huber: float = 1.345
-    """Huber constant on the whitened residual."""
     match_frac_thresh: float = 0.333
     """A new keyframe is made when the match fraction / unique coverage drops below this."""
-    sigma_ray: float = 0.003
-    sigma_dist: float = 10.0
-    sigma_pixel: float = 1.0
-    sigma_depth: float = 10.0
-    sigma_point: float = 0.05
-    pixel_border: int = -10
-    """Calibrated residuals: pixels closer than this to the border are ignored (negative = allowed outside)."""
-    depth_eps: float = 1e-6
-    """Calibrated residuals: minimum depth."""
-    damping: float = 1e-6
-    """Levenberg-Marquardt damping added to the 7x7 normal matrix (relative to its diagonal)."""
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
     filtering_mode: Literal["weighted_pointmap", "recent", "first"] = "weighted_pointmap"
     """How a tracked frame's pointmap is fused into its keyframe."""
 
@@ -71,15 +94,15 @@ class TrackingConfig:
 class BackendConfig:
     """Keyframe graph and global optimisation (SPEC.md section 4)."""
 
-    C_conf: float = 0.0
-    Q_conf: float = 1.5
+    enabled: bool = True
+    """Build the keyframe graph and optimise it after every new keyframe (off = frontend only)."""
+    thread: bool = False
+    """Run the backend in its own thread fed by a queue while tracking continues (flushed at the end);
+    off = deterministic: the backend step runs after each new keyframe in the caller's thread."""
     min_match_frac: float = 0.1
     """An edge is kept when both directions have at least this fraction of valid matches."""
-    max_iters: int = 10
-    delta_norm: float = 1e-8
-    """Stop when |dx| falls below this."""
-    damping: float = 1e-6
-    """Levenberg-Marquardt damping (relative to the diagonal)."""
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+    lm: LMConfig = field(default_factory=lambda: LMConfig(max_iters=10, rel_error=1e-6, delta_norm=1e-8))
     fixed_keyframes: int = 1
     """Number of leading keyframes held fixed (the gauge)."""
 
@@ -92,15 +115,29 @@ class RetrievalConfig:
     """Number of retrieved candidates per new keyframe."""
     min_thresh: float = 5e-3
     """Minimum retrieval score."""
+    query_assignments: int = 5
+    """ASMK visual words per feature when querying (multiple assignment)."""
+    add_assignments: int = 1
+    """ASMK visual words per feature when adding a keyframe."""
+    alpha: float = 3.0
+    """ASMK selectivity exponent applied to the binary similarity."""
+    sim_thresh: float = 0.0
+    """ASMK similarity threshold (word matches below it count nothing)."""
+    codebook_words: int = 1024
+    """Without the official codebook: words of the codebook trained from the sequence's own features."""
+    train_feats_per_word: int = 16
+    """Self-trained codebook: features per word; it has min(codebook_words, stored features / this) words,
+    is retrained whenever the stored features double, and is final once it has ``codebook_words`` words."""
 
 
 @dataclass
 class RelocConfig:
-    """Relocalisation after a tracking failure."""
+    """Relocalisation after a tracking failure (SPEC.md section 5, made less brittle)."""
 
     min_match_frac: float = 0.3
-    strict: bool = True
-    """Every candidate edge must pass."""
+    """A candidate edge passes when both directions have at least this fraction of valid matches."""
+    min_accepted: int = 1
+    """Relocalise when at least this many retrieved candidates pass (the reference demands all of them)."""
 
 
 @dataclass

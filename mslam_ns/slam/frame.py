@@ -40,7 +40,7 @@ class Frame:
     D: Tensor | None = None  # [HW, F] descriptors of the keyframe's own view
     Q: Tensor | None = None  # [HW] descriptor confidence of the keyframe's own view
     kf_id: int = -1
-    """Keyframe id (position in the `KeyframeStore`), -1 for ordinary frames."""
+    """Keyframe id (position in the `SharedMap`), -1 for ordinary frames."""
     extra: dict = field(default_factory=dict)
     """Room for later components (retrieval features, reloc state)."""
 
@@ -61,7 +61,7 @@ class Frame:
         return self.image.reshape(-1, 3)
 
     def tensor_fields(self) -> tuple[str, ...]:
-        """Names of the per-pixel tensors a `KeyframeStore` may offload to host memory."""
+        """Names of the per-pixel tensors the `SharedMap` may offload to host memory."""
         return ("image", "X", "C", "D", "Q")
 
     def to(self, device: torch.device | str) -> "Frame":

@@ -1,67 +1,118 @@
-"""Keyframe-graph solver: assemble per-edge normal equations, damped Cholesky steps, Levenberg-Marquardt.
+"""Keyframe-graph solver: block-sparse assembly of the per-edge normal equations, sparse damped solves, and
+the global Levenberg-Marquardt over all keyframe poses.
 
 The per-edge blocks come from `mslam_ns.cuda.gn.edge_normal_equations` (g = J^T W r, H = J^T W J); the
-system solved is ``(A + D) dx = b`` with ``A = sum H``, ``b = -sum g`` over the free poses, and poses update
-as ``T <- Exp(dx) T`` (`pose_retract`). Failures (singular systems, non-finite costs) never raise: the
-solver reports them in ``info`` and returns the best poses it has.
-
-The system is dense (7M x 7M, M = free poses): fine up to M ~ 500 (a 3500^2 float64 Cholesky is ~0.1-0.5 s
-on 2 cores). A keyframe graph has O(M) edges (consecutive + a few retrieval edges), so above a few hundred
-keyframes a sparse / banded Cholesky (or a Schur-free block solver) would win clearly.
+system solved is ``(A + D) dx = b`` with ``A = sum H`` over the free poses (the first
+``cfg.fixed_keyframes`` are the gauge), ``b = -sum g``, and poses update as ``T <- Exp(dx) T``
+(`pose_retract`). A keyframe graph has O(M) edges (consecutive + a few retrieval edges per keyframe), so A
+is block-sparse with O(E) non-zero 7x7 blocks: it is assembled as a scipy CSC matrix and factorised by
+SuperLU (COLAMD ordering), whose cost per iteration grows with the edges and the fill-in of the loops, not
+with M^3 (see ``benchmarks/bench_graph.py``). Failures (singular systems, non-finite costs) never raise: the
+solver reports them in ``info`` and returns the best poses it has (the input poses if no step was
+accepted). The damped 7x7 step of frame tracking uses `solve_lm` (dense Cholesky).
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mslam_ns.config import BackendConfig
 from mslam_ns.cuda.gn import edge_normal_equations, pose_retract
+from mslam_ns.slam.lm import levenberg_marquardt
 
-__all__ = ["assemble", "solve_lm", "optimize_graph"]
-
-_LAMBDA_MAX = 1e10  # give up raising the damping beyond this
-_LAMBDA_MIN = 1e-12
+__all__ = ["assemble", "assemble_sparse", "solve_lm", "solve_sparse", "optimize_graph"]
 
 
-def assemble(
+def _block_entries(
+    H: Tensor, g: Tensor, ii: Tensor, jj: Tensor, n_fixed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """COO entries (rows, cols, vals) of sum H and the (index, value) pairs of b = -sum g, free poses only."""
+    Hn = H.detach().to(torch.float64).cpu().numpy().reshape(-1, 2, 7, 2, 7)  # [E, a, r, c, s]
+    gn = g.detach().to(torch.float64).cpu().numpy().reshape(-1, 2, 7)  # [E, a, r]
+    nodes = torch.stack([ii, jj], dim=1).long().cpu().numpy() - n_fixed  # [E, 2] free index (<0 = fixed)
+    r7 = np.arange(7)
+    rows, cols, vals = [], [], []
+    b_idx, b_val = [], []
+    for a in range(2):
+        na = nodes[:, a]
+        ka = na >= 0
+        b_idx.append((7 * na[ka, None] + r7).ravel())
+        b_val.append(-gn[ka, a].ravel())
+        for c in range(2):
+            nc = nodes[:, c]
+            k = ka & (nc >= 0)
+            rr = 7 * na[k, None, None] + r7[None, :, None]  # [e, 7, 1]
+            cc = 7 * nc[k, None, None] + r7[None, None, :]  # [e, 1, 7]
+            rows.append(np.broadcast_to(rr, (k.sum(), 7, 7)).ravel())
+            cols.append(np.broadcast_to(cc, (k.sum(), 7, 7)).ravel())
+            vals.append(Hn[k, a, :, c, :].ravel())
+    return (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), np.concatenate(b_idx),
+            np.concatenate(b_val))
+
+
+def assemble_sparse(
     H: Tensor,  # [E, 14, 14] block order [i, j]
     g: Tensor,  # [E, 14]
     ii: Tensor,  # [E] int64
     jj: Tensor,  # [E] int64
     n_poses: int,
     n_fixed: int,
-) -> tuple[Tensor, Tensor]:
-    """Sum the edge blocks of the free poses (index >= n_fixed) into A [7M, 7M] and b = -g [7M] (float64)."""
+) -> tuple[Any, np.ndarray]:
+    """Sum the edge blocks of the free poses (index >= n_fixed): A (scipy CSC [7M, 7M]) and b = -g [7M]."""
+    import scipy.sparse as sp
+
     M = max(0, n_poses - n_fixed)
-    dev = H.device
-    A4 = torch.zeros(M, M, 7, 7, dtype=torch.float64, device=dev)
-    b2 = torch.zeros(M, 7, dtype=torch.float64, device=dev)
     if M == 0 or H.shape[0] == 0:
-        return A4.permute(0, 2, 1, 3).reshape(7 * M, 7 * M), b2.reshape(-1)
-    H4 = H.to(torch.float64).reshape(-1, 2, 7, 2, 7).permute(0, 1, 3, 2, 4)  # [E, 2, 2, 7, 7]
-    g2 = g.to(torch.float64).reshape(-1, 2, 7)  # [E, 2, 7]
-    nodes = torch.stack([ii, jj], dim=1).long() - n_fixed  # [E, 2] free index (negative = fixed)
-    for a in range(2):
-        ra = nodes[:, a]
-        keep = ra >= 0
-        b2.index_add_(0, ra[keep], -g2[keep, a])
-        for c in range(2):
-            rc = nodes[:, c]
-            k2 = keep & (rc >= 0)
-            A4.index_put_((ra[k2], rc[k2]), H4[k2, a, c], accumulate=True)
-    return A4.permute(0, 2, 1, 3).reshape(7 * M, 7 * M), b2.reshape(-1)
+        return sp.csc_matrix((7 * M, 7 * M)), np.zeros(7 * M)
+    rows, cols, vals, bi, bv = _block_entries(H, g, ii, jj, n_fixed)
+    A = sp.coo_matrix((vals, (rows, cols)), shape=(7 * M, 7 * M)).tocsc()  # duplicates are summed
+    b = np.zeros(7 * M)
+    np.add.at(b, bi, bv)
+    return A, b
+
+
+def assemble(
+    H: Tensor, g: Tensor, ii: Tensor, jj: Tensor, n_poses: int, n_fixed: int
+) -> tuple[Tensor, Tensor]:
+    """Dense version of `assemble_sparse` (small problems and tests): A [7M, 7M], b [7M] float64."""
+    A, b = assemble_sparse(H, g, ii, jj, n_poses, n_fixed)
+    return torch.as_tensor(A.toarray()), torch.as_tensor(b)
+
+
+def solve_sparse(A: Any, b: np.ndarray, damping: float) -> np.ndarray | None:
+    """Solve (A + damping * diag(A) + eps I) dx = b with SuperLU; dx [M, 7] float64, or None on failure.
+
+    ``eps`` (1e-9 of the mean diagonal) keeps poses without any residual from making A singular.
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    n = A.shape[0]
+    if n == 0:
+        return np.zeros((0, 7))
+    if not np.isfinite(A.data).all() or not np.isfinite(b).all():
+        return None
+    d = A.diagonal()
+    eps = 1e-9 * float(np.abs(d).mean()) + 1e-300
+    Ad = (A + sp.diags(damping * np.clip(d, 0, None) + eps)).tocsc()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            x = splu(Ad, permc_spec="COLAMD").solve(b)
+    except (RuntimeError, ValueError):
+        return None
+    if not np.isfinite(x).all():
+        return None
+    return x.reshape(-1, 7)
 
 
 def solve_lm(A: Tensor, b: Tensor, damping: float) -> Tensor | None:
-    """Solve (A + damping * diag(A) + eps I) dx = b by Cholesky; dx [M, 7] (float64), or None if it fails.
-
-    ``eps`` (1e-9 of the mean diagonal) keeps poses without any residual from making A singular; a failed
-    factorisation or a non-finite solution returns None (never raises).
-    """
+    """Dense (A + damping * diag(A) + eps I) dx = b by Cholesky; dx [M, 7] float64, or None if it fails."""
     n = A.shape[0]
     if n == 0:
         return torch.zeros(0, 7, dtype=torch.float64, device=A.device)
@@ -92,81 +143,39 @@ def optimize_graph(
     Q: Tensor,  # [E, HW] match weights
     mode: str,
     cfg: BackendConfig,
-    sigma_ray: float = 0.003,
-    sigma_dist: float = 10.0,
-    sigma_pixel: float = 1.0,
-    sigma_depth: float = 10.0,
-    sigma_point: float = 0.05,
-    huber: float = 1.345,
-    K: Tensor | None = None,  # [3, 3] (calib)
+    K: Tensor | None = None,  # [3, 3] network pixels (calib)
     img_hw: tuple[int, int] | None = None,  # (H, W) (calib)
-    pixel_border: float = -10,
-    z_eps: float = 1e-6,
-    rel_cost_tol: float = 1e-10,
 ) -> tuple[Tensor, dict[str, Any]]:
-    """Levenberg-Marquardt over the free keyframe poses (the first ``cfg.fixed_keyframes`` are the gauge).
+    """Levenberg-Marquardt (`mslam_ns.slam.lm`) over the free keyframe poses.
 
-    Each iteration evaluates the normal equations once: a step is accepted if the robust cost drops (then the
-    damping is divided by 10), otherwise the damping is multiplied by 10 and the step retried. Stops after
-    ``cfg.max_iters`` evaluations, when |dx| < ``cfg.delta_norm``, or when the relative cost decrease is below
-    ``rel_cost_tol``. Returns the new poses [N, 8] (input dtype) and
-    ``info = {iterations, cost_history, converged, failed, reason}``. Invalid inputs raise ValueError (from
-    `edge_normal_equations`); numerical failures set ``failed`` and return the best poses found (unchanged
-    poses if no step was accepted).
+    Residual constants from ``cfg.residual``, iterations / tolerances / damping from ``cfg.lm``. Returns the
+    new poses [N, 8] (input dtype) and ``info = {iterations, cost_history, converged, failed, reason}``.
+    Invalid inputs raise ValueError (from `edge_normal_equations`); numerical failures set ``failed`` and
+    return the best poses found (unchanged poses if no step was accepted).
     """
     N = Twc.shape[0]
     n_fixed = min(max(int(cfg.fixed_keyframes), 0), N)
-    info: dict[str, Any] = {"iterations": 0, "cost_history": [], "converged": False, "failed": False,
-                            "reason": ""}
 
     def normal_equations(T: Tensor) -> tuple[Tensor, Tensor, float, int]:
-        H, g, cost, count = edge_normal_equations(
-            mode, T, X, C, ii, jj, idx, valid, Q, sigma_ray=sigma_ray, sigma_dist=sigma_dist,
-            sigma_pixel=sigma_pixel, sigma_depth=sigma_depth, sigma_point=sigma_point, C_thresh=cfg.C_conf,
-            Q_thresh=cfg.Q_conf, huber=huber, K=K, img_hw=img_hw, pixel_border=pixel_border, z_eps=z_eps,
-            return_count=True)
+        H, g, cost, count = edge_normal_equations(mode, T, X, C, ii, jj, idx, valid, Q, residual=cfg.residual,
+                                                  K=K, img_hw=img_hw, return_count=True)
         return H, g, float(cost.double().sum()), int(count.sum())
 
-    H, g, cost, count = normal_equations(Twc)  # validates the inputs even when there is nothing to do
+    first = normal_equations(Twc)  # validates the inputs even when there is nothing to do
     if ii.numel() == 0 or N - n_fixed <= 0:
-        info.update(converged=True, reason="nothing to optimise")
-        return Twc, info
-    info["cost_history"].append(cost)
-    if count == 0:
-        info.update(failed=True, reason="no valid residuals")
-        return Twc, info
-    if not math.isfinite(cost):
-        info.update(failed=True, reason="non-finite cost")
-        return Twc, info
-    lam = float(cfg.damping)
-    best = Twc
-    for it in range(int(cfg.max_iters)):
-        info["iterations"] = it + 1
-        A, b = assemble(H, g, ii, jj, N, n_fixed)
-        dx = solve_lm(A, b, lam)
-        if dx is None:
-            lam *= 10.0
-            if lam > _LAMBDA_MAX:
-                info.update(failed=True, reason="factorisation failed at every damping")
-                break
-            continue
-        step = float(dx.norm())
-        if step < cfg.delta_norm:
-            info.update(converged=True, reason="small step")
-            break
-        T_new = pose_retract(best, dx.to(best.dtype), n_fixed)
-        H2, g2, cost2, count2 = normal_equations(T_new)
-        if math.isfinite(cost2) and cost2 < cost and count2 > 0:
-            rel = (cost - cost2) / max(cost, 1e-300)
-            best, H, g, cost = T_new, H2, g2, cost2
-            info["cost_history"].append(cost)
-            lam = max(lam / 10.0, _LAMBDA_MIN)
-            if rel < rel_cost_tol:
-                info.update(converged=True, reason="small relative cost change")
-                break
-        else:
-            lam *= 10.0
-            if lam > _LAMBDA_MAX:
-                info.update(converged=True, reason="no descent step at maximum damping")
-                break
-    return best, info
+        return Twc, {"iterations": 0, "cost_history": [first[2]], "converged": True, "failed": False,
+                     "reason": "nothing to optimise"}
+
+    def linearize(T: Tensor):
+        H, g, c, n = first if T is Twc else normal_equations(T)
+        A, b = assemble_sparse(H, g, ii, jj, N, n_fixed)
+        return A, b, c, n
+
+    def retract(T: Tensor, dx: np.ndarray) -> Tensor:
+        return pose_retract(T, torch.as_tensor(dx, dtype=T.dtype, device=T.device), n_fixed)
+
+    r = levenberg_marquardt(Twc, linearize, solve_sparse, retract, lambda dx: float(np.linalg.norm(dx)),
+                            cfg.lm)
+    info = {"iterations": r.iterations, "cost_history": r.cost_history, "converged": r.converged,
+            "failed": r.failed, "reason": r.reason}
+    return r.x, info

@@ -1,27 +1,30 @@
 """`SlamSystem`: the facade the CLI, the nerfstudio integration and the viewer talk to.
 
-One process, one thread of control: `step(raw_frame)` runs the whole frontend on one frame (encode, track
-against the current keyframe, fuse, maybe make a keyframe and call the optional backend's `step(kf_id)`).
-Readers use `frame_poses()`, `keyframe_poses()`, `points()`, `intrinsics()` or a plain-copy `snapshot()`.
+`step(raw_frame)` runs the frontend on one frame: encode, track against the current keyframe, fuse, maybe
+make a keyframe and hand it to the backend (keyframe graph + global optimisation, same thread or a worker
+thread). `run(source)` feeds a whole source and flushes the backend at the end (`finish()`), so the outputs
+are complete. Readers use `frame_poses()`, `keyframe_poses()`, `points()`, `intrinsics()` or a consistent
+plain-copy `snapshot(since=version)` of the `SharedMap`, safe to take from another thread while it runs.
 
-Parts (each its own file): `KeyframeStore` (growing, optional host offload), `Tracker` (Sim(3) tracking +
-fusion), `Trajectory` (every frame relative to its keyframe, recomposed from the keyframes' current poses),
-and a `backend` supplied later (keyframe graph + global optimisation): any object with `step(kf_id)` that
-may move keyframe poses through `KeyframeStore.set_poses`.
+Parts (each its own file): `SharedMap` (the one owner of keyframes, per-frame records and edges),
+`Tracker` (Sim(3) tracking + fusion), `Backend` (graph, retrieval loop closure, global optimisation),
+`Relocaliser` (after tracking loss).
 
-Tracking loss (relocalisation proper is a later component): a frame that fails to track is skipped: it gets
-the last good relative pose to the current keyframe and is flagged `lost`; the next frame is tried against
-the same keyframe. After `max_lost` consecutive failures the system restarts from a mono decode of the
-current frame as a new keyframe placed at the last known pose (a new, unconnected map segment; its scale is
-that of the mono decode). `restarts` counts these.
+Tracking loss: a frame that fails to track is flagged `lost` and keeps the last good relative pose to the
+current keyframe. Every following frame first tries to relocalise against keyframes found by retrieval
+(`Relocaliser`); on success it becomes a keyframe connected to them and tracking resumes in the same map.
+After `max_lost` consecutive failures without relocalisation, the system restarts from a mono decode of the
+current frame (if it has confident points) as a new keyframe at the last known pose: a new map segment,
+joined to the old one later only by verified loop-closure edges. `restarts` counts these.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,21 +34,16 @@ from mslam_ns.config import SlamConfig
 from mslam_ns.geometry import sim3
 from mslam_ns.prior.base import PairPrediction, TwoViewPrior
 from mslam_ns.slam.frame import Frame
-from mslam_ns.slam.keyframes import KeyframeStore
+from mslam_ns.slam.shared_map import MapSnapshot, SharedMap
 from mslam_ns.slam.tracker import Tracker, TrackResult
-from mslam_ns.slam.trajectory import Trajectory
+
+log = logging.getLogger(__name__)
 
 
 class SlamState(str, Enum):
     INIT = "init"
     TRACKING = "tracking"
     LOST = "lost"
-
-
-class Backend(Protocol):
-    """What the facade needs from a backend (keyframe graph + global optimisation, a later component)."""
-
-    def step(self, kf_id: int) -> None: ...
 
 
 @dataclass
@@ -61,49 +59,34 @@ class StepResult:
     n_matches: int = 0
     match_frac: float = 0.0
     reason: str = ""
-    """Why tracking failed ('few_matches' | 'solver_failed'), or 'restart' / 'init'."""
+    """Why tracking failed ('few_matches' | 'solver_failed'), or 'restart' / 'init' / 'reloc'."""
     gn_iters: int = 0
     """Gauss-Newton iterations of the tracking."""
     timings: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class SlamSnapshot:
-    """A plain CPU copy of the system's state (for the viewer; safe to read while the SLAM goes on)."""
-
-    state: str
-    n_frames: int
-    timestamps: Tensor  # [N] float64
-    names: list[str]
-    frame_T_WC: Tensor  # [N, 8]
-    lost: Tensor  # [N] bool
-    keyframe_T_WC: Tensor  # [K, 8]
-    keyframe_index: list[int]
-    """Input frame index of each keyframe."""
-    points: Tensor | None = None  # [P, 3]
-    colors: Tensor | None = None  # [P, 3] uint8
-
-
 class SlamSystem:
-    """Dense monocular SLAM frontend over a `TwoViewPrior`."""
+    """Dense monocular SLAM over a `TwoViewPrior`."""
 
     def __init__(
         self,
         prior: TwoViewPrior,
         cfg: SlamConfig | None = None,
         K: Any = None,
-        backend: Backend | None = None,
+        backend: Any = None,
         max_lost: int = 10,
         resident_keyframes: int = 8,
     ):
         """
         Args:
             prior: the two-view network (MASt3R or oracle).
-            cfg: the SLAM configuration (defaults of SPEC.md section 6).
+            cfg: the SLAM configuration (defaults of docs/algorithm.md).
             K: [3, 3] intrinsics of the ORIGINAL images (required in calib mode; in rays mode they are used
                only for export and are otherwise estimated).
-            backend: optional object with `step(kf_id)`, called after every new keyframe.
-            max_lost: consecutive tracking failures after which a new keyframe is started (see module doc).
+            backend: a replacement for the built-in backend: any object with `step(kf_id)` (called after
+               every new keyframe); None = the built-in `Backend` when `cfg.backend.enabled`.
+            max_lost: consecutive tracking failures without relocalisation after which a new keyframe is
+               started (see module doc).
             resident_keyframes: with `cfg.offload_keyframes`, the newest keyframes kept on the device.
         """
         self.prior = prior
@@ -112,21 +95,32 @@ class SlamSystem:
         self.K_given = None if K is None else np.asarray(K, dtype=np.float64).reshape(3, 3)
         if self.cfg.mode == "calib" and self.K_given is None:
             raise ValueError("calib mode needs intrinsics K")
-        self.keyframes = KeyframeStore(self.device, offload=self.cfg.offload_keyframes,
-                                       resident=resident_keyframes)
-        self.trajectory = Trajectory(self.keyframes)
-        self.backend = backend
+        self.map = SharedMap(self.device, offload=self.cfg.offload_keyframes, resident=resident_keyframes)
+        self._custom_backend = backend
+        self.backend: Any = backend
+        self.reloc: Any = None
         self.max_lost = max(1, int(max_lost))
         self.state = SlamState.INIT
         self.tracker: Tracker | None = None  # built on the first frame (needs the image transform)
         self.transform: Any = None
         self.restarts = 0
+        self.relocalisations = 0
         self.n_lost_total = 0
         self.timings: dict[str, float] = {}
         self._n_lost = 0
         self._T_kf = sim3.identity(device=self.device)  # last good T_CkCf
         self._idx: Tensor | None = None  # warm start
         self._intr = None  # IntrinsicsFuser (rays mode)
+        self._image_size: tuple[int, int] | None = None
+
+    # views of the shared map kept for callers: keyframe access and per-frame records
+    @property
+    def keyframes(self):
+        return self.map.keyframes
+
+    @property
+    def trajectory(self):
+        return self.map.frames
 
     # ---- the step API -------------------------------------------------------------------------------
     def step(self, raw: Any) -> StepResult:
@@ -135,7 +129,16 @@ class SlamSystem:
         frame = self._make_frame(raw)
         self._tick("encode", t0)
         if self.state == SlamState.INIT:
-            return self._start_keyframe(frame, T_WC=sim3.identity(device=self.device), reason="init")
+            out = self._start_keyframe(frame, T_WC=sim3.identity(device=self.device), reason="init")
+            out.timings = {"total": time.perf_counter() - t0}
+            return out
+        if self.state == SlamState.LOST and self.reloc is not None:
+            t1 = time.perf_counter()
+            out = self._relocalise(frame)
+            self._tick("reloc", t1)
+            if out is not None:
+                out.timings = {"total": time.perf_counter() - t0}
+                return out
         kf = self.keyframes.last
         t1 = time.perf_counter()
         pred = self.prior.decode(frame.enc, kf.enc)
@@ -148,15 +151,17 @@ class SlamSystem:
             self._tick("track", t2)
             return self._on_failure(frame, kf, res)
         t3 = time.perf_counter()
-        self.tracker.fuse(kf, res)
+        with self.map.edit_points(kf.kf_id) as kf_stored:
+            self.tracker.fuse(kf_stored, res)
         self._tick("fuse", t3)
         self._tick("track", t2)
-        self._n_lost, self.state = 0, SlamState.TRACKING
+        self._n_lost = 0
+        self._set_state(SlamState.TRACKING)
         frame.T_WC = sim3.mul(kf.T_WC, res.T_kf)
         if res.new_keyframe:
             out = self._promote(frame, pred, res)
         else:
-            self.trajectory.add(frame.timestamp, frame.name, kf.kf_id, res.T_kf)
+            self.map.add_frame(frame.timestamp, frame.name, kf.kf_id, res.T_kf)
             self._T_kf, self._idx = res.T_kf, res.idx
             out = StepResult(frame.index, self.state, False, kf.kf_id, True, res.n_valid, res.match_frac)
         out.timings = {"total": time.perf_counter() - t0, **res.timings}
@@ -164,35 +169,73 @@ class SlamSystem:
         return out
 
     def run(self, source: Any, progress: Callable[[StepResult], None] | None = None) -> None:
-        """Feed every frame of a `FrameSource`; `progress(step_result)` is called after each."""
-        for i in range(len(source)):
-            r = self.step(source[i])
-            if progress is not None:
-                progress(r)
+        """Feed every frame of a `FrameSource` (`progress(step_result)` after each), then `finish()`."""
+        try:
+            for i in range(len(source)):
+                r = self.step(source[i])
+                if progress is not None:
+                    progress(r)
+        finally:
+            self.finish()
+
+    def finish(self) -> None:
+        """Flush the backend (worker thread: wait for its queue, then stop it) so every pose is final."""
+        if self.backend is not None and hasattr(self.backend, "close"):
+            t0 = time.perf_counter()
+            self.backend.close()
+            self._tick("backend_flush", t0)
 
     # ---- internals ----------------------------------------------------------------------------------
     def _tick(self, key: str, t0: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
 
+    def _set_state(self, state: SlamState) -> None:
+        self.state = state
+        self.map.set_state(state.value)
+
     def _make_frame(self, raw: Any) -> Frame:
         from mslam_ns.model.preprocess import preprocess_image, to_unit_float
 
-        img, tf = preprocess_image(np.asarray(raw.image), size=self.cfg.img_size)
+        image = np.asarray(raw.image)
+        img, tf = preprocess_image(image, size=self.cfg.img_size)
         img_t = torch.as_tensor(np.asarray(img)).to(self.device)  # [H, W, 3] uint8
-        x = to_unit_float(img)
-        x = torch.as_tensor(x).to(self.device)  # [3, H, W]
+        x = torch.as_tensor(to_unit_float(img)).to(self.device)  # [3, H, W]
         if self.tracker is None:
-            self.transform = tf
-            K_net = None
-            if self.K_given is not None:
-                K_net = torch.as_tensor(np.asarray(tf.K_to_network(self.K_given)), dtype=torch.float32)
-            self.tracker = Tracker(self.cfg.tracking, self.cfg.matching, self.cfg.mode,
-                                   K_net if self.cfg.mode == "calib" else None)
+            self._setup(tf, (int(image.shape[1]), int(image.shape[0])))
         t0 = time.perf_counter()
         enc = self.prior.encode(x, int(raw.index))
         self._tick("prior_encode", t0)
         return Frame(int(raw.index), float(raw.timestamp), str(raw.name), img_t, tf, enc,
                      sim3.identity(device=self.device))
+
+    def _setup(self, tf: Any, image_size: tuple[int, int]) -> None:
+        """First frame: image transform, tracker, backend, relocaliser (they need the network size)."""
+        self.transform = tf
+        self._image_size = image_size
+        K_net = None
+        if self.K_given is not None:
+            K_net = torch.as_tensor(np.asarray(tf.K_to_network(self.K_given)), dtype=torch.float32)
+        calib = self.cfg.mode == "calib"
+        self.tracker = Tracker(self.cfg.tracking, self.cfg.matching, self.cfg.mode, K_net if calib else None)
+        self.map.set_camera(self.K_given, image_size)
+        if self._custom_backend is None and self.cfg.backend.enabled:
+            from mslam_ns.slam.backend import Backend
+            from mslam_ns.slam.reloc import Relocaliser
+
+            self.backend = Backend(self.map, self.prior, self.cfg, self.cfg.mode, K_net if calib else None,
+                                   retrieval=self._make_retrieval())
+            if self.backend.retrieval is not None:
+                self.reloc = Relocaliser(self.map, self.prior, self.tracker, self.backend, self.cfg)
+
+    def _make_retrieval(self) -> Any:
+        """A retrieval database when the prior provides retrieval features (else no loop closure)."""
+        try:
+            from mslam_ns.slam.retrieval import RetrievalDatabase
+        except ImportError as e:  # the asmk package is missing: consecutive edges only
+            log.warning("retrieval unavailable (%s): no loop closure, no relocalisation", e)
+            return None
+        codebook = getattr(self.prior, "retrieval_codebook", None)
+        return RetrievalDatabase(self.cfg.retrieval, codebook=codebook)
 
     def _start_keyframe(self, frame: Frame, T_WC: Tensor, reason: str) -> StepResult:
         """A keyframe from a mono decode (initialisation, restart after loss)."""
@@ -205,8 +248,9 @@ class SlamSystem:
         frame.X = self.tracker.canonical_points(v.X.reshape(H * W, 3).to(self.device).float(), (H, W))
         frame.C, frame.N = v.C.reshape(-1).to(self.device).float(), 1
         frame.D, frame.Q = v.D.reshape(H * W, -1).to(self.device), v.Q.reshape(-1).to(self.device).float()
-        kf_id = self._add_keyframe(frame)
-        self.state, self._n_lost = SlamState.TRACKING, 0
+        kf_id = self._add_keyframe(frame, sequential=False)
+        self._n_lost = 0
+        self._set_state(SlamState.TRACKING)
         return StepResult(frame.index, self.state, True, kf_id, True, H * W, 1.0, reason)
 
     def _promote(self, frame: Frame, pred: PairPrediction, res: TrackResult) -> StepResult:
@@ -216,35 +260,68 @@ class SlamSystem:
         frame.C, frame.N = pred.ii.C.reshape(-1).to(self.device).float(), 1
         frame.D = pred.ii.D.reshape(H * W, -1).to(self.device)
         frame.Q = pred.ii.Q.reshape(-1).to(self.device).float()
-        kf_id = self._add_keyframe(frame)
+        kf_id = self._add_keyframe(frame, sequential=True)
         return StepResult(frame.index, self.state, True, kf_id, True, res.n_valid, res.match_frac)
 
-    def _add_keyframe(self, frame: Frame) -> int:
-        kf_id = self.keyframes.add(frame)
-        self.trajectory.add(frame.timestamp, frame.name, kf_id, sim3.identity(device=self.device),
-                            is_keyframe=True)
+    def _add_keyframe(self, frame: Frame, sequential: bool) -> int:
+        """Store a keyframe with its own frame record; hand it to the backend.
+
+        `sequential`: the keyframe was tracked from the previous one (a consecutive edge is added).
+        """
+        kf_id = self.map.add_keyframe(frame)
+        self.map.add_frame(frame.timestamp, frame.name, kf_id, sim3.identity(device=self.device),
+                           is_keyframe=True)
         self._T_kf, self._idx = sim3.identity(device=self.device), None
         if self.cfg.mode == "rays":
             self._update_intrinsics(frame)
         if self.backend is not None:
             t0 = time.perf_counter()
-            self.backend.step(kf_id)
+            if self._custom_backend is not None:
+                self.backend.step(kf_id)
+            elif self.cfg.backend.thread:
+                self.backend.submit(kf_id, sequential)
+            else:
+                self.backend.step(kf_id, sequential)
             self._tick("backend", t0)
         return kf_id
 
     def _on_failure(self, frame: Frame, kf: Frame, res: TrackResult) -> StepResult:
         self._n_lost += 1
         self.n_lost_total += 1
-        self.state = SlamState.LOST
-        if self._n_lost >= self.max_lost:
+        self._set_state(SlamState.LOST)
+        if self._n_lost >= self.max_lost and self._has_confident_points(frame):
             self.restarts += 1
             T_WC = sim3.mul(kf.T_WC, self._T_kf)
             out = self._start_keyframe(frame, T_WC, reason="restart")
             out.n_matches, out.match_frac = res.n_valid, res.match_frac
             return out
-        self.trajectory.add(frame.timestamp, frame.name, kf.kf_id, self._T_kf, lost=True)
+        self.map.add_frame(frame.timestamp, frame.name, kf.kf_id, self._T_kf, lost=True)
         return StepResult(frame.index, self.state, False, kf.kf_id, False, res.n_valid, res.match_frac,
                           res.reason)
+
+    def _has_confident_points(self, frame: Frame) -> bool:
+        """A restart needs a frame with some confident prediction (not a black or blurred frame)."""
+        C = self.prior.decode_mono(frame.enc).ii.C
+        return float((C > self.cfg.backend.residual.Q_conf).float().mean()) >= self.cfg.tracking.min_match_frac
+
+    def _relocalise(self, frame: Frame) -> StepResult | None:
+        """Try to put a frame seen while lost back into the map; None = not relocalised (map unchanged)."""
+        if self.cfg.backend.thread and hasattr(self.backend, "flush"):
+            self.backend.flush()  # the relocaliser reads and extends the graph: no concurrent backend step
+        hit = self.reloc.try_frame(frame)
+        if hit is None:
+            return None
+        self.relocalisations += 1
+        kf_id = self.map.add_keyframe(frame)
+        self.map.add_frame(frame.timestamp, frame.name, kf_id, sim3.identity(device=self.device),
+                           is_keyframe=True)
+        self.reloc.commit(kf_id, hit)
+        self._T_kf, self._idx = sim3.identity(device=self.device), None
+        if self.cfg.mode == "rays":
+            self._update_intrinsics(frame)
+        self._n_lost = 0
+        self._set_state(SlamState.TRACKING)
+        return StepResult(frame.index, self.state, True, kf_id, True, hit.n_valid, hit.match_frac, "reloc")
 
     def _update_intrinsics(self, kf: Frame) -> None:
         """Uncalibrated mode: estimate pinhole intrinsics from the keyframe's pointmap and fuse them."""
@@ -253,18 +330,27 @@ class SlamSystem:
         if self._intr is None:
             self._intr = IntrinsicsFuser()
         H, W = kf.hw
-        self._intr.update(kf.X.reshape(H, W, 3).cpu(), kf.average_conf().reshape(H, W).cpu())
+        X, C = kf.X.reshape(H, W, 3).cpu(), kf.average_conf().reshape(H, W).cpu()
+        try:
+            self._intr.update(X, C, kf.kf_id)
+        except TypeError:  # an estimator without per-keyframe bookkeeping
+            self._intr.update(X, C)
+        K = self.intrinsics()
+        if K is not None:
+            self.map.set_camera(K, self._image_size)
 
     # ---- readers ------------------------------------------------------------------------------------
     def frame_poses(self) -> tuple[Tensor, list[str], Tensor]:
         """(timestamps [N] float64, names, T_WC [N, 8]) of EVERY frame fed so far."""
-        return self.trajectory.timestamps(), self.trajectory.names(), self.trajectory.poses()
+        with self.map.lock:
+            return self.trajectory.timestamps(), self.trajectory.names(), self.trajectory.poses()
 
     def keyframe_poses(self) -> tuple[Tensor, list[str], Tensor]:
         """(timestamps [K] float64, names, T_WC [K, 8]) of the keyframes."""
-        kfs = [self.keyframes.raw(i) for i in range(len(self.keyframes))]
-        ts = torch.tensor([f.timestamp for f in kfs], dtype=torch.float64)
-        return ts, [f.name for f in kfs], self.keyframes.poses()
+        with self.map.lock:
+            kfs = [self.keyframes.raw(i) for i in range(len(self.keyframes))]
+            ts = torch.tensor([f.timestamp for f in kfs], dtype=torch.float64)
+            return ts, [f.name for f in kfs], self.keyframes.poses()
 
     def points(self, conf_thresh: float = 1.5, max_points: int | None = None) -> tuple[Tensor, Tensor]:
         """Fused confident points of all keyframes in the world frame: xyz [P, 3] float32, rgb [P, 3] uint8.
@@ -273,12 +359,13 @@ class SlamSystem:
         `max_points` subsamples uniformly (deterministically).
         """
         xyz, rgb = [], []
-        for i in range(len(self.keyframes)):
-            f = self.keyframes.raw(i)
-            m = (f.C / max(f.N, 1)) > conf_thresh
-            X = f.X[m].to(self.device)
-            xyz.append(sim3.act(f.T_WC[None], X[None])[0].cpu())
-            rgb.append(f.image.reshape(-1, 3)[m].cpu())
+        with self.map.lock:
+            for i in range(len(self.keyframes)):
+                f = self.keyframes.raw(i)
+                m = f.average_conf() > conf_thresh
+                X = f.X[m].to(self.device)
+                xyz.append(sim3.act(f.T_WC[None], X[None])[0].cpu())
+                rgb.append(f.image.reshape(-1, 3)[m].cpu())
         if not xyz:
             return torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.uint8)
         P, C = torch.cat(xyz), torch.cat(rgb)
@@ -298,13 +385,20 @@ class SlamSystem:
             return None
         return np.asarray(self.transform.K_to_original(K_net), dtype=np.float64)
 
-    def snapshot(self, with_points: bool = False, max_points: int | None = 200_000) -> SlamSnapshot:
-        """A plain CPU copy of poses (and optionally points) for the viewer."""
-        ts, names, T = self.frame_poses()
-        kf_idx = [self.keyframes.raw(i).index for i in range(len(self.keyframes))]
-        snap = SlamSnapshot(self.state.value, len(self.trajectory), ts.clone(), list(names),
-                            T.detach().cpu().clone(), self.trajectory.lost_mask(),
-                            self.keyframes.poses().detach().cpu().clone(), kf_idx)
-        if with_points:
-            snap.points, snap.colors = self.points(max_points=max_points)
-        return snap
+    def snapshot(self, since: int | None = None, with_points: bool = True) -> MapSnapshot:
+        """A consistent plain CPU copy of the map (see `SharedMap.snapshot`)."""
+        return self.map.snapshot(since=since, with_points=with_points)
+
+    def stats(self) -> dict:
+        """Counts for reports: keyframes, edges, loop edges, relocalisations, backend statistics."""
+        edges = self.map.edges()
+        out = {"keyframes": len(self.keyframes), "edges": len(edges) // 2,
+               "loop_edges": sum(e[2] == "loop" for e in edges) // 2,
+               "reloc_edges": sum(e[2] == "reloc" for e in edges) // 2,
+               "relocalisations": self.relocalisations, "restarts": self.restarts}
+        b = getattr(self.backend, "stats", None)
+        if b is not None:
+            out["backend"] = {"optimisations": b.optimisations, "failed_optimisations": b.failed_optimisations,
+                              "iterations": b.iterations, "edges_tried": b.edges_tried,
+                              "timings_s": dict(b.timings)}
+        return out

@@ -14,7 +14,6 @@ Given the asymmetric decode (frame f as view 1, keyframe k as view 2) -> X^f_f, 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +24,7 @@ from mslam_ns.geometry import sim3
 from mslam_ns.prior.base import PairPrediction
 from mslam_ns.slam.frame import Frame
 from mslam_ns.slam.fusion import constrain_to_rays, fuse_into_keyframe, pixel_rays
+from mslam_ns.slam.lm import levenberg_marquardt
 from mslam_ns.slam.solve import solve_lm
 
 
@@ -122,11 +122,12 @@ class Tracker:
         Q_kf_f = pred.ji.Q.reshape(HW).to(dev).float()
         idx, matched = idx.to(dev), matched.to(dev)
 
+        rc = cfg.residual
         q = torch.sqrt(Q_ff[idx] * Q_kf_f)  # [HW]
         Ck = kf.average_conf()
-        valid = matched & (C_ff[idx] > cfg.C_conf) & (Ck > cfg.C_conf) & (q > cfg.Q_conf)
+        valid = matched & (C_ff[idx] > rc.C_conf) & (Ck > rc.C_conf) & (q > rc.Q_conf)
         n_valid = int(valid.sum())
-        good = matched & (q > cfg.Q_conf)
+        good = matched & (q > rc.Q_conf)
         match_frac = float(good.float().mean())
         unique_frac = float(torch.unique(idx[good]).numel()) / HW
         res = TrackResult(False, T_init.clone(), n_valid=n_valid, valid_frac=n_valid / HW,
@@ -167,8 +168,9 @@ class Tracker:
         T: Tensor,  # [8] initial T_CkCf
         hw: tuple[int, int],
     ) -> tuple[Tensor, int, float, bool]:
-        """Levenberg-Marquardt on the frame's pose. Returns (T, iterations, cost, ok)."""
-        cfg = self.cfg
+        """Levenberg-Marquardt (`mslam_ns.slam.lm`) on the frame's pose. Returns (T, iterations, cost, ok)."""
+        from mslam_ns.cuda.gn import edge_normal_equations
+
         dev = X_k.device
         HW = X_k.shape[0]
         X = torch.stack([X_k, X_f]).float().contiguous()  # [2, HW, 3]
@@ -178,52 +180,21 @@ class Tracker:
         idx_e = torch.arange(HW, device=dev)[None]  # [1, HW]
         valid_e, q_e = valid[None].contiguous(), q[None].float().contiguous()
         I8 = sim3.identity(dtype=torch.float32, device=dev)
+        K = None if self.K is None or self.mode != "calib" else self.K.to(dev)
 
-        def evaluate(T_f: Tensor):
+        def linearize(T_f: Tensor):
+            """The frame's 7x7 block of the Huber-weighted normal equations, b = -g, cost, count."""
             Twc = torch.stack([I8, T_f.float()])  # [2, 8]
-            return self._normal_equations(Twc, X, C, ii, jj, idx_e, valid_e, q_e, hw)
+            H, g, cost, n = edge_normal_equations(self.mode, Twc, X, C, ii, jj, idx_e, valid_e, q_e,
+                                                  residual=self.cfg.residual, K=K, img_hw=hw, return_count=True)
+            return H[0, 7:, 7:], -g[0, 7:], float(cost[0]), int(n[0])
 
-        T = T.float()
-        H, g, cost = evaluate(T)
-        lam = max(cfg.damping, 1e-12)
-        it = 0
-        for it in range(1, cfg.max_iters + 1):
-            if not (math.isfinite(cost) and bool(torch.isfinite(H).all()) and bool(torch.isfinite(g).all())):
-                return T, it, cost, False
-            dx = solve_lm(H, -g, lam)  # [1, 7] float64, None if the factorisation fails
-            if dx is None:
-                return T, it, cost, False
-            dx = dx[0]
-            T_new = sim3.normalize(sim3.retract(T.double(), dx)).float()
-            H_new, g_new, cost_new = evaluate(T_new)
-            if not math.isfinite(cost_new):
-                return T, it, cost, False
-            step = float(dx.norm())
-            if cost_new <= cost:
-                rel = abs(cost - cost_new) / max(cost, 1e-30)
-                T, H, g, cost = T_new, H_new, g_new, cost_new
-                lam = max(lam * 0.1, 1e-12)
-                if rel < cfg.rel_error or step < cfg.delta_norm:
-                    break
-            else:
-                lam *= 10.0
-                if step < cfg.delta_norm or lam > 1e6:
-                    break  # no better point nearby: converged to the current estimate
-        return T, it, cost, True
+        def retract(T_f: Tensor, dx: Tensor) -> Tensor:
+            return sim3.normalize(sim3.retract(T_f.double(), dx[0])).float()
 
-    def _normal_equations(self, Twc, X, C, ii, jj, idx_e, valid_e, q_e, hw) -> tuple[Tensor, Tensor, float]:
-        """The frame's 7x7 block of the Huber-weighted normal equations, its gradient, and the cost."""
-        from mslam_ns.cuda.gn import edge_normal_equations
-
-        cfg = self.cfg
-        K = None if self.K is None or self.mode != "calib" else self.K.to(X.device)
-        H, g, cost = edge_normal_equations(
-            self.mode, Twc, X, C, ii, jj, idx_e, valid_e, q_e,
-            sigma_ray=cfg.sigma_ray, sigma_dist=cfg.sigma_dist, sigma_pixel=cfg.sigma_pixel,
-            sigma_depth=cfg.sigma_depth, sigma_point=cfg.sigma_point, C_thresh=cfg.C_conf,
-            Q_thresh=cfg.Q_conf, huber=cfg.huber, K=K, img_hw=hw, pixel_border=cfg.pixel_border,
-            z_eps=cfg.depth_eps)
-        return H[0, 7:, 7:], g[0, 7:], float(cost[0])
+        r = levenberg_marquardt(T.float(), linearize, solve_lm, retract, lambda dx: float(dx.norm()),
+                                self.cfg.lm, max_damping=1e6)
+        return r.x, r.iterations, r.cost, not r.failed
 
 
 def _now() -> float:

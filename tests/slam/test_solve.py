@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from mslam_ns.config import BackendConfig
+from mslam_ns.config import BackendConfig, LMConfig
 from mslam_ns.cuda.gn._synthetic import make_graph, perturb
 from mslam_ns.geometry import sim3
 from mslam_ns.slam.solve import assemble, optimize_graph, solve_lm
@@ -17,6 +17,10 @@ F64 = torch.float64
 
 def _pose_error(T: torch.Tensor, T_ref: torch.Tensor) -> float:
     return float(sim3.log(sim3.mul(T.double(), sim3.inv(T_ref.double()))).abs().max())
+
+
+def _cfg(max_iters: int) -> BackendConfig:
+    return BackendConfig(lm=LMConfig(max_iters=max_iters, rel_error=1e-10, delta_norm=1e-8))
 
 
 def _run(G, T0, mode, cfg, **kw):
@@ -72,7 +76,7 @@ def test_converges_to_truth_from_perturbed_start(mode: str) -> None:
     G = make_graph(n=6, h=8, w=16, seed=0)
     T0 = perturb(G.Twc, 0.05, n_fixed=1, seed=1)
     assert _pose_error(T0, G.Twc) > 0.02
-    T, info = _run(G, T0, mode, BackendConfig(max_iters=30))
+    T, info = _run(G, T0, mode, _cfg(30))
     assert not info["failed"] and info["converged"], info
     assert info["cost_history"][-1] < 1e-6 * info["cost_history"][0]
     assert all(b <= a for a, b in zip(info["cost_history"], info["cost_history"][1:]))
@@ -84,7 +88,7 @@ def test_converges_with_twin_backend_and_float32(monkeypatch) -> None:
     monkeypatch.setenv("MSLAM_NS_KERNELS", "torch")
     G = make_graph(n=5, h=6, w=12, seed=4, dtype=torch.float32)
     T0 = perturb(G.Twc, 0.03, n_fixed=1, seed=2)
-    T, info = _run(G, T0, "rays", BackendConfig(max_iters=20))
+    T, info = _run(G, T0, "rays", _cfg(20))
     assert not info["failed"]
     assert T.dtype == torch.float32
     assert _pose_error(T, G.Twc) < 1e-3 < _pose_error(T0, G.Twc)
@@ -93,7 +97,7 @@ def test_converges_with_twin_backend_and_float32(monkeypatch) -> None:
 def test_large_perturbation_with_robust_weights_still_improves() -> None:
     G = make_graph(n=6, h=8, w=16, seed=5)
     T0 = perturb(G.Twc, 0.2, n_fixed=1, seed=3)
-    T, info = _run(G, T0, "rays", BackendConfig(max_iters=10))
+    T, info = _run(G, T0, "rays", _cfg(10))
     assert not info["failed"]
     assert info["cost_history"][-1] < info["cost_history"][0]
     assert _pose_error(T, G.Twc) < _pose_error(T0, G.Twc)
@@ -102,7 +106,7 @@ def test_large_perturbation_with_robust_weights_still_improves() -> None:
 def test_degenerate_inputs_do_not_crash() -> None:
     G = make_graph(n=4, h=4, w=8, seed=6)
     T0 = perturb(G.Twc, 0.05, n_fixed=1, seed=4)
-    cfg = BackendConfig(max_iters=5)
+    cfg = _cfg(5)
     # All matches invalid: nothing to optimise, poses unchanged, reported as failed.
     T, info = optimize_graph(T0, G.X, G.C, G.ii, G.jj, G.idx, torch.zeros_like(G.valid), G.Q, "rays", cfg)
     assert info["failed"] and torch.equal(T, T0)

@@ -11,16 +11,18 @@ Sign convention: ``g = J^T W r`` is the gradient of ``0.5 * cost``; ``H = J^T W 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from mslam_ns.config import ResidualConfig
 from mslam_ns.cuda import _backend
 from mslam_ns.cuda.gn import _torch_impl
 from mslam_ns.cuda.gn._torch_impl import MODES, GnParams
 
-__all__ = ["MODES", "GnParams", "edge_normal_equations", "pose_retract"]
+__all__ = ["MODES", "GnParams", "edge_normal_equations", "kernel_params", "pose_retract"]
 
 _MODE_ID = {"rays": 0, "calib": 1, "points": 2}
 
@@ -109,45 +111,52 @@ def edge_normal_equations(
     valid_match: Tensor,  # [E, HW] bool
     Q: Tensor,  # [E, HW] match weights
     *,
-    sigma_ray: float = 0.003,
-    sigma_dist: float = 10.0,
-    sigma_pixel: float = 1.0,
-    sigma_depth: float = 10.0,
-    sigma_point: float = 0.05,
-    C_thresh: float = 0.0,
-    Q_thresh: float = 1.5,
-    huber: float = 1.345,
+    residual: ResidualConfig | None = None,
     K: Tensor | None = None,  # [3, 3] (calib)
     img_hw: tuple[int, int] | None = None,  # (H, W) with H * W = HW (calib)
-    pixel_border: float = -10,
-    z_eps: float = 1e-6,
     return_count: bool = False,
+    **overrides: float,
 ) -> tuple[Tensor, ...]:
     """Per-edge normal equations of the pointmap residuals (rays / calib / points; formulas in ``gn.h``).
 
     Per pixel n of keyframe jj[e]: P = T_ij X_j[n], T_ij = T_WCi^-1 T_WCj, compared with X_i[idx[n]].
-    Returns H [E, 14, 14] (block order [i, j]), g [E, 14] and cost [E] (sum of 2 * Huber(e) of the whitened
-    residuals; = robust-weighted squared residuals for inliers), plus count [E] (int64, residual-contributing
-    pixels) when ``return_count``. Invalid input -> ValueError. Results are in X's dtype.
+    The residual constants come from ``residual`` (a `ResidualConfig`; its defaults when None); single
+    fields may be overridden by keyword (its field names, or the kernel names ``C_thresh``, ``Q_thresh``,
+    ``z_eps``). Returns H [E, 14, 14] (block order [i, j]), g [E, 14] and cost [E] (sum of 2 * Huber(e) of
+    the whitened residuals; = robust-weighted squared residuals for inliers), plus count [E] (int64,
+    residual-contributing pixels) when ``return_count``. Invalid input -> ValueError. Results are in X's
+    dtype.
     """
     Twc, X, C, ii, jj, idx, valid, Q = _prepare(mode, Twc, X, C, ii, jj, idx_ii2jj, valid_match, Q, K, img_hw)
-    for name, val in (("sigma_ray", sigma_ray), ("sigma_dist", sigma_dist), ("sigma_pixel", sigma_pixel),
-                      ("sigma_depth", sigma_depth), ("sigma_point", sigma_point), ("huber", huber)):
-        if not val > 0:
-            _fail(f"{name} must be > 0, got {val}")
-    H, W = (int(img_hw[0]), int(img_hw[1])) if img_hw is not None else (1, X.shape[1])
-    fx = fy = 1.0
-    cx = cy = 0.0
-    if K is not None:
-        fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
-    p = GnParams(sigma_ray, sigma_dist, sigma_pixel, sigma_depth, sigma_point, C_thresh, Q_thresh, huber,
-                 fx, fy, cx, cy, z_eps, float(pixel_border), H, W)
+    p = kernel_params(residual, K, img_hw, X.shape[1], **overrides)
+    H, W = p.H, p.W
     mod = _backend.get("gn", X.device)
     if mod is not None:
         out = mod.edge_normal_equations(_MODE_ID[mode], Twc, X, C, ii, jj, idx, valid, Q, p.as_list(), H, W)
     else:
         out = _torch_impl._edge_normal_equations(mode, Twc, X, C, ii, jj, idx, valid, Q, p)
     return tuple(out) if return_count else tuple(out[:3])
+
+
+_KERNEL_NAMES = {"C_thresh": "C_conf", "Q_thresh": "Q_conf", "z_eps": "depth_eps"}
+
+
+def kernel_params(residual: ResidualConfig | None, K: Tensor | None, img_hw: tuple[int, int] | None, HW: int,
+                  **overrides: float) -> GnParams:
+    """The ONE mapping from a `ResidualConfig` (+ intrinsics, image size) to the kernels' `GnParams`."""
+    rc = dataclasses.replace(residual or ResidualConfig(),
+                             **{_KERNEL_NAMES.get(k, k): v for k, v in overrides.items()})
+    for name in ("sigma_ray", "sigma_dist", "sigma_pixel", "sigma_depth", "sigma_point", "huber"):
+        val = getattr(rc, name)
+        if not val > 0:
+            _fail(f"{name} must be > 0, got {val}")
+    H, W = (int(img_hw[0]), int(img_hw[1])) if img_hw is not None else (1, int(HW))
+    fx = fy = 1.0
+    cx = cy = 0.0
+    if K is not None:
+        fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
+    return GnParams(rc.sigma_ray, rc.sigma_dist, rc.sigma_pixel, rc.sigma_depth, rc.sigma_point, rc.C_conf,
+                    rc.Q_conf, rc.huber, fx, fy, cx, cy, rc.depth_eps, float(rc.pixel_border), H, W)
 
 
 def pose_retract(

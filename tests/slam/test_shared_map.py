@@ -1,15 +1,16 @@
-"""KeyframeStore growth / offload and Trajectory recomposition (no prior, no kernels needed)."""
+"""SharedMap: growth, offload, per-frame recomposition, versions, snapshots under concurrent writes."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from mslam_ns.geometry import sim3
 from mslam_ns.prior.base import Encoding
 from mslam_ns.slam.frame import Frame
 from mslam_ns.slam.fusion import constrain_to_rays, fuse_into_keyframe, pixel_rays
-from mslam_ns.slam.keyframes import KeyframeStore
-from mslam_ns.slam.trajectory import Trajectory
+from mslam_ns.slam.shared_map import SharedMap
 
 
 def _kf(i: int, H: int = 2, W: int = 3, T: torch.Tensor | None = None) -> Frame:
@@ -27,9 +28,10 @@ def _random_sim3(g: torch.Generator, n: int = 1) -> torch.Tensor:
 
 
 def test_store_grows_past_600_keyframes():
-    store = KeyframeStore("cpu")
+    m = SharedMap("cpu")
+    store = m.keyframes
     for i in range(650):
-        assert store.add(_kf(i)) == i
+        assert m.add_keyframe(_kf(i)) == i
     assert len(store) == 650
     assert store.poses().shape == (650, 8)
     X, C = store.pointmaps([0, 333, 649])
@@ -40,10 +42,11 @@ def test_store_grows_past_600_keyframes():
 
 
 def test_store_offload_marks_old_keyframes_and_fetches_them():
-    store = KeyframeStore("cpu", offload=True, resident=3)
+    m = SharedMap("cpu", offload=True, resident=3)
+    store = m.keyframes
     ref = [_kf(i) for i in range(10)]
     for f in ref:
-        store.add(_kf(f.index))
+        m.add_keyframe(_kf(f.index))
     assert [store.is_offloaded(i) for i in range(10)] == [True] * 7 + [False] * 3
     for i in (0, 6, 9):
         torch.testing.assert_close(store.get(i).X, ref[i].X)
@@ -55,9 +58,10 @@ def test_store_offload_to_host_on_cuda():
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device (the CPU twin above checks the bookkeeping)")
-    store = KeyframeStore("cuda", offload=True, resident=2)
+    m = SharedMap("cuda", offload=True, resident=2)
+    store = m.keyframes
     for i in range(5):
-        store.add(_kf(i).to("cuda"))
+        m.add_keyframe(_kf(i).to("cuda"))
     assert store.raw(0).X.device.type == "cpu" and store.raw(4).X.device.type == "cuda"
     assert store.get(0).X.device.type == "cuda"
     assert store.nbytes()["host"] > 0
@@ -66,24 +70,26 @@ def test_store_offload_to_host_on_cuda():
 def test_set_poses_validates_shape():
     import pytest
 
-    store = KeyframeStore("cpu")
-    store.add(_kf(0))
+    m = SharedMap("cpu")
+    store = m.keyframes
+    m.add_keyframe(_kf(0))
     with pytest.raises(ValueError):
         store.set_poses(torch.zeros(2, 8))
 
 
 def test_trajectory_recomposes_after_moving_a_keyframe():
     g = torch.Generator().manual_seed(0)
-    store = KeyframeStore("cpu")
+    m = SharedMap("cpu")
+    store = m.keyframes
     T0, T1 = _random_sim3(g, 2).float()
-    store.add(_kf(0, T=T0))
-    store.add(_kf(1, T=T1))
-    traj = Trajectory(store)
+    m.add_keyframe(_kf(0, T=T0))
+    m.add_keyframe(_kf(1, T=T1))
+    traj = m.frames
     rel = _random_sim3(g, 4).float()
-    traj.add(0.0, "a", 0, sim3.identity(), is_keyframe=True)
-    traj.add(0.1, "b", 0, rel[0])
-    traj.add(0.2, "c", 1, rel[1])
-    traj.add(0.3, "d", 1, rel[2], lost=True)
+    m.add_frame(0.0, "a", 0, sim3.identity(), is_keyframe=True)
+    m.add_frame(0.1, "b", 0, rel[0])
+    m.add_frame(0.2, "c", 1, rel[1])
+    m.add_frame(0.3, "d", 1, rel[2], lost=True)
     before = traj.poses()
     # Each frame = keyframe pose * relative pose, checked with 4x4 matrices.
     M = sim3.to_matrix(before.double())
@@ -120,3 +126,80 @@ def test_weighted_fusion_and_ray_constraint():
     uv = uv[:, :2] / uv[:, 2:]
     v, u = torch.meshgrid(torch.arange(2.0), torch.arange(3.0), indexing="ij")
     torch.testing.assert_close(uv, torch.stack([u, v], -1).reshape(-1, 2).double())
+
+
+def test_versions_dirty_flags_and_snapshot_since():
+    m = SharedMap("cpu")
+    m.add_keyframe(_kf(0))
+    m.add_frame(0.0, "a", 0, sim3.identity(), is_keyframe=True)
+    m.add_keyframe(_kf(1))
+    m.add_frame(0.1, "b", 1, sim3.identity(), is_keyframe=True)
+    full = m.snapshot()
+    assert sorted(full.keyframes) == [0, 1] and full.frame_is_keyframe.tolist() == [True, True]
+    assert full.keyframe_frame_index.tolist() == [0, 1]
+    v = full.version
+    assert m.snapshot(since=v).keyframes == {}  # nothing changed since
+    with m.edit_points(1) as kf:
+        kf.X = kf.X + 1.0
+    s2 = m.snapshot(since=v)
+    assert list(s2.keyframes) == [1] and s2.version > v  # only the changed keyframe's points
+    np.testing.assert_allclose(s2.keyframes[1].X, full.keyframes[1].X + 1.0)
+    m.set_poses(sim3.exp(torch.full((1, 7), 0.1, dtype=torch.float64)).float(), [0])
+    s3 = m.snapshot(since=s2.version, with_points=True)
+    assert s3.keyframes == {} and s3.pose_version[0] == s3.version > s3.pose_version[1]
+    # pop_last removes a tentative keyframe with its records and edges
+    m.add_keyframe(_kf(2))
+    m.add_edges([(2, 1, "reloc", {}), (1, 0, "seq", {})])
+    m.pop_last()
+    s4 = m.snapshot()
+    assert s4.T_WC.shape == (2, 8) and s4.edges.tolist() == [[1, 0]] and s4.edge_kind == ["seq"]
+    with pytest.raises(IndexError):
+        m.add_edges([(0, 5, "loop", {})])
+
+
+def test_snapshot_never_mixes_versions_under_a_concurrent_writer():
+    """A writer thread moves every keyframe to the same new pose per write; readers must never see two."""
+    import threading
+
+    m = SharedMap("cpu")
+    n = 40
+    for i in range(n):
+        m.add_keyframe(_kf(i))
+        m.add_frame(0.1 * i, f"{i}", i, sim3.identity(), is_keyframe=True)
+    stop = threading.Event()
+
+    def writer():
+        k = 0
+        while not stop.is_set():
+            k += 1
+            T = sim3.identity(n)
+            T[:, 0] = float(k)
+            m.set_poses(T)
+            with m.edit_points(k % n) as kf:
+                kf.X = kf.X * 1.0
+
+    t = threading.Thread(target=writer)
+    t.start()
+    seen = set()
+    try:
+        for _ in range(300):
+            s = m.snapshot(since=None, with_points=False)
+            xs = set(s.T_WC[:, 0].tolist())
+            assert len(xs) == 1, f"snapshot mixes poses {sorted(xs)[:4]}"
+            np.testing.assert_allclose(s.frame_T_WC[:, 0], s.T_WC[:, 0])  # frames recomposed from the same
+            assert (s.pose_version <= s.version).all()
+            seen.add(s.version)
+    finally:
+        stop.set()
+        t.join()
+    assert len(seen) > 10  # the writer really ran while the readers read
+
+
+def test_wait_for_change_wakes_on_write():
+    import threading
+
+    m = SharedMap("cpu")
+    v = m.version
+    threading.Timer(0.05, lambda: m.add_keyframe(_kf(0))).start()
+    assert m.wait_for_change(v, timeout_s=5.0) > v
+    assert m.wait_for_change(m.version, timeout_s=0.01) == m.version  # times out without a write

@@ -1,0 +1,254 @@
+"""`Backend`: the keyframe graph and its global optimisation (SPEC.md section 4), loop closure by retrieval.
+
+For each new keyframe n:
+1. candidates = {n - 1} (when n was promoted while tracking n - 1) U retrieval top-k above a score
+   threshold (`RetrievalDatabase`, when the prior gives retrieval features), then n is added to the database;
+2. each candidate c is verified: symmetric decode (n, c), dense matching in both directions, and the edge is
+   kept when min over both directions of mean(matched & q > Q_conf) >= `min_match_frac` (the consecutive
+   edge is always kept); accepted edges are stored in the `SharedMap` with their correspondences
+   (two directed edges: pixels of c matched into n, and pixels of n matched into c);
+3. Levenberg-Marquardt over all keyframe poses (`optimize_graph`, first keyframe fixed as the gauge);
+   the new poses are written back through `SharedMap.set_poses`, so every frame's pose (stored relative to
+   its keyframe) is recomposed. A failed optimisation is logged and the previous poses are kept.
+
+Two ways to run, one code path: `step(n)` does the work in the caller's thread (deterministic: tests,
+evaluation, the default), and `submit(n)` queues it for a worker thread (`BackendConfig.thread`) while
+tracking continues; `flush()` waits until the queue is empty, `close()` stops the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mslam_ns.config import SlamConfig
+from mslam_ns.prior.base import PairPrediction, TwoViewPrior
+from mslam_ns.slam.shared_map import SharedMap
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Backend", "EdgeMatches", "match_pair"]
+
+
+@dataclass
+class EdgeMatches:
+    """Correspondences of one directed edge (i, j): for every pixel n of keyframe j, its pixel in i."""
+
+    idx: Tensor  # [HW] int32 pixel of i matched by each pixel of j
+    valid: Tensor  # [HW] bool matched (IPM converged + occlusion test)
+    q: Tensor  # [HW] float32 match weight sqrt(Q_i[idx] Q_ji)
+    frac: float = 0.0
+    """mean(valid & q > Q_conf)."""
+
+
+def _direction(p: PairPrediction, cfg: SlamConfig, dev: torch.device) -> EdgeMatches:
+    """Match the second view of pass `p` into its first view: p = (X^i_i, X^j_i)."""
+    from mslam_ns.slam.matching import match
+
+    H, W = p.ii.X.shape[:2]
+    X_i = p.ii.X.to(dev).float()[None]
+    X_ji = p.ji.X.to(dev).float()[None]
+    idx, valid = match(X_i, X_ji, p.ii.D.to(dev)[None], p.ji.D.to(dev)[None], None, cfg.matching)
+    idx, valid = idx[0], valid[0].bool()
+    Q_i = p.ii.Q.reshape(H * W).to(dev).float()
+    q = torch.sqrt(Q_i[idx] * p.ji.Q.reshape(H * W).to(dev).float())
+    frac = float((valid & (q > cfg.backend.residual.Q_conf)).float().mean())
+    return EdgeMatches(idx.to(torch.int32), valid, q.float(), frac)
+
+
+def match_pair(prior: TwoViewPrior, enc_i: Any, enc_j: Any, cfg: SlamConfig, dev: torch.device
+               ) -> tuple[EdgeMatches, EdgeMatches, tuple[PairPrediction, PairPrediction]]:
+    """Symmetric decode of (i, j) and matching both ways: (edge (i, j), edge (j, i), the two passes)."""
+    p_ij, p_ji = prior.decode_symmetric(enc_i, enc_j)
+    return _direction(p_ij, cfg, dev), _direction(p_ji, cfg, dev), (p_ij, p_ji)
+
+
+@dataclass
+class BackendStats:
+    steps: int = 0
+    edges_tried: int = 0
+    edges_accepted: int = 0
+    loop_edges: int = 0
+    optimisations: int = 0
+    failed_optimisations: int = 0
+    iterations: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def tick(self, key: str, t0: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
+
+
+class Backend:
+    """Keyframe graph + global optimisation over a `SharedMap`."""
+
+    def __init__(self, shared_map: SharedMap, prior: TwoViewPrior, cfg: SlamConfig, mode: str,
+                 K_net: Tensor | None = None, retrieval: Any = None):
+        """
+        Args:
+            shared_map: the map (keyframes, edges, poses).
+            prior: the two-view prior (symmetric decodes of candidate pairs).
+            cfg: the SLAM configuration (matching, backend, retrieval).
+            mode: 'rays' or 'calib' (residuals of the graph).
+            K_net: [3, 3] intrinsics at network resolution (calib mode).
+            retrieval: a `RetrievalDatabase` or None (then only consecutive edges).
+        """
+        self.map, self.prior, self.cfg, self.mode = shared_map, prior, cfg, mode
+        self.K_net = K_net
+        self.retrieval = retrieval
+        self.stats = BackendStats()
+        self._queue: queue.Queue | None = None
+        self._worker: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    # ---- one step -----------------------------------------------------------------------------------
+    def step(self, kf_id: int, sequential: bool = True) -> None:
+        """Connect keyframe `kf_id` to the graph and optimise (in the caller's thread)."""
+        t0 = time.perf_counter()
+        self.stats.steps += 1
+        cands = self._candidates(kf_id, sequential)
+        self.stats.tick("retrieval", t0)
+        t1 = time.perf_counter()
+        added = self.connect(kf_id, cands, sequential)
+        self.stats.tick("edges", t1)
+        if added:
+            self.optimise()
+
+    def _candidates(self, kf_id: int, sequential: bool) -> list[int]:
+        out = [kf_id - 1] if sequential and kf_id > 0 else []
+        feats = self.retrieval_features(kf_id)
+        if feats is not None:
+            hits = self.retrieval.query_and_add(kf_id, feats, self.cfg.retrieval.k, self.cfg.retrieval.min_thresh)
+            for c, _score in hits:
+                if c != kf_id and c not in out:
+                    out.append(int(c))
+        return out
+
+    def retrieval_features(self, kf_id: int) -> np.ndarray | None:
+        if self.retrieval is None:
+            return None
+        f = self.map.keyframes.raw(kf_id)
+        feats = self.prior.retrieval_features(f.enc)
+        return None if feats is None else np.asarray(feats.detach().cpu().float().numpy() if hasattr(feats, "detach")
+                                                     else feats, dtype=np.float32)
+
+    def connect(self, kf_id: int, candidates: list[int], sequential: bool = True) -> int:
+        """Verify candidate edges of keyframe `kf_id` and add the accepted ones; returns how many."""
+        dev = self.map.device
+        f_n = self.map.keyframes.raw(kf_id)
+        edges = []
+        for c in candidates:
+            if self.map.has_edge(kf_id, c):
+                continue
+            f_c = self.map.keyframes.raw(c)
+            e_nc, e_cn, _ = match_pair(self.prior, f_n.enc, f_c.enc, self.cfg, dev)
+            self.stats.edges_tried += 1
+            consecutive = sequential and c == kf_id - 1
+            frac = min(e_nc.frac, e_cn.frac)
+            if not consecutive and frac < self.cfg.backend.min_match_frac:
+                log.debug("edge (%d, %d) rejected: match fraction %.3f", kf_id, c, frac)
+                continue
+            kind = "seq" if consecutive else "loop"
+            edges += [(kf_id, c, kind, {"m": e_nc}), (c, kf_id, kind, {"m": e_cn})]
+            self.stats.edges_accepted += 1
+            self.stats.loop_edges += kind == "loop"
+        if edges:
+            self.map.add_edges(edges)
+        return len(edges) // 2
+
+    # ---- global optimisation ------------------------------------------------------------------------
+    def optimise(self) -> dict:
+        """LM over all keyframe poses with all edges; writes the poses back unless it failed."""
+        from mslam_ns.slam.solve import optimize_graph
+
+        t0 = time.perf_counter()
+        with self.map.lock:
+            n = self.map.num_keyframes()
+            edges = self.map.edges()
+            T0 = self.map.keyframes.poses().clone()
+            X, C = self.map.keyframes.pointmaps()
+        if not edges or n < 2:
+            return {"reason": "nothing to optimise"}
+        dev = X.device
+        ii = torch.tensor([e[0] for e in edges], dtype=torch.long, device=dev)
+        jj = torch.tensor([e[1] for e in edges], dtype=torch.long, device=dev)
+        idx = torch.stack([e[3]["m"].idx for e in edges]).to(dev).long()
+        valid = torch.stack([e[3]["m"].valid for e in edges]).to(dev)
+        q = torch.stack([e[3]["m"].q for e in edges]).to(dev).float()
+        hw = self.map.keyframes.raw(0).hw
+        K = None if self.K_net is None else self.K_net.to(dev)
+        T, info = optimize_graph(T0.float(), X.float(), C.float(), ii, jj, idx, valid, q, self.mode,
+                                 self.cfg.backend, K=K, img_hw=hw)
+        self.stats.optimisations += 1
+        self.stats.iterations += int(info["iterations"])
+        if info["failed"] or not bool(torch.isfinite(T).all()):
+            self.stats.failed_optimisations += 1
+            log.warning("global optimisation failed (%s); keeping the previous poses", info["reason"])
+        elif len(info["cost_history"]) > 1:
+            self._write_poses(T0, T.to(T0))
+        self.stats.tick("optimise", t0)
+        return info
+
+    def _write_poses(self, T_old: Tensor, T_new: Tensor) -> None:
+        """Write optimised poses of keyframes 0..n-1; keyframes added meanwhile (backend thread) follow the
+        correction of keyframe n-1, the one they were tracked from."""
+        from mslam_ns.geometry import sim3
+
+        n = T_old.shape[0]
+        with self.map.lock:
+            n_now = self.map.num_keyframes()
+            if n_now > n:
+                corr = sim3.mul(T_new[n - 1].double(), sim3.inv(T_old[n - 1].double()))
+                later = self.map.keyframes.poses(list(range(n, n_now))).double()
+                T_new = torch.cat([T_new, sim3.normalize(sim3.mul(corr[None], later)).to(T_new)])
+            self.map.set_poses(T_new, list(range(n_now)))
+
+    # ---- the worker thread --------------------------------------------------------------------------
+    def submit(self, kf_id: int, sequential: bool = True) -> None:
+        """Queue `step(kf_id)` for the worker thread (started on first use)."""
+        self._raise_worker_error()
+        if self._worker is None:
+            self._queue = queue.Queue()
+            self._worker = threading.Thread(target=self._loop, name="mslam-backend", daemon=True)
+            self._worker.start()
+        self._queue.put((kf_id, sequential))
+
+    def _loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self.step(*item)
+            except BaseException as e:  # reported to the caller at the next submit / flush
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every queued step is done (no-op without a worker)."""
+        if self._queue is not None:
+            self._queue.join()
+        self._raise_worker_error()
+
+    def close(self) -> None:
+        """Finish the queued work and stop the worker thread."""
+        if self._worker is not None:
+            self.flush()
+            self._queue.put(None)
+            self._worker.join()
+            self._worker, self._queue = None, None
+
+    def _raise_worker_error(self) -> None:
+        if self._error is not None:
+            e, self._error = self._error, None
+            raise RuntimeError(f"backend thread failed: {e}") from e
