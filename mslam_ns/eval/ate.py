@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["AteResult", "umeyama", "associate_nearest", "ate", "positions_of", "arc_length"]
+__all__ = ["AteResult", "umeyama", "associate_nearest", "ate", "positions_of", "rotations_of", "arc_length"]
 
 EVO_MAX_DIFF = 0.01
 """evo's default maximum timestamp difference for association (seconds)."""
@@ -43,6 +43,9 @@ class AteResult:
     """Arc length of the full-rate reference trajectory over the time span of the matched poses."""
     std: float = 0.0
     min: float = 0.0
+    rot_median_deg: float = float("nan")
+    """Median orientation error (degrees) after the same position-based alignment (NaN without rotations)."""
+    rot_max_deg: float = float("nan")
 
     @property
     def rmse_percent_of_path(self) -> float:
@@ -138,6 +141,24 @@ def associate_nearest(
     return ir, ie
 
 
+def rotations_of(poses: np.ndarray) -> np.ndarray | None:
+    """Rotation matrices [N, 3, 3] from TUM rows [N, 7] / Sim(3) rows [N, 8] (quaternion xyzw) or matrices
+    [N, 4, 4] (scale removed); None for position-only rows [N, 3]."""
+    poses = np.asarray(poses, dtype=np.float64)
+    if poses.ndim == 3 and poses.shape[1:] == (4, 4):
+        R = poses[:, :3, :3]
+        return R / np.cbrt(np.linalg.det(R))[:, None, None]
+    if poses.ndim == 2 and poses.shape[1] in (7, 8):
+        x, y, z, w = (poses[:, 3 + k] for k in range(4))
+        n = np.sqrt(x * x + y * y + z * z + w * w)
+        x, y, z, w = x / n, y / n, z / n, w / n
+        return np.stack([
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], 1)
+    return None
+
+
 def positions_of(poses: np.ndarray) -> np.ndarray:
     """Positions [N, 3] (float64) from TUM rows [N, 7] / Sim(3) rows [N, 8] or matrices [N, 4, 4]."""
     poses = np.asarray(poses, dtype=np.float64)
@@ -196,6 +217,13 @@ def ate(
         raise ValueError(f"ate: unknown align {align!r} (sim3, se3 or none)")
     p_aligned = s * p_est @ R.T + t
     err = np.linalg.norm(p_aligned - p_gt, axis=1)  # [K]
+    rot_med = rot_max = float("nan")
+    R_est_all, R_gt_all = rotations_of(est_poses), rotations_of(gt_poses)
+    if R_est_all is not None and R_gt_all is not None:
+        R_est, R_gt = R_est_all[ok_e][ie], R_gt_all[ok_g][ir]
+        D = np.einsum("nji,jk,nkl->nil", R_gt, R, R_est)  # R_gt^T (R_align R_est)
+        ang = np.degrees(np.arccos(np.clip((np.trace(D, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+        rot_med, rot_max = float(np.median(ang)), float(np.max(ang))
     t0, t1 = gt_ts[ir].min(), gt_ts[ir].max()
     in_span = (gt_ts >= t0) & (gt_ts <= t1)
     span_order = np.argsort(gt_ts[in_span], kind="stable")
@@ -209,4 +237,6 @@ def ate(
         path_length=arc_length(p_gt_all[in_span][span_order]),
         std=float(np.std(err)),
         min=float(np.min(err)),
+        rot_median_deg=rot_med,
+        rot_max_deg=rot_max,
     )

@@ -99,6 +99,8 @@ class _Slot:
     pose_version: int = 0
     points_version: int = 0
     frame_row: int = -1  # row of the keyframe's own frame record
+    anchor: int = -1  # keyframe this one was first placed relative to (-1: the first keyframe)
+    T_anchor: Tensor | None = None  # [8] its pose relative to the anchor at creation (frontend chain)
 
 
 @dataclass
@@ -141,14 +143,23 @@ class SharedMap:
         self._changed.notify_all()
         return self.version
 
-    def add_keyframe(self, frame: Frame) -> int:
-        """Append a keyframe (must carry X, C). Sets and returns its keyframe id."""
+    def add_keyframe(self, frame: Frame, anchor: int = -1, T_anchor: Tensor | None = None) -> int:
+        """Append a keyframe (must carry X, C). Sets and returns its keyframe id.
+
+        `anchor` / `T_anchor` [8]: the keyframe it was placed from and its relative pose then (T_CaCk); they
+        define the frontend-only trajectory (`frontend_poses`), i.e. the poses without any backend update.
+        """
         if frame.X is None or frame.C is None:
             raise ValueError("a keyframe needs its canonical pointmap X and confidence C")
         with self.lock:
             frame.kf_id = len(self._slots)
+            if not -1 <= anchor < frame.kf_id:
+                raise IndexError(f"anchor {anchor} is not an earlier keyframe")
+            T_a = frame.T_WC if anchor < 0 else T_anchor
+            if T_a is None:
+                raise ValueError("a keyframe with an anchor needs T_anchor")
             v = self._bump()
-            self._slots.append(_Slot(frame, False, v, v))
+            self._slots.append(_Slot(frame, False, v, v, anchor=int(anchor), T_anchor=T_a.detach().clone()))
             self._apply_offload()
             return frame.kf_id
 
@@ -247,6 +258,16 @@ class SharedMap:
     def num_frames(self) -> int:
         with self.lock:
             return len(self._records)
+
+    def frontend_poses(self) -> Tensor:  # [K, 8]
+        """Keyframe poses as the frontend alone placed them (the chain of creation-time relative poses,
+        no backend update): what a frontend-only run gives, for drift comparisons."""
+        with self.lock:
+            out: list[Tensor] = []
+            for s in self._slots:
+                T = s.T_anchor.double()
+                out.append(T if s.anchor < 0 else sim3.mul(out[s.anchor], T))
+            return torch.stack(out) if out else torch.zeros(0, 8, dtype=torch.float64)
 
     def edges(self, kind: str | None = None) -> list[tuple[int, int, str, dict]]:
         """The graph edges (i, j, kind, data), optionally of one kind."""

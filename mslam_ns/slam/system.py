@@ -237,8 +237,9 @@ class SlamSystem:
         codebook = getattr(self.prior, "retrieval_codebook", None)
         return RetrievalDatabase(self.cfg.retrieval, codebook=codebook)
 
-    def _start_keyframe(self, frame: Frame, T_WC: Tensor, reason: str) -> StepResult:
-        """A keyframe from a mono decode (initialisation, restart after loss)."""
+    def _start_keyframe(self, frame: Frame, T_WC: Tensor, reason: str,
+                        anchor: tuple[int, Tensor] | None = None) -> StepResult:
+        """A keyframe from a mono decode (initialisation, restart after loss at `anchor` = (kf, T_CkCf))."""
         t0 = time.perf_counter()
         pred = self.prior.decode_mono(frame.enc)
         self._tick("decode", t0)
@@ -248,7 +249,7 @@ class SlamSystem:
         frame.X = self.tracker.canonical_points(v.X.reshape(H * W, 3).to(self.device).float(), (H, W))
         frame.C, frame.N = v.C.reshape(-1).to(self.device).float(), 1
         frame.D, frame.Q = v.D.reshape(H * W, -1).to(self.device), v.Q.reshape(-1).to(self.device).float()
-        kf_id = self._add_keyframe(frame, sequential=False)
+        kf_id = self._add_keyframe(frame, sequential=False, anchor=anchor)
         self._n_lost = 0
         self._set_state(SlamState.TRACKING)
         return StepResult(frame.index, self.state, True, kf_id, True, H * W, 1.0, reason)
@@ -260,15 +261,17 @@ class SlamSystem:
         frame.C, frame.N = pred.ii.C.reshape(-1).to(self.device).float(), 1
         frame.D = pred.ii.D.reshape(H * W, -1).to(self.device)
         frame.Q = pred.ii.Q.reshape(-1).to(self.device).float()
-        kf_id = self._add_keyframe(frame, sequential=True)
+        kf_id = self._add_keyframe(frame, sequential=True, anchor=(self.keyframes.last.kf_id, res.T_kf))
         return StepResult(frame.index, self.state, True, kf_id, True, res.n_valid, res.match_frac)
 
-    def _add_keyframe(self, frame: Frame, sequential: bool) -> int:
+    def _add_keyframe(self, frame: Frame, sequential: bool, anchor: tuple[int, Tensor] | None = None) -> int:
         """Store a keyframe with its own frame record; hand it to the backend.
 
         `sequential`: the keyframe was tracked from the previous one (a consecutive edge is added).
+        `anchor`: (keyframe, T_CkCf) it was placed from (None for the first keyframe).
         """
-        kf_id = self.map.add_keyframe(frame)
+        a_id, T_a = anchor if anchor is not None else (-1, None)
+        kf_id = self.map.add_keyframe(frame, a_id, T_a)
         self.map.add_frame(frame.timestamp, frame.name, kf_id, sim3.identity(device=self.device),
                            is_keyframe=True)
         self._T_kf, self._idx = sim3.identity(device=self.device), None
@@ -292,7 +295,7 @@ class SlamSystem:
         if self._n_lost >= self.max_lost and self._has_confident_points(frame):
             self.restarts += 1
             T_WC = sim3.mul(kf.T_WC, self._T_kf)
-            out = self._start_keyframe(frame, T_WC, reason="restart")
+            out = self._start_keyframe(frame, T_WC, reason="restart", anchor=(kf.kf_id, self._T_kf))
             out.n_matches, out.match_frac = res.n_valid, res.match_frac
             return out
         self.map.add_frame(frame.timestamp, frame.name, kf.kf_id, self._T_kf, lost=True)
@@ -300,9 +303,11 @@ class SlamSystem:
                           res.reason)
 
     def _has_confident_points(self, frame: Frame) -> bool:
-        """A restart needs a frame with some confident prediction (not a black or blurred frame)."""
-        C = self.prior.decode_mono(frame.enc).ii.C
-        return float((C > self.cfg.backend.residual.Q_conf).float().mean()) >= self.cfg.tracking.min_match_frac
+        """A restart needs a frame with some confident, matchable prediction (not a black or blurred one)."""
+        v = self.prior.decode_mono(frame.enc).ii
+        rc = self.cfg.tracking.residual
+        ok = (v.C > max(rc.C_conf, 1.5)) & (v.Q > rc.Q_conf)
+        return float(ok.float().mean()) >= self.cfg.tracking.min_match_frac
 
     def _relocalise(self, frame: Frame) -> StepResult | None:
         """Try to put a frame seen while lost back into the map; None = not relocalised (map unchanged)."""
@@ -312,7 +317,7 @@ class SlamSystem:
         if hit is None:
             return None
         self.relocalisations += 1
-        kf_id = self.map.add_keyframe(frame)
+        kf_id = self.map.add_keyframe(frame, hit.kf_id, hit.T_kf)
         self.map.add_frame(frame.timestamp, frame.name, kf_id, sim3.identity(device=self.device),
                            is_keyframe=True)
         self.reloc.commit(kf_id, hit)
@@ -340,10 +345,20 @@ class SlamSystem:
             self.map.set_camera(K, self._image_size)
 
     # ---- readers ------------------------------------------------------------------------------------
-    def frame_poses(self) -> tuple[Tensor, list[str], Tensor]:
-        """(timestamps [N] float64, names, T_WC [N, 8]) of EVERY frame fed so far."""
+    def frame_poses(self, frontend: bool = False) -> tuple[Tensor, list[str], Tensor]:
+        """(timestamps [N] float64, names, T_WC [N, 8]) of EVERY frame fed so far.
+
+        `frontend`: the poses the frontend alone gives (no backend update; see `SharedMap.frontend_poses`).
+        """
         with self.map.lock:
-            return self.trajectory.timestamps(), self.trajectory.names(), self.trajectory.poses()
+            ts, names = self.trajectory.timestamps(), self.trajectory.names()
+            if not frontend:
+                return ts, names, self.trajectory.poses()
+            if len(names) == 0:
+                return ts, names, torch.zeros(0, 8)
+            T_kf = self.map.frontend_poses()
+            ids = self.trajectory.kf_ids()
+            return ts, names, sim3.mul(T_kf[ids], self.trajectory.relative_poses().double()).float()
 
     def keyframe_poses(self) -> tuple[Tensor, list[str], Tensor]:
         """(timestamps [K] float64, names, T_WC [K, 8]) of the keyframes."""
