@@ -23,7 +23,7 @@ import torch
 def run_once(seq: Path, noise: str, mode: str, size: int, backend: bool) -> dict:
     from mslam_ns.config import SlamConfig
     from mslam_ns.eval.ate import ate
-    from mslam_ns.io.frames import open_source
+    from mslam_ns.io.sources import open_source
     from mslam_ns.prior.oracle import OraclePrior
     from mslam_ns.slam.system import SlamSystem
 

@@ -6,7 +6,8 @@ Sim(3)-aligned ATE RMSE of keyframes and of all frames as a percentage of the gr
 Throughput: a 640x480 synthetic sequence at the MASt3R size 512x384; frames/s of the frontend without the
 prior (matching + Gauss-Newton + fusion, goal >= 10 frames/s on 2 cores), with and without the descriptor
 refinement, after a short warm-up run (kernel loading); prior cost (oracle encode/decode) reported separately.
-Run with MSLAM_NS_KERNELS=compiled to make sure the compiled kernels are measured. Timings depend on the machine and on its load: compare figures from the same run.
+Run with MSLAM_NS_KERNELS=compiled to make sure the compiled kernels are measured. Timings depend on the machine
+and on its load: compare figures from the same run.
 
 Usage: .venv/bin/python benchmarks/bench_frontend.py [--frames 60] [--size 256] [--speed-frames 20] [--quick]
 """
@@ -24,11 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mslam_ns.commands.slam import evaluate_run, run_slam  # noqa: E402
 from mslam_ns.config import SlamConfig  # noqa: E402
-from mslam_ns.io.frames import open_source  # noqa: E402
+from mslam_ns.io.sources import open_source  # noqa: E402
 from mslam_ns.io.synthetic import generate_sequence  # noqa: E402
 from mslam_ns.prior.oracle import OraclePrior  # noqa: E402
-from mslam_ns.slam.commands import evaluate_run, run_slam  # noqa: E402
 
 
 def accuracy(tmp: Path, frames: int, size: int, width: int, height: int, seed: int) -> list[dict]:

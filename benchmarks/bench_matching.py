@@ -29,7 +29,6 @@ from mslam_ns.cuda.matching import _torch_impl, iproj, ray_image  # noqa: E402
 from mslam_ns.cuda.matching.synthetic import two_view_scene  # noqa: E402
 from mslam_ns.slam.matching import match, pixel_grid  # noqa: E402
 
-
 STEP_TOL = inspect.signature(iproj).parameters["step_tol"].default  # the public default early exit
 
 
@@ -111,7 +110,7 @@ def main() -> None:
           f"converged {conv.float().mean():.3f}")
     gflops = matmul_gflops()
     print(f"  machine speed now: fp32 matmul {gflops:.0f} GFLOP/s ({gflops / QUIET_GFLOPS:.2f} x the quiet "
-          f"2-core reference {QUIET_GFLOPS:.0f} of /work/shared/ENVIRONMENT.md; other processes slow it down)")
+          f"2-core reference {QUIET_GFLOPS:.0f} measured on the development machine; other processes slow it down)")
     rows = []
     for name, compiled, twin in (
         ("ipm", lambda: mod.iproj(*ipm_args), lambda: _torch_impl._iproj(*ipm_args)),

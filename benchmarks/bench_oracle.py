@@ -33,6 +33,12 @@ decode (warm)           252 / 248              19 / 19                71 / 71   
 Before, ``encode`` only resampled the depth and the first ``decode`` of a frame computed its descriptors;
 now ``encode`` does all per-frame work (encode + first decode: 161 ms -> 58 ms on one thread).
 
+Camera errors (issue 7: each view back-projected through its own perturbed pinhole) cost little: the last
+line compares the same warm passes with and without them, interleaved in one run. Measured on the loaded
+2-core machine, --threads 1 --frames 8 --warm-repeats 6, median CPU ms: decode 35.0 -> 36.1 (x1.03),
+decode_mono 28.6 -> 29.7 (x1.04) (the views are written in place into recycled outputs);
+``retrieval_features`` (now 256-d: four scales plus a random Fourier map) 8 -> 10-12 ms.
+
 Usage: .venv/bin/python benchmarks/bench_oracle.py [--threads 2] [--oracle-threads none] [--frames 12]
 """
 
@@ -44,13 +50,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mslam_ns.io.frames import open_source  # noqa: E402
+from mslam_ns.io.sources import open_source  # noqa: E402
 from mslam_ns.io.synthetic import generate_sequence  # noqa: E402
 from mslam_ns.model.preprocess import preprocess_image, to_unit_float  # noqa: E402
 from mslam_ns.prior.oracle import OraclePrior  # noqa: E402
@@ -102,6 +109,19 @@ def main() -> None:
             for k in recent:
                 timed(lambda: prior.decode(encs[k], encs[k - 1]), times["decode (warm)"])
                 timed(lambda: prior.decode_mono(encs[k]), times["decode_mono (warm)"])
+        # The camera errors' cost: the same passes with and without them, interleaved in this run.
+        twin = OraclePrior.from_source(source, size=args.size, noise=replace(
+            prior.noise, focal_sigma=0.0, pp_sigma=0.0), **kw)
+        twin_encs = [twin.encode(images[k], k) for k in recent]
+        ab: dict[str, list[tuple[float, float]]] = {k: [] for k in ("with", "without", "mono with", "mono without")}
+        for _ in range(args.warm_repeats):
+            for n, k in enumerate(recent):
+                if n == 0:
+                    continue
+                timed(lambda: prior.decode(encs[k], encs[k - 1]), ab["with"])
+                timed(lambda: twin.decode(twin_encs[n], twin_encs[n - 1]), ab["without"])
+                timed(lambda: prior.decode_mono(encs[k]), ab["mono with"])
+                timed(lambda: twin.decode_mono(twin_encs[n]), ab["mono without"])
 
     print(f"oracle prior ({args.noise}), network {W}x{H}, {len(source)} frames, "
           f"torch threads {torch.get_num_threads()}, oracle threads {getattr(prior, 'threads', 'n/a')}")
@@ -109,6 +129,11 @@ def main() -> None:
     for name, ts in times.items():
         wall, cpu = [t[0] for t in ts], [t[1] for t in ts]
         print(f"{name:<24}{statistics.median(wall):>11.1f}{min(wall):>10.1f}{statistics.median(cpu):>9.1f}")
+    cpu_ms = {k: statistics.median(t[1] for t in v) for k, v in ab.items()}
+    print(f"camera errors (perturbed pinhole per view), median CPU ms with / without: decode "
+          f"{cpu_ms['with']:.1f} / {cpu_ms['without']:.1f} (x{cpu_ms['with'] / cpu_ms['without']:.2f}), "
+          f"decode_mono {cpu_ms['mono with']:.1f} / {cpu_ms['mono without']:.1f} "
+          f"(x{cpu_ms['mono with'] / cpu_ms['mono without']:.2f})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Typed configuration of the SLAM system (SPEC.md section 6 defaults).
+"""Typed configuration of the SLAM system (docs/algorithm.md section 6 defaults).
 
 Every field has a docstring right after it; tyro turns them into CLI help. There is no global config dict:
 each component receives the dataclass it needs.
@@ -12,7 +12,7 @@ from typing import Literal
 
 @dataclass
 class MatchingConfig:
-    """Iterative projective matching + descriptor refinement (SPEC.md section 2)."""
+    """Iterative projective matching + descriptor refinement (docs/algorithm.md section 2)."""
 
     max_iter: int = 10
     """Levenberg-Marquardt iterations per query pixel."""
@@ -78,7 +78,7 @@ class LMConfig:
 
 @dataclass
 class TrackingConfig:
-    """Frame-to-keyframe Sim(3) tracking (SPEC.md section 3)."""
+    """Frame-to-keyframe Sim(3) tracking (docs/algorithm.md section 3)."""
 
     min_match_frac: float = 0.05
     """Below this fraction of valid matches the frame is skipped and the system relocalises."""
@@ -92,7 +92,7 @@ class TrackingConfig:
 
 @dataclass
 class BackendConfig:
-    """Keyframe graph and global optimisation (SPEC.md section 4)."""
+    """Keyframe graph and global optimisation (docs/algorithm.md section 4)."""
 
     enabled: bool = True
     """Build the keyframe graph and optimise it after every new keyframe (off = frontend only)."""
@@ -109,7 +109,7 @@ class BackendConfig:
 
 @dataclass
 class RetrievalConfig:
-    """Image retrieval for loop closure (SPEC.md section 5)."""
+    """Image retrieval for loop closure (docs/algorithm.md section 5)."""
 
     k: int = 3
     """Number of retrieved candidates per new keyframe."""
@@ -132,12 +132,18 @@ class RetrievalConfig:
 
 @dataclass
 class RelocConfig:
-    """Relocalisation after a tracking failure (SPEC.md section 5, made less brittle)."""
+    """Relocalisation after a tracking failure (docs/algorithm.md section 5, made less brittle)."""
 
     min_match_frac: float = 0.3
     """A candidate edge passes when both directions have at least this fraction of valid matches."""
     min_accepted: int = 1
     """Relocalise when at least this many retrieved candidates pass (the reference demands all of them)."""
+    min_score: float = 1e-3
+    """Retrieval score a relocalisation candidate needs: lower than loop closure's `retrieval.min_thresh`,
+    since every candidate is verified by matching and a pose solve (a flat or black frame scores below it)."""
+    restart_min_frac: float = 0.1
+    """A restart (a new map segment after `max_lost` failures) needs at least this fraction of confident
+    pixels (confidence and descriptor confidence) in the frame's mono decode: never from a black frame."""
 
 
 @dataclass
@@ -150,6 +156,11 @@ class SlamConfig:
     """Long side of the network input (MASt3R: 512). Smaller sizes are for the oracle prior / tests."""
     device: str = "cpu"
     """Torch device for the SLAM tensors ('cpu', 'cuda', 'cuda:1', ...)."""
+    self_calibrate: bool = True
+    """Rays mode: once `self_calib_keyframes` keyframes have given an intrinsics estimate, constrain every
+    new pointmap to the rays of the fused estimate (depth kept), like calib mode with estimated intrinsics."""
+    self_calib_keyframes: int = 3
+    """Keyframes fused into the intrinsics estimate before it is used (see `self_calibrate`)."""
     offload_keyframes: bool = False
     """Keep old keyframe tensors in host memory when running on a GPU."""
     matching: MatchingConfig = field(default_factory=MatchingConfig)

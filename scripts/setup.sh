@@ -16,10 +16,15 @@ fi
 if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
   "$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
 fi
-"$VENV/bin/python" -m pip install -q -e ".[dev,video,nerfstudio]"
+"$VENV/bin/python" -m pip install -q -e ".[dev,video,nerfstudio,viewer]"
 # open3d (used by nerfstudio's point-cloud loading) needs libusb; install it where we may.
 if ! ldconfig -p 2>/dev/null | grep -q libusb-1.0 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq libusb-1.0-0) >/dev/null 2>&1 || echo "note: could not install libusb-1.0-0"
+fi
+# The viewer's browser test loads the page in headless Chromium (Debian's package); install it where we may.
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "note: could not install chromium (the viewer's browser test will be skipped)"
 fi
 # Build the compiled CPU kernels now (and CUDA ones where a GPU is present); failures fall back to PyTorch.
 "$VENV/bin/mslam-ns" doctor --build || echo "note: kernel build failed; the PyTorch implementations will be used"

@@ -51,13 +51,13 @@ EXTENSIONS: dict[str, Extension] = {
         "matching",
         cpu_sources=("matching/matching_cpu.cpp",),
         cuda_sources=("matching/matching_cuda.cu",),
-        headers=("include/common.h", "matching/matching.h"),
+        headers=("include/common.h", "include/checks.h", "matching/matching.h", "matching/matching_checks.h"),
     ),
     "gn": Extension(
         "gn",
         cpu_sources=("gn/gn_cpu.cpp",),
         cuda_sources=("gn/gn_cuda.cu",),
-        headers=("include/common.h", "include/sim3.h", "gn/gn.h"),
+        headers=("include/common.h", "include/checks.h", "include/sim3.h", "gn/gn.h", "gn/gn_checks.h"),
     ),
 }
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mslam_ns.io.frames import Intrinsics, user_error
+from mslam_ns.errors import UserError
+from mslam_ns.io.frames import Intrinsics
 
 __all__ = ["load_calibration", "parse_calibration_values", "TUM_DEFAULTS", "tum_default_intrinsics"]
 
@@ -44,14 +45,14 @@ def tum_default_intrinsics(folder_name: str) -> Intrinsics | None:
 def parse_calibration_values(values: list[float], where: str, width: int = 0, height: int = 0) -> Intrinsics:
     """`[fx, fy, cx, cy, *dist]` -> Intrinsics, checking counts and signs; `where` names the source in errors."""
     if len(values) - 4 not in _N_DIST:
-        raise user_error(
+        raise UserError(
             f"{where}: expected fx fy cx cy [k1 k2 p1 p2 [k3 [k4 k5 k6]]] (4, 8, 9 or 12 numbers), got {len(values)}"
         )
     fx, fy, cx, cy = values[:4]
     if not (fx > 0 and fy > 0):
-        raise user_error(f"{where}: focal lengths must be positive, got fx={fx:g} fy={fy:g}")
+        raise UserError(f"{where}: focal lengths must be positive, got fx={fx:g} fy={fy:g}")
     if width < 0 or height < 0 or int(width) != width or int(height) != height:
-        raise user_error(f"{where}: width/height must be non-negative integers, got {width} {height}")
+        raise UserError(f"{where}: width/height must be non-negative integers, got {width} {height}")
     return Intrinsics(float(fx), float(fy), float(cx), float(cy), int(width), int(height),
                       tuple(float(v) for v in values[4:]))
 
@@ -62,9 +63,9 @@ def load_calibration(path: str | os.PathLike) -> Intrinsics:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise user_error(f"{path}: calibration file not found") from None
+        raise UserError(f"{path}: calibration file not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise user_error(f"{path}: cannot read calibration ({getattr(e, 'strerror', None) or e})") from None
+        raise UserError(f"{path}: cannot read calibration ({getattr(e, 'strerror', None) or e})") from None
     if any(":" in line.split("#", 1)[0] for line in text.splitlines()):
         return _from_yaml(path, text)
     return _from_text(path, text)
@@ -79,15 +80,15 @@ def _from_text(path: Path, text: str) -> Intrinsics:
         try:
             rows.append([float(v) for v in line.split()])
         except ValueError:
-            raise user_error(f"{path}: line {n}: not a number in {line!r}") from None
+            raise UserError(f"{path}: line {n}: not a number in {line!r}") from None
     if not rows:
-        raise user_error(f"{path}: empty calibration file (expected 'fx fy cx cy [k1 k2 p1 p2 [k3]]')")
+        raise UserError(f"{path}: empty calibration file (expected 'fx fy cx cy [k1 k2 p1 p2 [k3]]')")
     width = height = 0
     if len(rows) == 2 and len(rows[0]) == 2:
         width, height = rows[0]
         rows = rows[1:]
     if len(rows) != 1:
-        raise user_error(f"{path}: expected one line 'fx fy cx cy [...]', optionally after a 'width height' line")
+        raise UserError(f"{path}: expected one line 'fx fy cx cy [...]', optionally after a 'width height' line")
     return parse_calibration_values(rows[0], str(path), width, height)
 
 
@@ -95,14 +96,14 @@ def _from_yaml(path: Path, text: str) -> Intrinsics:
     try:
         import yaml
     except ImportError:  # pragma: no cover - PyYAML comes with the project's dependencies
-        raise user_error(f"{path}: reading YAML calibration needs PyYAML (pip install pyyaml)") from None
+        raise UserError(f"{path}: reading YAML calibration needs PyYAML (pip install pyyaml)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise user_error(f"{path}: invalid YAML" + (f" near line {line + 1}" if line is not None else "")) from None
+        raise UserError(f"{path}: invalid YAML" + (f" near line {line + 1}" if line is not None else "")) from None
     if not isinstance(data, dict):
-        raise user_error(f"{path}: expected a YAML mapping with 'calibration' or 'intrinsics'")
+        raise UserError(f"{path}: expected a YAML mapping with 'calibration' or 'intrinsics'")
     try:
         if "calibration" in data:
             vals = [float(v) for v in data["calibration"]]
@@ -113,10 +114,10 @@ def _from_yaml(path: Path, text: str) -> Intrinsics:
             width, height = (data.get("resolution") or [0, 0])[:2]
             model = str(data.get("distortion_model", "radial-tangential"))
             if model not in ("radial-tangential", "radtan", "plumb_bob", "none"):
-                raise user_error(f"{path}: distortion model {model!r} not supported (radial-tangential only)")
+                raise UserError(f"{path}: distortion model {model!r} not supported (radial-tangential only)")
         else:
-            raise user_error(f"{path}: no 'calibration' or 'intrinsics' entry")
+            raise UserError(f"{path}: no 'calibration' or 'intrinsics' entry")
         width, height = int(width or 0), int(height or 0)
     except (TypeError, ValueError):
-        raise user_error(f"{path}: calibration values must be lists of numbers") from None
+        raise UserError(f"{path}: calibration values must be lists of numbers") from None
     return parse_calibration_values(vals, str(path), width, height)

@@ -1,26 +1,21 @@
-"""Frame-source types: `Intrinsics`, `RawFrame`, the `FrameSource` base class and `open_source`.
+"""Frame-source types: `Intrinsics`, `RawFrame` and the `FrameSource` base class (and nothing else).
 
 A frame source is a random-access sequence of RGB frames with timestamps and original file names, and,
 where the dataset has them, intrinsics, depth maps (metres, registered to the RGB frame) and ground-truth
-camera poses `T_WC` (OpenCV camera axes). Concrete sources live in `mslam_ns.io.sources`.
+camera poses `T_WC` (OpenCV camera axes). Concrete sources and `open_source` live in `mslam_ns.io.sources`;
+this module imports nothing else from `mslam_ns.io`, so every reader and writer can import it (no cycle).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Intrinsics", "RawFrame", "FrameSource", "open_source", "load_calibration", "user_error"]
+from mslam_ns.errors import UserError
 
-
-def user_error(msg: str) -> Exception:
-    """A `mslam_ns.cli.UserError` (imported lazily so that `mslam_ns.io` does not pull in the CLI)."""
-    from mslam_ns.cli import UserError
-
-    return UserError(msg)
+__all__ = ["Intrinsics", "RawFrame", "FrameSource"]
 
 
 @dataclass
@@ -86,15 +81,15 @@ class FrameSource:
         name: str | None = None,
     ) -> None:
         if stride < 1:
-            raise user_error(f"{path}: stride must be >= 1, got {stride}")
+            raise UserError(f"{path}: stride must be >= 1, got {stride}")
         if max_frames is not None and max_frames < 1:
-            raise user_error(f"{path}: max_frames must be >= 1, got {max_frames}")
+            raise UserError(f"{path}: max_frames must be >= 1, got {max_frames}")
         self.path = Path(path)
         self.name = name or self.path.stem
         self._sel = np.arange(0, len(names), stride)[:max_frames]  # [N] indices into the full list
         if len(self._sel) < 2:
             n = len(self._sel)
-            raise user_error(f"{self.path}: only {n} frame{'s' if n != 1 else ''} (need at least 2)")
+            raise UserError(f"{self.path}: only {n} frame{'s' if n != 1 else ''} (need at least 2)")
         self.timestamps = np.asarray(timestamps, dtype=np.float64)[self._sel]  # [N]
         self.names = [names[k] for k in self._sel]
         self.intrinsics = intrinsics
@@ -143,10 +138,14 @@ class FrameSource:
     def _read_depth(self, k: int) -> np.ndarray | None:  # [H, W] float32
         return None
 
-    def _finish_intrinsics(self, calib: Path | None) -> None:
-        """Apply a user calibration file (overrides dataset defaults) and fill in / check the image size."""
+    def _finish_intrinsics(self, calib: Intrinsics | None, calib_path: Path | None = None) -> None:
+        """Apply a user calibration (overrides dataset defaults) and fill in / check the image size.
+
+        `calib` is the already-loaded calibration (`mslam_ns.io.calibration.load_calibration`), `calib_path`
+        the file it came from (named in errors).
+        """
         if calib is not None:
-            self.intrinsics = load_calibration(calib)
+            self.intrinsics = calib
         intr = self.intrinsics
         if intr is None:
             return
@@ -154,29 +153,11 @@ class FrameSource:
         if intr.width == 0 or intr.height == 0:
             intr.width, intr.height = w, h
         elif (intr.width, intr.height) != (w, h):
-            where = calib if calib is not None else self.path
-            raise user_error(
+            where = calib_path if calib_path is not None else self.path
+            raise UserError(
                 f"{where}: calibration is for {intr.width}x{intr.height} images but the frames are {w}x{h}"
             )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, frames={len(self)}, size={self._size})"
 
-
-def load_calibration(path: str | os.PathLike) -> Intrinsics:
-    """Read intrinsics from a text or YAML file (see `mslam_ns.io.calibration`)."""
-    from mslam_ns.io.calibration import load_calibration as _load
-
-    return _load(path)
-
-
-def open_source(
-    path: str | os.PathLike,
-    stride: int = 1,
-    max_frames: int | None = None,
-    calib: str | os.PathLike | None = None,
-) -> FrameSource:
-    """Open a video, image folder, TUM RGB-D, EuRoC or 7-Scenes sequence (auto-detected); see `io.sources`."""
-    from mslam_ns.io.sources import open_source as _open
-
-    return _open(path, stride=stride, max_frames=max_frames, calib=calib)

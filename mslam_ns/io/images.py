@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mslam_ns.io.frames import user_error
+from mslam_ns.errors import UserError
 
 __all__ = ["IMAGE_EXTS", "natural_key", "list_images", "read_rgb", "read_depth", "image_size", "check_same_size"]
 
@@ -44,10 +44,10 @@ def _open(path: Path) -> Image.Image:
             img.load()
         return img
     except FileNotFoundError:
-        raise user_error(f"{path}: image file not found") from None
+        raise UserError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         what = "not an image file" if isinstance(e, UnidentifiedImageError) else "corrupt or unreadable image"
-        raise user_error(f"{path}: {what}") from None
+        raise UserError(f"{path}: {what}") from None
 
 
 def read_rgb(path: Path) -> np.ndarray:  # [H, W, 3] uint8
@@ -81,7 +81,7 @@ def read_depth(path: Path, scale: float, invalid: int | None = None) -> np.ndarr
     img = _open(path)
     raw = np.asarray(img)
     if raw.ndim != 2:
-        raise user_error(f"{path}: depth image must be single-channel, got mode {img.mode}")
+        raise UserError(f"{path}: depth image must be single-channel, got mode {img.mode}")
     raw = raw.astype(np.float32)
     if invalid is not None:
         raw[raw == invalid] = 0.0
@@ -94,9 +94,9 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as img:
             return img.size
     except FileNotFoundError:
-        raise user_error(f"{path}: image file not found") from None
+        raise UserError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise user_error(f"{path}: not an image file") from None
+        raise UserError(f"{path}: not an image file") from None
 
 
 def check_same_size(paths: Iterable[Path]) -> tuple[int, int]:
@@ -108,7 +108,7 @@ def check_same_size(paths: Iterable[Path]) -> tuple[int, int]:
         if size is None:
             size, first = s, p
         elif s != size:
-            raise user_error(
+            raise UserError(
                 f"{p}: image is {s[0]}x{s[1]} but earlier frames are {size[0]}x{size[1]} (e.g. {first.name}); "
                 "all frames must have the same resolution"
             )

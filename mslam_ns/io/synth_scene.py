@@ -235,7 +235,12 @@ class SyntheticRoom:
         return t, face.astype(np.int64)
 
     def _box_rays(self, T_WC: np.ndarray, intr: Intrinsics) -> list[np.ndarray | None]:
-        """Per box, the pixel indices inside its projected bounding rectangle (None when it is partly behind)."""
+        """Per box, the pixel indices inside its projected bounding rectangle (None when it is partly behind).
+
+        Through a distorting lens the corners' rectangle need not hold the box's image: every ray is tested.
+        """
+        if intr.has_distortion:
+            return [None] * len(self.boxes_lo)
         R, c = T_WC[:3, :3], T_WC[:3, 3]
         out: list[np.ndarray | None] = []
         w, h = intr.width, intr.height
@@ -285,7 +290,8 @@ class SyntheticRoom:
 
         Args:
             T_WC: [4, 4] camera-to-world (OpenCV camera axes).
-            intrinsics: pinhole, no distortion.
+            intrinsics: pinhole; with `dist` (OpenCV radial-tangential coefficients) each pixel is rendered
+                along the ray the lens maps onto it, so the image AND the depth map are distorted alike.
         Returns:
             rgb [H, W, 3] uint8 and depth [H, W] float32 (metres, camera z; every pixel valid: the room is closed).
         """
@@ -302,9 +308,32 @@ class SyntheticRoom:
     _ray_cache: tuple | None = None
 
     def _rays(self, intr: Intrinsics) -> np.ndarray:  # [H*W, 3]
-        key = (intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height)
+        key = (intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height, tuple(intr.dist))
         if self._ray_cache is None or self._ray_cache[0] != key:
             u, v = np.meshgrid(np.arange(intr.width, dtype=np.float64), np.arange(intr.height, dtype=np.float64))
-            rays = np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones_like(u)], axis=-1)
+            x, y = (u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy
+            if intr.has_distortion:
+                x, y = undistort_normalized(x, y, intr.dist)
+            rays = np.stack([x, y, np.ones_like(u)], axis=-1)
             self._ray_cache = (key, rays.reshape(-1, 3).astype(np.float32))
         return self._ray_cache[1]
+
+
+def undistort_normalized(xd: np.ndarray, yd: np.ndarray, dist: tuple[float, ...], iters: int = 50
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Invert the lens model: the undistorted normalised coordinates whose distortion is (xd, yd).
+
+    Fixed-point iteration on `x <- x + (xd - distort(x))` (converges for the moderate distortion of real
+    lenses; the residual is checked).
+    """
+    from mslam_ns.io.undistort import distort_normalized
+
+    x, y = xd.copy(), yd.copy()
+    for _ in range(iters):
+        dx, dy = distort_normalized(x, y, dist)
+        x, y = x + (xd - dx), y + (yd - dy)
+    dx, dy = distort_normalized(x, y, dist)
+    err = float(max(np.abs(dx - xd).max(), np.abs(dy - yd).max()))
+    if not err < 1e-9:
+        raise ValueError(f"distortion {dist} cannot be inverted over the image (residual {err:.2g})")
+    return x, y

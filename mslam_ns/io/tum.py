@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mslam_ns.errors import UserError
 from mslam_ns.io.atomic import atomic_write
 from mslam_ns.io.poses import matrix_to_pose7
 
@@ -20,20 +21,14 @@ __all__ = ["read_tum_trajectory", "write_tum_trajectory", "read_file_list", "ass
 TUM_HEADER = "# timestamp tx ty tz qx qy qz qw"
 
 
-def _user_error(msg: str) -> Exception:
-    from mslam_ns.cli import UserError  # lazy: keep `mslam_ns.io` importable on its own
-
-    return UserError(msg)
-
-
 def _rows(path: Path) -> list[tuple[int, list[str]]]:
     """(1-based line number, fields) of every non-comment, non-empty line; unreadable file -> UserError."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        raise _user_error(f"{path}: file not found") from None
+        raise UserError(f"{path}: file not found") from None
     except OSError as e:
-        raise _user_error(f"{path}: cannot read ({e.strerror or e})") from None
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
     out = []
     for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -56,13 +51,13 @@ def read_tum_trajectory(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
     ts, poses = [], []
     for n, fields in _rows(path):
         if len(fields) != 8:
-            raise _user_error(
+            raise UserError(
                 f"{path}: line {n}: expected 8 values 'timestamp tx ty tz qx qy qz qw', got {len(fields)}"
             )
         try:
             vals = [float(v) for v in fields]
         except ValueError:
-            raise _user_error(f"{path}: line {n}: not a number in {' '.join(fields)!r}") from None
+            raise UserError(f"{path}: line {n}: not a number in {' '.join(fields)!r}") from None
         ts.append(vals[0])
         poses.append(vals[1:])
     return np.asarray(ts, dtype=np.float64).reshape(-1), np.asarray(poses, dtype=np.float64).reshape(-1, 7)
@@ -119,7 +114,7 @@ def read_file_list(path: str | os.PathLike) -> list[tuple[float, list[str]]]:
         try:
             t = float(fields[0])
         except ValueError:
-            raise _user_error(f"{path}: line {n}: timestamp {fields[0]!r} is not a number") from None
+            raise UserError(f"{path}: line {n}: timestamp {fields[0]!r} is not a number") from None
         out.append((t, fields[1:]))
     return out
 

@@ -40,7 +40,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'mslam_ns.model' has no attribute {name!r}")
 
 
-def build_mast3r(cfg: "Mast3rConfig", device: "torch.device | str" = "cpu") -> "Mast3rNet":
+def build_mast3r(cfg: Mast3rConfig, device: torch.device | str = "cpu") -> Mast3rNet:
     """An UNINITIALISED network (``torch.empty`` weights) for ``cfg``; fill it with `load_mast3r` or by hand."""
     import torch
 
@@ -51,15 +51,15 @@ def build_mast3r(cfg: "Mast3rConfig", device: "torch.device | str" = "cpu") -> "
     return net.to_empty(device=device).optimise_layout_().eval()
 
 
-def load_mast3r(path: str | os.PathLike, device: "torch.device | str" = "cpu") -> "Mast3rNet":
+def load_mast3r(path: str | os.PathLike, device: torch.device | str = "cpu") -> Mast3rNet:
     """Load an official MASt3R checkpoint safely (no eval, no arbitrary unpickling) -> eval-mode network.
 
-    Raises ValueError naming the file for unreadable/unsafe files, unsupported constructors and any key or
-    shape that does not fit the model.
+    Raises `CheckpointError` (a `UserError` and a `ValueError`) naming the file for unreadable or unsafe
+    files, unsupported constructors and any key or shape that does not fit the model.
     """
     import torch
 
-    from mslam_ns.model.checkpoint import load_weights, model_string, read_checkpoint, state_dict_of
+    from mslam_ns.model.checkpoint import CheckpointError, load_weights, model_string, read_checkpoint, state_dict_of
     from mslam_ns.model.ctor import CtorError, parse_model_string
     from mslam_ns.model.mast3r import Mast3rNet
 
@@ -67,7 +67,7 @@ def load_mast3r(path: str | os.PathLike, device: "torch.device | str" = "cpu") -
     try:
         cfg = parse_model_string(model_string(ckpt, path))
     except CtorError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise CheckpointError(f"{path}: {e}") from None
     sd = state_dict_of(ckpt, path)
     with torch.device("meta"):
         net = Mast3rNet(cfg)
@@ -75,7 +75,7 @@ def load_mast3r(path: str | os.PathLike, device: "torch.device | str" = "cpu") -
     return net.to(device).optimise_layout_().eval()
 
 
-def load_retrieval(path: str | os.PathLike, net: "Mast3rNet") -> "RetrievalHead":
+def load_retrieval(path: str | os.PathLike, net: Mast3rNet) -> RetrievalHead:
     """Load an official retrieval checkpoint matching ``net``'s encoder; placed on ``net``'s device."""
     from mslam_ns.model.retrieval import load_retrieval as _load
 

@@ -12,7 +12,7 @@ def _resolve(checkpoint: Path | None) -> Path:
         from mslam_ns.model.weights import resolve_checkpoint
     except ImportError as e:  # the weights helper is optional for this command
         if checkpoint is None:
-            from mslam_ns.cli import UserError
+            from mslam_ns.errors import UserError
 
             raise UserError(f"no --checkpoint given and the weight cache is unavailable ({e})") from None
         return Path(checkpoint)
@@ -35,14 +35,21 @@ def infer(image1: Path, image2: Path, checkpoint: Path | None = None, out: Path 
     """
     import torch
 
-    from mslam_ns.cli import UserError
-    from mslam_ns.model import load_mast3r
+    from mslam_ns.errors import UserError
     from mslam_ns.io.atomic import atomic_write
+    from mslam_ns.model import load_mast3r
     from mslam_ns.model.preprocess import preprocess_image, to_network_input
 
     for p in (image1, image2):
+        if Path(p).is_dir():
+            raise UserError(f"{p}: is a folder, not an image file")
         if not Path(p).is_file():
             raise UserError(f"{p}: image file not found")
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; --out names the .npz file to write")
+    if any(q.exists() and not q.is_dir() for q in out.parents):
+        raise UserError(f"{out}: cannot write there (a parent is not a folder)")
     u1, _ = preprocess_image(Path(image1), size=size)
     u2, _ = preprocess_image(Path(image2), size=size)
     if u1.shape != u2.shape:
@@ -66,7 +73,10 @@ def infer(image1: Path, image2: Path, checkpoint: Path | None = None, out: Path 
 
     arrays = {"X": stack("pts3d"), "C": stack("conf"), "D": stack("desc"), "Q": stack("desc_conf"),
               "img1": u1, "img2": u2}
-    with atomic_write(out, "wb") as f:
-        np.savez(f, **arrays)
+    try:
+        with atomic_write(out, "wb") as f:
+            np.savez(f, **arrays)
+    except OSError as e:  # disk full, permissions: nothing was written (atomic_write cleaned up)
+        raise UserError(f"{out}: cannot write ({e.strerror or e})") from None
     print(f"wrote {out}: X/C/D/Q [4, {H}, {W}, ...] (orderings ii, ji, jj, ij)")
     return 0

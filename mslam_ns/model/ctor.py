@@ -146,7 +146,7 @@ def parse_call(text: str) -> tuple[str, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Mast3rConfig:
-    """Everything that sizes and parameterises the network (FACTS.md sections 2-3)."""
+    """Everything that sizes and parameterises the network (docs/network.md sections 2-3)."""
 
     enc_embed_dim: int = 1024
     enc_depth: int = 24

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 LAYER_DIMS = (96, 192, 384, 768)
 FEATURE_DIM = 256
 LAST_DIM = 128
-#: align_corners of every bilinear upsampling (FACTS.md pitfall 6)
+#: align_corners of every bilinear upsampling (docs/network.md pitfall 6)
 ALIGN_CORNERS = True
 
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: LayerNorm epsilon of every encoder/decoder norm (FACTS.md pitfall 2: NOT PyTorch's default 1e-5)
+#: LayerNorm epsilon of every encoder/decoder norm (docs/network.md pitfall 2: NOT PyTorch's default 1e-5)
 LN_EPS = 1e-6
-#: GELU flavour of every MLP (FACTS.md pitfall 3: the exact erf form, not "tanh")
+#: GELU flavour of every MLP (docs/network.md pitfall 3: the exact erf form, not "tanh")
 GELU_APPROX = "none"
 
 

@@ -54,7 +54,7 @@ class Mast3rNet(nn.Module):
         self.downstream_head1 = Mast3rHead(cfg)
         self.downstream_head2 = Mast3rHead(cfg)
 
-    def optimise_layout_(self) -> "Mast3rNet":
+    def optimise_layout_(self) -> Mast3rNet:
         """Store the DPT conv weights channels-last (the hooked token maps already are): no layout
         conversions inside the convolutions. Call after loading weights; returns self."""
         for head in (self.downstream_head1, self.downstream_head2):

@@ -1,4 +1,4 @@
-"""The official MASt3R/DUSt3R image pre-processing, reproduced bit-exactly (FACTS.md section 5).
+"""The official MASt3R/DUSt3R image pre-processing, reproduced bit-exactly (docs/network.md section 5).
 
 ``preprocess_image`` turns an image file, a PIL image or an array into the uint8 network image and the
 ``ImageTransform`` that maps pixels and intrinsics between the source and the network image:
@@ -26,20 +26,28 @@ fixture was produced with Pillow 13.0.0).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from mslam_ns.errors import UserError
 from mslam_ns.geometry.image_transform import ImageTransform
 
 if TYPE_CHECKING:
     import torch
 
-ImageInput = Union[Image.Image, np.ndarray, str, Path]
+ImageInput = Image.Image | np.ndarray | str | Path
 
 PATCH_SIZE = 16
+MIN_FRAME_SIDE = 32
+"""Smallest source image side (pixels) accepted: a smaller frame would be enlarged more than 16x for the
+512 network (a 16x12 frame 32x) and carry almost no detail per 16-pixel patch. Refused with one line."""
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class ImageSizeError(UserError, ValueError):
+    """An image the network cannot use (too small, or nothing left after cropping): one line, exit code 2."""
 
 
 # ------------------------------------------------------------------------------------------------ geometry
@@ -51,15 +59,19 @@ def _resized_size(width: int, height: int, long_edge: int) -> tuple[int, int]:
 
 
 def plan_transform(width: int, height: int, size: int = 512, square_ok: bool = False,
-                   patch_size: int = PATCH_SIZE) -> ImageTransform:
+                   patch_size: int = PATCH_SIZE, min_side: int = MIN_FRAME_SIDE) -> ImageTransform:
     """The resize + crop ``preprocess_image`` applies to a ``width`` x ``height`` source, without pixels.
 
-    Raises ValueError when the result would be empty (an image far too thin for ``size``).
+    Raises ValueError when a side is below ``min_side`` (`MIN_FRAME_SIDE`) or the result would be empty (an
+    image far too thin for ``size``).
     """
     if size <= 0 or patch_size <= 0:
         raise ValueError(f"size and patch_size must be positive, got {size}, {patch_size}")
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
+    if min(width, height) < min_side:
+        raise ValueError(f"frames are {width}x{height} pixels, smaller than the minimum of {min_side} per side "
+                         f"(the network would see them enlarged {size / max(width, height):.0f}x)")
     if size == 224:
         long_edge = int(round(224 * max(width / height, height / width)))
     else:
@@ -134,8 +146,6 @@ def load_rgb(img: ImageInput) -> Image.Image:
     the tag, so applying it twice is harmless). Arrays are taken as upright.
     """
     if isinstance(img, (str, Path)):
-        from mslam_ns.cli import UserError
-
         path = Path(img)
         try:
             with Image.open(path) as f:
@@ -154,22 +164,19 @@ def load_rgb(img: ImageInput) -> Image.Image:
 
 
 # ------------------------------------------------------------------------------------------------- public
-def preprocess_image(img: ImageInput, size: int = 512, square_ok: bool = False
+def preprocess_image(img: ImageInput, size: int = 512, square_ok: bool = False, min_side: int = MIN_FRAME_SIDE
                      ) -> tuple[np.ndarray, ImageTransform]:  # -> [H', W', 3] uint8, transform
     """The official ``load_images`` pre-processing of one image (see the module docstring).
 
     Returns the network image as a C-contiguous uint8 array [H', W', 3] and the ``ImageTransform`` from the
-    (EXIF-oriented) source image to it.
+    (EXIF-oriented) source image to it. An image with a side below ``min_side`` is refused (a `UserError`,
+    naming the file when ``img`` is a path).
     """
     pil = load_rgb(img)
     try:
-        tf = plan_transform(pil.width, pil.height, size=size, square_ok=square_ok)
+        tf = plan_transform(pil.width, pil.height, size=size, square_ok=square_ok, min_side=min_side)
     except ValueError as e:
-        if isinstance(img, (str, Path)):
-            from mslam_ns.cli import UserError
-
-            raise UserError(f"{img}: {e}") from None
-        raise
+        raise ImageSizeError(f"{img}: {e}" if isinstance(img, (str, Path)) else str(e)) from None
     if tf.resized_size != (pil.width, pil.height):
         long_edge = max(tf.resized_size)
         resample = Image.Resampling.LANCZOS if max(pil.size) > long_edge else Image.Resampling.BICUBIC

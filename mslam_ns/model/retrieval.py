@@ -2,7 +2,7 @@
 
 Official layout of the retrieval checkpoint: ``{'model': {prewhiten.m, prewhiten.p, [projector.*],
 [postwhiten.*]}, 'args': Namespace(prewhiten, hdims, residual, postwhiten, featweights, nfeat, ...)}``.
-Whitening runs in float64 (FACTS.md section 7).
+Whitening runs in float64 (docs/network.md section 7).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mslam_ns.model.checkpoint import read_checkpoint
+from mslam_ns.model.checkpoint import CheckpointError, read_checkpoint
 
 
 class Whitener(nn.Module):
@@ -89,15 +89,15 @@ def _parse_hdims(h: object) -> list[int]:
 
 
 def load_retrieval(path: str | os.PathLike, dim: int) -> RetrievalHead:
-    """Load an official retrieval checkpoint for an encoder of width ``dim``; ValueError names the file."""
+    """Load an official retrieval checkpoint for an encoder of width ``dim``; CheckpointError names the file."""
     ckpt = read_checkpoint(path)
     args = ckpt.get("args")
     sd = ckpt.get("model")
     if args is None or not isinstance(sd, dict):
-        raise ValueError(f"{path}: not a retrieval checkpoint (needs 'model' and 'args')")
+        raise CheckpointError(f"{path}: not a retrieval checkpoint (needs 'model' and 'args')")
     featweights = getattr(args, "featweights", "l2norm")
     if featweights != "l2norm":
-        raise ValueError(f"{path}: unsupported retrieval featweights {featweights!r}")
+        raise CheckpointError(f"{path}: unsupported retrieval featweights {featweights!r}")
     head = RetrievalHead(
         dim,
         prewhiten=getattr(args, "prewhiten", None) is not None,
@@ -110,11 +110,11 @@ def load_retrieval(path: str | os.PathLike, dim: int) -> RetrievalHead:
     expected = head.state_dict()
     for k, v in expected.items():
         if k not in sd:
-            raise ValueError(f"{path}: missing key {k!r}")
+            raise CheckpointError(f"{path}: missing key {k!r}")
         if tuple(sd[k].shape) != tuple(v.shape):
-            raise ValueError(f"{path}: key {k!r} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
+            raise CheckpointError(f"{path}: key {k!r} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
     for k in sd:
         if k not in expected:
-            raise ValueError(f"{path}: unexpected key {k!r}")
+            raise CheckpointError(f"{path}: unexpected key {k!r}")
     head.load_state_dict(sd, strict=True)
     return head.eval()

@@ -8,16 +8,19 @@ be a zip whose every member passes its CRC check, a ``.pkl`` a complete pickle) 
 final name. A corrupt download is deleted and downloaded once more, then reported as an error. A small
 ``<name>.verified.json`` next to the file records its size and sha256, so later uses only compare the size.
 
-The files are released by NAVER LABS Europe under CC BY-NC-SA 4.0 (non-commercial); a notice is printed
-before the first download of a process. ``--checkpoint PATH`` (``resolve_checkpoint(checkpoint=...)``) uses a
-local file instead and never touches the network. ``$MSLAM_NS_WEIGHTS_URL`` replaces the base URL (mirrors;
-the tests point it at a local HTTP server).
+The files are released by NAVER LABS Europe under CC BY-NC-SA 4.0 (non-commercial); a notice is logged as a
+warning (shown even where logging is not configured) before the first download of a process. Status and
+progress lines go to this module's logger at INFO (the command line shows them; inside ``ns-train`` they stay
+quiet); on a terminal with ``progress`` a rich bar is drawn on stderr instead. ``--checkpoint PATH``
+(``resolve_checkpoint(checkpoint=...)``) uses a local file instead and never touches the network.
+``$MSLAM_NS_WEIGHTS_URL`` replaces the base URL (mirrors; the tests point it at a local HTTP server).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,13 +30,15 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
-from typing import Callable, Iterator
 
-from mslam_ns.cli import UserError
+from mslam_ns.errors import UserError
+
+log = logging.getLogger(__name__)
 
 OFFICIAL_BASE_URL = "https://download.europe.naverlabs.com/ComputerVision/MASt3R/"
 ENV_CACHE = "MSLAM_NS_CHECKPOINTS"
@@ -190,10 +195,10 @@ _notice_shown = False
 
 
 def print_licence_notice() -> None:
-    """Print the licence notice once per process (to stderr)."""
+    """Log the licence notice once per process (a warning, so that it is shown without logging set up)."""
     global _notice_shown
     if not _notice_shown:
-        print(LICENCE_NOTICE, file=sys.stderr, flush=True)
+        log.warning(LICENCE_NOTICE)
         _notice_shown = True
 
 
@@ -207,14 +212,20 @@ def _human(n: float) -> str:
 
 @contextmanager
 def _progress(label: str, total: int | None, start: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """Yields ``advance(nbytes)``: a rich bar on a terminal, a line per 10% otherwise, nothing if disabled."""
+    """Yields ``advance(nbytes)``: a rich bar on a terminal, a log line per 10% otherwise, nothing if disabled."""
     if not enabled:
         yield lambda n: None
         return
     if sys.stderr.isatty():
         from rich.console import Console
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                       TimeRemainingColumn(), console=Console(stderr=True)) as bar:
@@ -230,10 +241,9 @@ def _progress(label: str, total: int | None, start: int, enabled: bool) -> Itera
         if total:
             frac = done / total
             if frac >= next_mark[0] or done == total:
-                print(f"  {label}: {frac:4.0%} ({_human(done)} / {_human(total)})", file=sys.stderr, flush=True)
+                log.info("  %s: %4.0f%% (%s / %s)", label, 100 * frac, _human(done), _human(total))
                 next_mark[0] = (int(frac * 10) + 1) / 10
-    print(f"  {label}: starting at {_human(start)}" + (f" of {_human(total)}" if total else ""),
-          file=sys.stderr, flush=True)
+    log.info("  %s: starting at %s%s", label, _human(start), f" of {_human(total)}" if total else "")
     yield advance
 
 
@@ -305,8 +315,8 @@ def download_file(url: str, dest: Path, *, progress: bool = True, label: str | N
             try:
                 with open(part, mode) as f, _progress(label, total, offset, progress) as advance:
                     while True:
-                        try:
-                            chunk = resp.read(CHUNK_BYTES)
+                        try:  # read1: what has arrived (<= CHUNK_BYTES), so a stall keeps every byte before it
+                            chunk = resp.read1(CHUNK_BYTES)
                         except (OSError, HTTPException) as e:  # reset / timeout half-way: resume next round
                             interrupted = f"transfer interrupted ({type(e).__name__}: {e})"
                             break
@@ -356,9 +366,14 @@ def fetch(entry: WeightFile, cache_dir: Path | None = None, base_url: str | None
     fails verification is deleted and downloaded once more; a second failure raises ``DownloadError``.
     """
     path = cached_path(entry, cache_dir)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"{path.parent}: checkpoint folder is not a folder")
     if is_cached(entry, cache_dir):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{path.parent}: cannot create the checkpoint folder ({e.strerror or e})") from None
     url = weights_base_url(base_url) + entry.filename
     with _lock(path):
         if is_cached(entry, cache_dir):  # another process finished it while we waited
@@ -368,10 +383,10 @@ def fetch(entry: WeightFile, cache_dir: Path | None = None, base_url: str | None
             if problem is None:
                 _write_sidecar(path, None)
                 return path
-            print(f"{path}: {problem}; deleting it and downloading again", file=sys.stderr)
+            log.warning("%s: %s; deleting it and downloading again", path, problem)
             path.unlink()
         print_licence_notice()
-        print(f"downloading {entry.name} - {entry.description}\n  from {url}\n  to   {path}", file=sys.stderr)
+        log.info("downloading %s - %s\n  from %s\n  to   %s", entry.name, entry.description, url, path)
         part = path.with_name(path.name + ".part")
         for round_ in (1, 2):
             total = download_file(url, path, progress=progress, label=entry.name)
@@ -382,7 +397,7 @@ def fetch(entry: WeightFile, cache_dir: Path | None = None, base_url: str | None
                 return path
             part.unlink(missing_ok=True)
             if round_ == 1:
-                print(f"{url}: downloaded file is corrupt ({problem}); downloading it again", file=sys.stderr)
+                log.warning("%s: downloaded file is corrupt (%s); downloading it again", url, problem)
         raise DownloadError(f"{url}: downloaded file is corrupt twice ({problem}); deleted it. Check the "
                             f"mirror (${ENV_URL}) or download it by hand and pass --checkpoint PATH")
 

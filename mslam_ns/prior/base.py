@@ -3,7 +3,7 @@
 The SLAM never talks to a network class directly; MASt3R (`mslam_ns.prior.mast3r`) and the oracle built from
 ground truth (`mslam_ns.prior.oracle`) both implement this interface and are interchangeable.
 
-Notation (SPEC.md): ``X^j_i`` = pointmap of image j expressed in the camera frame (OpenCV axes) of image i.
+Notation (docs/algorithm.md): ``X^j_i`` = pointmap of image j expressed in the camera frame (OpenCV axes) of image i.
 A pass ``decode(i, j)`` returns ``(X^i_i, X^j_i)`` with confidences and descriptors.
 """
 
@@ -38,7 +38,7 @@ class ViewPrediction:
     D: Tensor  # [H, W, F] descriptors, unit L2 norm (float32 or float16)
     Q: Tensor  # [H, W] float32 descriptor confidence, >= 0
 
-    def to(self, device: torch.device | str) -> "ViewPrediction":
+    def to(self, device: torch.device | str) -> ViewPrediction:
         return ViewPrediction(self.X.to(device), self.C.to(device), self.D.to(device), self.Q.to(device))
 
 

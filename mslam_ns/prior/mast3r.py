@@ -44,7 +44,7 @@ class Mast3rPrior(TwoViewPrior):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, retrieval_path: str | os.PathLike | None = None,
-                        device: torch.device | str = "cpu", **kwargs) -> "Mast3rPrior":
+                        device: torch.device | str = "cpu", **kwargs) -> Mast3rPrior:
         net = load_mast3r(path, device)
         retr = load_retrieval(retrieval_path, net) if retrieval_path is not None else None
         return cls(net, retr, **kwargs)

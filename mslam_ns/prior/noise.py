@@ -18,6 +18,9 @@ outlier_frac                0        0.05     0.10   fraction of X^j_i pixels wi
 confident_outlier_frac      0        0.2      0.3    fraction of outliers that keep a high confidence
 ii_factor                   -        0.5      0.5    X^i_i gets this fraction of the depth noise and outliers
 desc_noise                  0        0.15     0.30   per-view descriptor perturbation (relative norm)
+focal_sigma                 0        0.03     0.06   std of log focal of the pinhole a view's rays imply, per pass
+pp_sigma                    0        0.01     0.02   std of the principal-point offset / image width (cx), height (cy)
+cam_frame_share             -        0.25     0.25   share of the camera-error variance common to an image's passes
 ==========================  =======  =======  =====  ==========================================================
 
 Rotation and relative-scale errors grow with the baseline, by the factor
@@ -31,6 +34,13 @@ between the near and far side) when ``disc_blend`` is set. Confidence ``C`` is 5
 where reliable and 1-1.5 at discontinuities, invalid ground-truth depth and (most) outliers; a fraction
 ``confident_outlier_frac`` of the outliers keeps a high confidence, as MASt3R is sometimes confidently
 wrong. ``X^j_i`` confidences are 0.8x those of ``X^i_i`` (above 1).
+
+Camera errors (`camera_error`, `perturbed_K`): MASt3R's pointmaps imply a pinhole that is a few percent off. Each
+view of a pass is back-projected through its own perturbed pinhole K' (focal x exp(N(0, focal_sigma^2)),
+principal point + N(0, pp_sigma^2) x image size; a quarter of that variance is per image, the rest per pass),
+so the rays of ``X^i_i`` and ``X^j_i`` are those of K', not of the true K, and matching, tracking and the
+intrinsics estimate all see it. The errors are zero-mean over images: fusing many keyframes' estimates
+(`mslam_ns.geometry.intrinsics.IntrinsicsFuser`) recovers the true camera within ~1-2%.
 
 Measured on the mast3r preset by tests/prior/test_oracle.py (30-56 pairs of 32x24 views): per-pixel log-depth
 error after the best Sim(3) fit 1.6% (X^j_i) / 0.8% (X^i_i), outlier rate 4.9% / 2.5%; per-pair RMS rotation
@@ -54,7 +64,7 @@ import torch
 __all__ = [
     "OracleNoise", "PRESETS", "get_noise", "growth", "rodrigues", "PairError", "sample_pair_error",
     "PassRandom", "smooth_field", "window_max", "near_far", "discontinuities", "DepthDiscs", "DepthErrors",
-    "corrupt_depth", "confidence", "preset_table",
+    "corrupt_depth", "confidence", "preset_table", "camera_error", "perturbed_K",
 ]
 
 
@@ -102,6 +112,16 @@ class OracleNoise:
     """Confidence range of reliable pixels (a smooth random field over this range)."""
     desc_noise: float = 0.15
     """Per-view descriptor perturbation: Gaussian of this relative norm added before re-normalising."""
+    focal_sigma: float = 0.03
+    """Camera error: each view of a pass is back-projected through a perturbed pinhole whose focal lengths are
+    the true ones times exp(N(0, focal_sigma^2)) (both axes alike), so its rays imply a focal a few % off."""
+    pp_sigma: float = 0.01
+    """Camera error: the perturbed pinhole's principal point is offset by N(0, pp_sigma^2) times the image
+    width (cx) and height (cy)."""
+    cam_frame_share: float = 0.25
+    """Fraction of the camera-error variance drawn once per IMAGE (common to all its passes, as MASt3R's errors
+    depend on the image content); the rest is drawn per pass and view. Zero-mean over images, so fusing the
+    estimates of many keyframes converges to the true camera."""
 
     def scaled(self, factor: float) -> OracleNoise:
         """A copy with every error magnitude multiplied by ``factor`` (scale, thresholds, C unchanged)."""
@@ -117,6 +137,8 @@ class OracleNoise:
             outlier_frac=min(self.outlier_frac * factor, 0.5),
             confident_outlier_frac=min(self.confident_outlier_frac * (1 + 0.5 * (factor - 1)), 1.0),
             desc_noise=self.desc_noise * factor,
+            focal_sigma=self.focal_sigma * factor,
+            pp_sigma=self.pp_sigma * factor,
             outlier_log_range=(lo, hi),
         )
 
@@ -189,6 +211,36 @@ def sample_pair_error(
     rel = float(np.exp(rng.normal() * noise.rel_scale_sigma * g))
     ps = float(np.exp(rng.normal() * noise.pass_scale_sigma))
     return PairError(pass_scale=ps, R=rodrigues(phi), t=t, rel_scale=rel)
+
+
+def camera_error(noise: OracleNoise, seed: int, frame: int, pass_key: tuple[int, ...]) -> np.ndarray | None:
+    """(log focal factor, cx offset / W, cy offset / H) [3] of one view of one pass, or None without camera
+    error.
+
+    The image-level part is keyed by ``(seed, frame)`` and the per-pass part by ``pass_key`` (e.g.
+    ``(seed, i, j, kind, view)``), both from their own generators, so the other errors of a pass are the same
+    with and without camera errors.
+    """
+    if noise.focal_sigma <= 0 and noise.pp_sigma <= 0:
+        return None
+    share = float(np.clip(noise.cam_frame_share, 0.0, 1.0))
+    g_img = np.random.default_rng([int(seed), int(frame), 0xCA3E]).normal(size=3)
+    g_pass = np.random.default_rng([*(int(k) for k in pass_key), 0xCA3F]).normal(size=3)
+    g = np.sqrt(share) * g_img + np.sqrt(1.0 - share) * g_pass
+    return g * np.array([noise.focal_sigma, noise.pp_sigma, noise.pp_sigma])
+
+
+def perturbed_K(K: np.ndarray, err: np.ndarray | None, width: int, height: int) -> np.ndarray:
+    """The pinhole [3, 3] a view's rays follow: K with its focal lengths times exp(err[0]) and its principal
+    point moved by (err[1] W, err[2] H); K itself when ``err`` is None."""
+    if err is None:
+        return K
+    Kp = np.array(K, dtype=np.float64, copy=True)
+    Kp[0, 0] *= np.exp(err[0])
+    Kp[1, 1] *= np.exp(err[0])
+    Kp[0, 2] += err[1] * width
+    Kp[1, 2] += err[2] * height
+    return Kp
 
 
 class PassRandom:

@@ -7,8 +7,9 @@ weights, with errors that look like MASt3R's (magnitudes: `mslam_ns.prior.noise`
 What a pass ``decode(i, j)`` returns (everything deterministic per (seed, i, j)):
 
 - ``X^i_i``: view i's depth (nearest-resampled to the network grid, holes filled by push-pull
-  interpolation) back-projected with the network intrinsics, with per-pixel depth noise and outliers at
-  ``ii_factor`` (half) of the X^j_i level.
+  interpolation) back-projected with the view's perturbed pinhole (the network intrinsics with a focal error
+  of ~3% and a principal-point offset of ~1% of the image size per pass and view, `noise.camera_error`), with
+  per-pixel depth noise and outliers at ``ii_factor`` (half) of the X^j_i level.
 - ``X^j_i``: view j's (noisy) back-projected depth moved into frame i with the ground-truth relative pose
   ``T_ij = T_WCi^-1 T_WCj``, then a relative Sim(3) error (rotation ~1 deg and scale ~1% growing with the
   baseline, translation ~2% of the baseline).
@@ -22,12 +23,15 @@ What a pass ``decode(i, j)`` returns (everything deterministic per (seed, i, j))
   ``Q = 0.2 + 4.8 E / (E + 1e-5)`` -- below 0.5 on flat image regions (even with 8-bit noise), 2-5 on
   texture, so the SLAM's Q threshold (1.5) keeps most pixels of a textured scene, as with MASt3R.
 
-``decode_mono(i)`` returns X^i_i for both views. ``retrieval_features`` gives descriptors at the strongest
-local maxima of the gradient energy (fine + coarse scale), so revisited places are retrievable.
+``decode_mono(i)`` returns X^i_i for both views. ``retrieval_features`` gives 256-d descriptors computed from the
+image only (whitened random projections of the colour patch at four scales relative to the image size, through
+a random Fourier map) at the strongest local maxima of the gradient energy, so revisited places are
+retrievable by ASMK (`mslam_ns.slam.retrieval`) without any ground truth in the decision.
 
 Cost (512x384, one CPU thread, `benchmarks/bench_oracle.py`): ``encode`` ~30 ms (depth lookup and filling,
 discontinuities, texture energy, and the base descriptors D0 -- two channels-last convolutions -- kept with Q
-in an LRU of `_CACHE` frames), ``decode`` ~20 ms, ``decode_mono`` ~15 ms, ``retrieval_features`` ~4 ms. A
+in an LRU of `_CACHE` frames), ``decode`` ~20 ms, ``decode_mono`` ~15 ms, ``retrieval_features`` ~6 ms (idle
+machine; the camera errors add ~3-4%, measured in-run by the benchmark). A
 pass only draws its errors (float32, `mslam_ns.prior.noise.PassRandom`), moves the cached depth with one
 Sim(3) (``z A K^-1 (u, v, 1) + t`` from separable ray terms) and perturbs D0 with a shifted slice of a fixed
 Gaussian bank; the memory of big outputs the caller dropped is recycled (`_OutputPool`), as fresh 19 MB
@@ -56,11 +60,13 @@ from mslam_ns.prior.noise import (
     DepthErrors,
     OracleNoise,
     PassRandom,
+    camera_error,
     confidence,
     corrupt_depth,
     discontinuities,
     get_noise,
     near_far,
+    perturbed_K,
     sample_pair_error,
     window_max,
 )
@@ -77,6 +83,13 @@ _Q_E0 = 1e-5
 """Gradient energy at which Q is half-way between its flat and textured values."""
 _N_RETRIEVAL = 256
 """Maximum number of retrieval features per image."""
+_RETRIEVAL_SCALES = (120, 60, 30, 15)
+"""Retrieval patch scales: the image is area-downsampled by min(H, W) / each (so a scale covers the same part
+of the view at any resolution) and described by 5x5 samples at dilations 1 and 2 around the keypoint."""
+_RFF_SIGMA2 = 0.3
+"""Squared width of the Gaussian kernel of the retrieval features' random Fourier map (unit inputs)."""
+_RETRIEVAL_PART = 64
+"""Dimensions per scale: retrieval features are [K, 256] (binary ASMK packs signatures in 32-bit words)."""
 _CACHE = 8
 """Frames whose base descriptors D0 / Q are kept (LRU; ~20 MB a frame at 512x384)."""
 
@@ -180,6 +193,38 @@ def _projection_kernels(desc_dim: int, seed: int, n_scales: int = 2) -> list[Ten
         k = rng.normal(size=(desc_dim, 3, 5, 5)).astype(np.float32)
         k -= k.mean(axis=(2, 3), keepdims=True)
         out.append(torch.from_numpy(k))
+    return out
+
+
+def _whitened_kernels(dim: int, seed: int, n_scales: int = 2) -> list[Tensor]:
+    """Retrieval kernels [dim, 3, 5, 5]: a random projection of a generically WHITENED colour patch.
+
+    The patch is expressed in an opponent colour space (luma, red-green, blue-yellow; chroma weighted 2x) and a
+    5x5 DCT basis whose coefficients are weighted by their spatial frequency (capped at 2: natural images
+    have ~1/f amplitude spectra, and the blurred image has little above that); the brightness DC term is
+    dropped (it would dominate every feature), the chroma DC terms (zero for grey) are kept. Without
+    whitening a few low-frequency components dominate every projection, so the binary ASMK signatures of
+    unrelated images agree far more than chance (the analogue of MASt3R's PCA pre-whitening).
+    """
+    n = np.arange(5)
+    dct = np.cos(np.pi * (n[None, :] + 0.5) * n[:, None] / 5.0)  # [k, n]
+    dct /= np.linalg.norm(dct, axis=1, keepdims=True)
+    opp = np.array([[1 / 3, 1 / 3, 1 / 3], [0.5, -0.5, 0.0], [0.25, 0.25, -0.5]])
+    opp_w = np.array([1.0, 2.0, 2.0])
+    rows = []
+    for c in range(3):
+        for ky in range(5):
+            for kx in range(5):
+                f = np.hypot(kx, ky)
+                w = (0.0 if c == 0 else 1.0) if f == 0 else min(f, 2.0)  # no brightness DC; chroma DC kept
+                spatial = np.outer(dct[ky], dct[kx])  # [5, 5]
+                rows.append((opp_w[c] * w) * opp[c][:, None, None] * spatial[None])  # [3, 5, 5]
+    A = np.stack(rows).reshape(75, 75)  # whitened coefficients <- raw patch
+    rng = np.random.default_rng([seed, 0x3717, dim])
+    out = []
+    for _ in range(n_scales):
+        R = rng.normal(size=(dim, 75)) / np.sqrt(75.0)
+        out.append(torch.from_numpy((R @ A).reshape(dim, 3, 5, 5).astype(np.float32)))
     return out
 
 
@@ -347,7 +392,12 @@ class OraclePrior(TwoViewPrior):
         self._v = torch.arange(H, dtype=torch.float64)
         self.rays = self._directions(np.eye(3))  # [H, W, 3] float32 K^-1 (u, v, 1), z = 1
         self._kernels = _projection_kernels(self.desc_dim, self.seed)
-        self._coarse_kernels = _projection_kernels(self.desc_dim, self.seed + 1, n_scales=1)
+        self._retr_kernels = [_whitened_kernels(_RETRIEVAL_PART, self.seed + k)
+                              for k in range(len(_RETRIEVAL_SCALES))]
+        d = _RETRIEVAL_PART * len(_RETRIEVAL_SCALES)
+        g = np.random.default_rng([self.seed, 0x6FF])
+        self._rff = (torch.from_numpy((g.normal(size=(d, d)) / np.sqrt(_RFF_SIGMA2)).astype(np.float32)),
+                     torch.from_numpy(g.uniform(0, 2 * np.pi, size=d).astype(np.float32)))
         # frame index -> (its OracleFrame, (D0, Q)); bounded LRU
         self._cache: OrderedDict[int, tuple[OracleFrame, tuple[Tensor, Tensor]]] = OrderedDict()
         self._desc_bank: Tensor | None = None  # [H * W, F] standard normal, made on first use
@@ -373,7 +423,7 @@ class OraclePrior(TwoViewPrior):
         Raises:
             UserError naming the source when it lacks depth, intrinsics or ground truth.
         """
-        from mslam_ns.cli import UserError
+        from mslam_ns.errors import UserError
         from mslam_ns.model.preprocess import plan_transform
 
         where = getattr(source, "path", "source")
@@ -438,7 +488,7 @@ class OraclePrior(TwoViewPrior):
             return self._decode_mono(enc_i)
 
     def retrieval_features(self, enc_i: Encoding) -> Tensor:
-        """[K, 2F] unit features (fine + coarse patch descriptors) at the K <= 256 strongest texture peaks."""
+        """[K, 256] unit features (multi-scale patch descriptors) at the K <= 256 strongest texture peaks."""
         with self._threads():
             return self._retrieval_features(enc_i)
 
@@ -491,12 +541,14 @@ class OraclePrior(TwoViewPrior):
     def _rng(self, i: int, j: int, kind: int) -> PassRandom:
         return PassRandom([self.seed, int(i), int(j), kind])
 
-    def _directions(self, A: np.ndarray) -> Tensor:  # [3, 3] -> [H, W, 3] float32
-        """``A K^-1 (u, v, 1)`` for every pixel (the pixel rays, rotated / scaled by A)."""
-        B = torch.from_numpy(np.asarray(A, dtype=np.float64) @ self._Kinv)  # [3, 3]
+    def _directions(self, A: np.ndarray, Kinv: np.ndarray | None = None,
+                    out: Tensor | None = None) -> Tensor:  # [3, 3] -> [H, W, 3]
+        """``A K^-1 (u, v, 1)`` (float32) for every pixel (the pixel rays, rotated / scaled by A); ``Kinv``
+        replaces the true K^-1 (a view's perturbed pinhole); written into ``out`` when given."""
+        B = torch.from_numpy(np.asarray(A, dtype=np.float64) @ (self._Kinv if Kinv is None else Kinv))  # [3, 3]
         cols = (self._u[:, None] * B[:, 0] + B[:, 2]).float()  # [W, 3]
         rows = (self._v[:, None] * B[:, 1]).float()  # [H, 3]
-        return torch.add(rows[:, None, :], cols[None, :, :])
+        return torch.add(rows[:, None, :], cols[None, :, :], out=out)
 
     def _descriptors(self, D0: Tensor, rng: PassRandom) -> Tensor:  # [H, W, F] unit
         """D0 plus this view's perturbation, renormalised."""
@@ -537,19 +589,33 @@ class OraclePrior(TwoViewPrior):
         ej = corrupt_depth(fj.depth_t, fj.discs, nz, rng, level=1.0)
         s = err.pass_scale * nz.global_scale
         M = s * (err.matrix() @ T_ij)  # [4, 4]: frame j (metres) -> frame i (network units)
-        Xii = self._points(ei, s * np.eye(3))
-        Xji = self._points(ej, M[:3, :3], M[:3, 3])
+        Xii = self._points(ei, s * np.eye(3), Kinv=self._camera(i, (i, j, 1, 1)))
+        Xji = self._points(ej, M[:3, :3], M[:3, 3], Kinv=self._camera(j, (i, j, 1, 2)))
         Cii = confidence(rng, fi.unreliable, nz, 1.0, extra=ei.unreliable_outliers())
         Cji = confidence(rng, fj.unreliable, nz, 0.8, extra=ej.unreliable_outliers())
         return PairPrediction(ii=self._view(Xii, Cii, fi, i, rng), ji=self._view(Xji, Cji, fj, j, rng))
 
-    def _points(self, e: DepthErrors, A: np.ndarray, t: np.ndarray | None = None) -> Tensor:  # [H, W, 3]
-        """``z A K^-1 (u, v, 1) + t`` for the corrupted depth z of a view (float32)."""
+    def _camera(self, frame: int, key: tuple[int, ...]) -> np.ndarray | None:  # [3, 3] or None
+        """K'^-1 of the perturbed pinhole of one view of a pass (`mslam_ns.prior.noise.camera_error`), or None
+        (the true K) without camera errors."""
+        err = camera_error(self.noise, self.seed, frame, (self.seed, *key))
+        if err is None:
+            return None
+        W, H = self.transform.network_size
+        return np.linalg.inv(perturbed_K(self.K, err, W, H))
+
+    def _points(self, e: DepthErrors, A: np.ndarray, t: np.ndarray | None = None,
+                Kinv: np.ndarray | None = None) -> Tensor:  # [H, W, 3]
+        """``z A K^-1 (u, v, 1) + t`` for the corrupted depth z of a view (float32); ``Kinv``: the view's
+        perturbed pinhole (None: the true one)."""
         out = self._pool.empty(tuple(self.rays.shape))
-        if t is None:  # a multiple of the identity: scale the cached rays
+        if t is None and Kinv is None:  # a multiple of the identity: scale the cached rays
             return torch.mul(e.z[..., None], self.rays, out=out).mul_(float(A[0, 0]))
-        tt = torch.from_numpy(np.asarray(t, dtype=np.float64)).float()
-        return torch.addcmul(tt, e.z[..., None], self._directions(A), out=out)
+        # in place in the (recycled) output: a fresh [H, W, 3] temporary costs page faults
+        self._directions(A, Kinv, out=out).mul_(e.z[..., None])
+        if t is not None:
+            out.add_(torch.from_numpy(np.asarray(t, dtype=np.float64)).float())
+        return out
 
     def _decode_mono(self, enc_i: Encoding) -> PairPrediction:
         i = enc_i.index
@@ -558,7 +624,7 @@ class OraclePrior(TwoViewPrior):
         rng = self._rng(i, i, 2)
         s = float(np.exp(rng.np.normal() * nz.pass_scale_sigma)) * nz.global_scale
         ei = corrupt_depth(fi.depth_t, fi.discs, nz, rng, level=nz.ii_factor)
-        X = self._points(ei, s * np.eye(3))
+        X = self._points(ei, s * np.eye(3), Kinv=self._camera(i, (i, i, 2, 1)))
         C = confidence(rng, fi.unreliable, nz, 1.0, extra=ei.unreliable_outliers())
         C2 = C - 1.0
         C2.mul_(0.8).add_(1.0)
@@ -570,7 +636,9 @@ class OraclePrior(TwoViewPrior):
         data: OracleFrame = enc_i.data
         E = data.energy
         H, W = E.shape
-        peak = E == window_max(E, 4)
+        # Keypoints: local maxima of the texture energy in a window that scales with the image.
+        r = max(2, min(H, W) // 60)
+        peak = E == window_max(E, r)
         b = 8 if min(H, W) > 32 else 2
         cand = peak & (E > 0.1 * _Q_E0)
         border = torch.zeros_like(cand)
@@ -581,12 +649,21 @@ class OraclePrior(TwoViewPrior):
             idx = (vv * W + uu).flatten()
         order = torch.argsort(E.flatten()[idx], descending=True, stable=True)[:_N_RETRIEVAL]
         idx = idx[order]
-        blurred = _blur(data.image, 1)
-        hit = self._cache.get(enc_i.index)
-        if hit is not None and hit[0] is data:
-            fine = hit[1][0].reshape(H * W, -1)[idx]
-        else:  # not worth recomputing D0 for all pixels
-            fine = _descriptors_at(blurred, self._kernels, (1, 3), idx)
-        coarse = _descriptors_at(_blur(blurred, 2), self._coarse_kernels, (4,), idx)
-        feats = torch.cat([fine, coarse], dim=-1)
-        return _unit(feats).float().to(self.device)
+        # Descriptors of the colour patch around each keypoint at scales relative to the image size (so that
+        # they describe the same scene extent at any resolution; see _RETRIEVAL_SCALES), from the fine
+        # texture to most of the view: each scale adds largely independent information.
+        parts = []
+        for kernels, div in zip(self._retr_kernels, _RETRIEVAL_SCALES):
+            sc = max(1, int(round(min(H, W) / div)))
+            img = data.image if sc == 1 else F.avg_pool2d(data.image[None], sc, ceil_mode=True)[0]
+            h, w = img.shape[-2:]
+            v = ((idx // W) // sc).clamp_(max=h - 1)
+            u = ((idx % W) // sc).clamp_(max=w - 1)
+            parts.append(_descriptors_at(_blur(img, 1), kernels, (1, 2), v * w + u))
+        x = _unit(torch.cat(parts, dim=-1))
+        # Random Fourier features of a Gaussian kernel: patch descriptors of one scene live in a narrow cone
+        # (unrelated patches still have cosine ~0.5), which leaves ASMK's binary residual signatures of
+        # unrelated images correlated; the kernel map keeps near-duplicates close (cosine 0.93 -> ~0.8) and
+        # makes unrelated patches nearly orthogonal, as learnt retrieval features are.
+        Wr, br = self._rff
+        return _unit(torch.cos(torch.addmm(br, x, Wr))).float().to(self.device)

@@ -1,4 +1,4 @@
-"""`Backend`: the keyframe graph and its global optimisation (SPEC.md section 4), loop closure by retrieval.
+"""`Backend`: the keyframe graph and its global optimisation (docs/algorithm.md section 4), loop closure by retrieval.
 
 For each new keyframe n:
 1. candidates = {n - 1} (when n was promoted while tracking n - 1) U retrieval top-k above a score

@@ -64,7 +64,7 @@ class Frame:
         """Names of the per-pixel tensors the `SharedMap` may offload to host memory."""
         return ("image", "X", "C", "D", "Q")
 
-    def to(self, device: torch.device | str) -> "Frame":
+    def to(self, device: torch.device | str) -> Frame:
         """A shallow copy with the per-pixel tensors on `device` (the encoding is left where it is)."""
         kw = {f: (getattr(self, f).to(device) if getattr(self, f) is not None else None)
               for f in self.tensor_fields()}

@@ -1,6 +1,6 @@
 """Pointmap helpers for tracking: constraining points to known rays and fusing into a keyframe.
 
-Fusion (SPEC.md section 3, step 7), "weighted pointmap":
+Fusion (docs/algorithm.md section 3, step 7), "weighted pointmap":
 `X_k <- (C_k X_k + C X) / (C_k + C)`, `C_k <- C_k + C`, `N_k += 1`, with X the keyframe's pixels as seen
 by the tracked frame, moved into the keyframe's camera.
 """

@@ -1,4 +1,4 @@
-"""The dense two-view matcher used by tracking and the backend (SPEC.md section 2).
+"""The dense two-view matcher used by tracking and the backend (docs/algorithm.md section 2).
 
 For every pixel n of image j it finds the pixel of image i that sees the same 3D point, using only
 pointmaps expressed in frame i: iterative projective matching (IPM) on the ray image of ``X^i_i``, an
@@ -56,7 +56,7 @@ def match(
     D_i: Tensor,  # [B, H, W, F] float16/float32: descriptors of image i's pixels
     D_ji: Tensor,  # [B, H, W, F] same dtype: descriptors of image j's pixels
     idx_init: Tensor | None = None,  # [B, H*W] int64 warm start (u + W v in image i), None = identity
-    cfg: MatchingConfig = MatchingConfig(),
+    cfg: MatchingConfig | None = None,
 ) -> tuple[Tensor, Tensor]:  # idx [B, H*W] int64, valid [B, H*W] bool
     """Match every pixel n of image j to a pixel of image i.
 
@@ -65,6 +65,7 @@ def match(
     then move idx by a few pixels). Works on CPU and CUDA tensors, B >= 1.
     """
     _check_inputs(X_i, X_ji, D_i, D_ji, idx_init)
+    cfg = cfg or MatchingConfig()
     B, H, W, _ = X_i.shape
     X_i, X_ji = X_i.contiguous(), X_ji.contiguous()
     rays = ray_image(X_i)  # [B, H, W, 9]

@@ -1,4 +1,4 @@
-"""`Relocaliser`: put a frame seen after tracking loss back into the map (SPEC.md section 5, less brittle).
+"""`Relocaliser`: put a frame seen after tracking loss back into the map (docs/algorithm.md section 5, less brittle).
 
 For a frame f while lost:
 1. query the retrieval database with f's features (without adding f);
@@ -43,6 +43,7 @@ class RelocHit:
     match_frac: float
     edges: list[tuple[int, EdgeMatches, EdgeMatches]] = field(default_factory=list)
     """(candidate c, edge (f, c), edge (c, f)) for every accepted candidate."""
+    X_pred: Tensor | None = None  # [H, W, 3] the prior's own pointmap of the frame (intrinsics estimation)
 
 
 def umeyama_start(X_dst: Tensor, X_src: Tensor, w: Tensor, max_points: int = 4000) -> Tensor:
@@ -85,7 +86,7 @@ class Relocaliser:
         self.attempts += 1
         feats = np.asarray(feats.detach().cpu().float().numpy() if hasattr(feats, "detach") else feats,
                            dtype=np.float32)
-        cands = db.query(feats, self.cfg.retrieval.k, self.cfg.retrieval.min_thresh)
+        cands = db.query(feats, self.cfg.retrieval.k, self.cfg.reloc.min_score)
         dev = self.map.device
         best, best_pred, accepted = None, None, []
         for c, score in cands:
@@ -116,7 +117,7 @@ class Relocaliser:
         frame.D = best_pred.ii.D.reshape(H * W, -1).to(dev)
         frame.Q = best_pred.ii.Q.reshape(-1).to(dev).float()
         frame.T_WC = sim3.normalize(sim3.mul(kf.T_WC.double(), res.T_kf.double())).to(kf.T_WC)
-        return RelocHit(c, res.T_kf, res.n_valid, res.match_frac, accepted)
+        return RelocHit(c, res.T_kf, res.n_valid, res.match_frac, accepted, best_pred.ii.X)
 
     def commit(self, kf_id: int, hit: RelocHit) -> None:
         """The relocalised frame is keyframe `kf_id`: add its edges, index it, optimise the graph."""

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -179,11 +180,18 @@ class SlamSystem:
             self.finish()
 
     def finish(self) -> None:
-        """Flush the backend (worker thread: wait for its queue, then stop it) so every pose is final."""
+        """Flush the backend (worker thread: wait for its queue, then stop it) so every pose is final; in
+        self-calibrated rays mode put every keyframe's points on the final intrinsics' rays, so that the
+        exported points and intrinsics agree exactly (poses are unchanged)."""
         if self.backend is not None and hasattr(self.backend, "close"):
             t0 = time.perf_counter()
             self.backend.close()
             self._tick("backend_flush", t0)
+        if self.tracker is not None and self.tracker.K_est is not None and self._intr is not None:
+            self.tracker.set_estimated_K(torch.as_tensor(self._intr.K(), dtype=torch.float32))
+            for i in range(len(self.keyframes)):
+                with self.map.edit_points(i) as f:
+                    f.X = self.tracker.canonical_points(f.X.to(self.device), f.hw).to(f.X.device)
 
     # ---- internals ----------------------------------------------------------------------------------
     def _tick(self, key: str, t0: float) -> None:
@@ -194,10 +202,13 @@ class SlamSystem:
         self.map.set_state(state.value)
 
     def _make_frame(self, raw: Any) -> Frame:
-        from mslam_ns.model.preprocess import preprocess_image, to_unit_float
+        from mslam_ns.model.preprocess import ImageSizeError, preprocess_image, to_unit_float
 
         image = np.asarray(raw.image)
-        img, tf = preprocess_image(image, size=self.cfg.img_size)
+        try:
+            img, tf = preprocess_image(image, size=self.cfg.img_size)
+        except ImageSizeError as e:  # name the frame: the user's file, not an array
+            raise ImageSizeError(f"{raw.name}: {e}") from None
         img_t = torch.as_tensor(np.asarray(img)).to(self.device)  # [H, W, 3] uint8
         x = torch.as_tensor(to_unit_float(img)).to(self.device)  # [3, H, W]
         if self.tracker is None:
@@ -249,7 +260,7 @@ class SlamSystem:
         frame.X = self.tracker.canonical_points(v.X.reshape(H * W, 3).to(self.device).float(), (H, W))
         frame.C, frame.N = v.C.reshape(-1).to(self.device).float(), 1
         frame.D, frame.Q = v.D.reshape(H * W, -1).to(self.device), v.Q.reshape(-1).to(self.device).float()
-        kf_id = self._add_keyframe(frame, sequential=False, anchor=anchor)
+        kf_id = self._add_keyframe(frame, sequential=False, anchor=anchor, X_pred=v.X)
         self._n_lost = 0
         self._set_state(SlamState.TRACKING)
         return StepResult(frame.index, self.state, True, kf_id, True, H * W, 1.0, reason)
@@ -261,14 +272,17 @@ class SlamSystem:
         frame.C, frame.N = pred.ii.C.reshape(-1).to(self.device).float(), 1
         frame.D = pred.ii.D.reshape(H * W, -1).to(self.device)
         frame.Q = pred.ii.Q.reshape(-1).to(self.device).float()
-        kf_id = self._add_keyframe(frame, sequential=True, anchor=(self.keyframes.last.kf_id, res.T_kf))
+        kf_id = self._add_keyframe(frame, sequential=True, anchor=(self.keyframes.last.kf_id, res.T_kf),
+                                   X_pred=pred.ii.X)
         return StepResult(frame.index, self.state, True, kf_id, True, res.n_valid, res.match_frac)
 
-    def _add_keyframe(self, frame: Frame, sequential: bool, anchor: tuple[int, Tensor] | None = None) -> int:
+    def _add_keyframe(self, frame: Frame, sequential: bool, anchor: tuple[int, Tensor] | None = None,
+                      X_pred: Tensor | None = None) -> int:
         """Store a keyframe with its own frame record; hand it to the backend.
 
         `sequential`: the keyframe was tracked from the previous one (a consecutive edge is added).
         `anchor`: (keyframe, T_CkCf) it was placed from (None for the first keyframe).
+        `X_pred`: [H, W, 3] the prior's own pointmap of the keyframe (intrinsics estimation in rays mode).
         """
         a_id, T_a = anchor if anchor is not None else (-1, None)
         kf_id = self.map.add_keyframe(frame, a_id, T_a)
@@ -276,7 +290,7 @@ class SlamSystem:
                            is_keyframe=True)
         self._T_kf, self._idx = sim3.identity(device=self.device), None
         if self.cfg.mode == "rays":
-            self._update_intrinsics(frame)
+            self._update_intrinsics(frame, X_pred)
         if self.backend is not None:
             t0 = time.perf_counter()
             if self._custom_backend is not None:
@@ -307,7 +321,7 @@ class SlamSystem:
         v = self.prior.decode_mono(frame.enc).ii
         rc = self.cfg.tracking.residual
         ok = (v.C > max(rc.C_conf, 1.5)) & (v.Q > rc.Q_conf)
-        return float(ok.float().mean()) >= self.cfg.tracking.min_match_frac
+        return float(ok.float().mean()) >= self.cfg.reloc.restart_min_frac
 
     def _relocalise(self, frame: Frame) -> StepResult | None:
         """Try to put a frame seen while lost back into the map; None = not relocalised (map unchanged)."""
@@ -323,26 +337,27 @@ class SlamSystem:
         self.reloc.commit(kf_id, hit)
         self._T_kf, self._idx = sim3.identity(device=self.device), None
         if self.cfg.mode == "rays":
-            self._update_intrinsics(frame)
+            self._update_intrinsics(frame, hit.X_pred)
         self._n_lost = 0
         self._set_state(SlamState.TRACKING)
         return StepResult(frame.index, self.state, True, kf_id, True, hit.n_valid, hit.match_frac, "reloc")
 
-    def _update_intrinsics(self, kf: Frame) -> None:
-        """Uncalibrated mode: estimate pinhole intrinsics from the keyframe's pointmap and fuse them."""
+    def _update_intrinsics(self, kf: Frame, X_pred: Tensor | None) -> None:
+        """Uncalibrated mode: estimate pinhole intrinsics from the keyframe's predicted pointmap (not the
+        canonical one, which may already be constrained to the estimate), fuse them over keyframes, and
+        once enough keyframes agree constrain new pointmaps to them (`cfg.self_calibrate`)."""
         from mslam_ns.geometry.intrinsics import IntrinsicsFuser
 
         if self._intr is None:
             self._intr = IntrinsicsFuser()
         H, W = kf.hw
-        X, C = kf.X.reshape(H, W, 3).cpu(), kf.average_conf().reshape(H, W).cpu()
-        try:
-            self._intr.update(X, C, kf.kf_id)
-        except TypeError:  # an estimator without per-keyframe bookkeeping
-            self._intr.update(X, C)
+        X = (kf.X if X_pred is None else X_pred).reshape(H, W, 3).float().cpu()
+        self._intr.update(X, kf.average_conf().reshape(H, W).cpu(), kf.kf_id)
         K = self.intrinsics()
         if K is not None:
             self.map.set_camera(K, self._image_size)
+        if self.cfg.self_calibrate and self._intr.count >= self.cfg.self_calib_keyframes:
+            self.tracker.set_estimated_K(torch.as_tensor(self._intr.K(), dtype=torch.float32))
 
     # ---- readers ------------------------------------------------------------------------------------
     def frame_poses(self, frontend: bool = False) -> tuple[Tensor, list[str], Tensor]:

@@ -1,4 +1,4 @@
-"""`Tracker`: Sim(3) pose of a frame against the current keyframe (SPEC.md section 3).
+"""`Tracker`: Sim(3) pose of a frame against the current keyframe (docs/algorithm.md section 3).
 
 Given the asymmetric decode (frame f as view 1, keyframe k as view 2) -> X^f_f, X^k_f (both in f's camera):
 1. match keyframe pixels into the frame (IPM + descriptor refinement, warm-started from the previous frame);
@@ -68,18 +68,32 @@ class Tracker:
             raise ValueError("calib mode needs intrinsics K")
         self.cfg, self.matching, self.mode = cfg, matching, mode
         self.K = None if K is None else torch.as_tensor(K, dtype=torch.float32)
+        self.K_est: Tensor | None = None  # rays mode: self-calibrated intrinsics (see `set_estimated_K`)
         self._rays: dict[tuple, Tensor] = {}
+
+    def set_estimated_K(self, K: Tensor | None) -> None:
+        """Rays mode: from now on constrain every view's own pointmap to the rays of `K` [3, 3] (network
+        pixels; the fused self-calibration), keeping each point's depth. Removes the per-pass camera
+        inconsistency of the prior; the residuals stay ray/distance residuals."""
+        if self.mode == "rays":
+            self.K_est = None if K is None else torch.as_tensor(K, dtype=torch.float32)
+            self._rays.clear()
 
     # ---- helpers ------------------------------------------------------------------------------------
     def rays(self, hw: tuple[int, int], device: torch.device) -> Tensor:  # [HW, 3]
+        """Pixel rays (z = 1) of the known (calib) or self-calibrated (rays mode) intrinsics."""
         key = (hw, str(device))
         if key not in self._rays:
-            self._rays[key] = pixel_rays(self.K.to(device, torch.float64), hw).float()
+            K = self.K if self.mode == "calib" else self.K_est
+            self._rays[key] = pixel_rays(K.to(device, torch.float64), hw).float()
         return self._rays[key]
 
     def canonical_points(self, X: Tensor, hw: tuple[int, int]) -> Tensor:  # [HW,3] -> [HW,3]
-        """A view's own pointmap as stored: constrained to the known rays in calib mode."""
-        return constrain_to_rays(X, self.rays(hw, X.device)) if self.mode == "calib" else X
+        """A view's own pointmap as stored: constrained to the known rays in calib mode, or to the
+        self-calibrated rays in rays mode once they are set; else as predicted."""
+        if self.mode == "calib" or self.K_est is not None:
+            return constrain_to_rays(X, self.rays(hw, X.device))
+        return X
 
     # ---- tracking -----------------------------------------------------------------------------------
     def track(self, kf: Frame, pred: PairPrediction, T_init: Tensor, idx_init: Tensor | None = None

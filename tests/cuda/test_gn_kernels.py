@@ -212,6 +212,36 @@ def test_public_api_rejects_bad_inputs() -> None:
         pose_retract(prob["Twc"], torch.full((prob["Twc"].shape[0], 7), float("nan"), dtype=torch.float64), 1)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (its CPU twin: "
+                    "test_compiled_matches_twin_float32)")
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_matches_twin_float32(mode: str) -> None:
+    """The CUDA kernel in float32 (what the tracker runs on a GPU) against the float32 twin and the float64 truth.
+
+    Same problem and bounds as the CPU float32 check: per-pixel maths in float32 on both sides, the kernel
+    accumulating in double; the GPU may contract to FMA, which moves results by float32 rounding only.
+    """
+    prob, K, hw = _random_problem(torch.float32, seed=3)
+    mod = _backend.load("gn", "cuda")
+    assert mod is not None, _backend._errors.get(("gn", "cuda"))
+    p = _torch_impl.GnParams(fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]),
+                             H=hw[0], W=hw[1])
+    args = [prob[k] for k in ("Twc", "X", "C", "ii", "jj", "idx_ii2jj", "valid_match", "Q")]
+    Ht, gt, ct, nt = _torch_impl._edge_normal_equations(mode, *args, p)
+    out = mod.edge_normal_equations(MODES.index(mode), *[a.cuda() for a in args], p.as_list(), hw[0], hw[1])
+    assert all(t.is_cuda for t in out) and all(t.dtype == torch.float32 for t in out[:3])
+    Hc, gc, cc, nc = (t.cpu() for t in out)
+    assert int(nt.sum()) > 0
+    assert (nc - nt).abs().max() <= 2  # a handful of pixels may flip at a gate / Huber threshold
+    torch.testing.assert_close(Hc, Ht, rtol=2e-3, atol=2e-3 * float(Ht.abs().max()))
+    torch.testing.assert_close(gc, gt, rtol=2e-3, atol=2e-3 * float(gt.abs().max()))
+    torch.testing.assert_close(cc, ct, rtol=2e-3, atol=1e-3)
+    T = prob["Twc"]
+    dx = 0.01 * torch.ones(T.shape[0], 7, dtype=T.dtype)
+    torch.testing.assert_close(pose_retract(T.cuda(), dx.cuda(), 1).cpu(), _torch_impl._pose_retract(T, dx, 1),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU build and twin run above)")
 @pytest.mark.parametrize("mode", MODES)
 def test_cuda_matches_twin(mode: str) -> None:

@@ -2,13 +2,15 @@
 
 The compiled CPU kernels must build on the development/CI machines (g++ with OpenMP): tests that need them
 fail (not skip) when they do not. On x86-64 + GCC the compiled kernels and the twins run the same
-float32 operations in the same order (no FMA contraction on the baseline ISA), so results are expected to
-be bit-identical; the assertions leave a margin of 1% of points for other compilers/architectures.
+float32 operations in the same order (no FMA contraction on the baseline ISA), so there the results must
+be bit-identical (`EXACT`); only on other architectures (where a compiler may contract to FMA) do the
+assertions leave a margin of 1% of points.
 """
 
 from __future__ import annotations
 
 import math
+import platform
 
 import pytest
 import torch
@@ -19,6 +21,10 @@ from mslam_ns.cuda.matching import _torch_impl, iproj, ray_image, refine_matches
 from mslam_ns.cuda.matching.synthetic import two_view_scene
 
 LM = dict(max_iter=10, lambda_init=1e-8, cost_thresh=1e-6, step_tol=1e-3)
+#: x86-64: compiled kernels and twins run the same float32 operations in the same order -> bit-identical.
+EXACT = platform.machine().lower() in ("x86_64", "amd64")
+#: share of points that must agree between a compiled kernel and its twin
+AGREE = 1.0 if EXACT else 0.99
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,9 @@ def _compare_iproj(mod, rays, tgt, p0):
     same_int = (p_c.long() == p_t.long()).all(-1).float().mean().item()
     msg = (f"bit-identical {exact:.4f}, within 1e-3 px {close:.4f}, same int pixel {same_int:.4f}, "
            f"same flag {same_conv:.4f}")
-    assert close >= 0.99 and same_int >= 0.99 and same_conv >= 0.99, msg
+    if EXACT:
+        assert exact == 1.0 and same_conv == 1.0, msg
+    assert close >= AGREE and same_int >= AGREE and same_conv >= AGREE, msg
     return p_c, c_c
 
 
@@ -184,7 +192,7 @@ def test_refine_compiled_matches_twin(cpu_mod, dtype, Fd):
     out_t = _torch_impl._refine_matches(D_i, D_j, p, 3, 5)
     same = (out_c == out_t).all(-1).float().mean().item()
     near = ((out_c - out_t).abs().amax(-1) <= 1).float().mean().item()
-    assert same >= 0.99 and near == 1.0, f"identical {same:.4f}, within 1 px {near:.4f}"
+    assert same >= AGREE and near == 1.0, f"identical {same:.4f}, within 1 px {near:.4f}"
     assert (out_c[..., 0] >= 0).all() and (out_c[..., 0] < W).all()
     assert (out_c[..., 1] >= 0).all() and (out_c[..., 1] < H).all()
 

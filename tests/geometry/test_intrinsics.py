@@ -95,16 +95,77 @@ def test_weighted_median() -> None:
     assert weighted_median(np.array([5.0, 1.0]), np.array([1.0, 10.0])) == 1.0
 
 
-def test_fuser_median_rejects_a_bad_keyframe() -> None:
+def test_fuser_rejects_a_bad_keyframe_and_keeps_per_keyframe_values() -> None:
     fuser = IntrinsicsFuser()
-    assert fuser.estimate() is None and fuser.K() is None
+    assert fuser.estimate() is None and fuser.K() is None and fuser.per_keyframe() == {}
     for seed in range(4):
         X = corrupt(pinhole_pointmap(88.0, 88.0, 31.5, 23.5, seed=seed), 0.05, 0.003, seed=seed)
-        fuser.update(X, np.full(X.shape[:2], 5.0))
-    fuser.add(400.0, 400.0, 31.5, 23.5, weight=1e4)  # one wild estimate, heavy but a minority
+        fuser.update(X, np.full(X.shape[:2], 5.0), kf_id=10 + seed)
+    fuser.add(400.0, 400.0, 31.5, 23.5, weight=1e4, kf_id=99)  # one wild estimate, heavy but a minority
     fuser.add(np.nan, 1.0, 1.0, 1.0)  # ignored
-    assert fuser.count == 5
+    assert fuser.count == 5 and sorted(fuser.per_keyframe()) == [10, 11, 12, 13, 99]
     K = fuser.K()
-    assert K is not None and K[0, 0] == pytest.approx(88.0, rel=0.01) and K[0, 2] == 31.5
-    mean = IntrinsicsFuser(reducer="mean", samples=list(fuser.samples)).estimate()
-    assert mean is not None and mean[0] > 100.0  # the mean is pulled; the median is not
+    assert K is not None and K[0, 0] == pytest.approx(88.0, rel=0.01)
+    assert K[0, 2] == pytest.approx(31.5, abs=0.3) and K[1, 2] == pytest.approx(23.5, abs=0.3)
+    assert fuser.per_keyframe()[99][0, 0] == 400.0
+    for reducer in ("median", "robust"):
+        est = IntrinsicsFuser(reducer=reducer, samples=dict(fuser.samples)).estimate()
+        assert est is not None and est[0] == pytest.approx(88.0, rel=0.01)
+    mean = IntrinsicsFuser(reducer="mean", samples=dict(fuser.samples)).estimate()
+    assert mean is not None and mean[0] > 100.0  # the mean is pulled; the median and the robust mean are not
+    # the same keyframe again replaces its estimate
+    fuser.add(300.0, 300.0, 31.5, 23.5, weight=1.0, kf_id=99)
+    assert fuser.count == 5 and fuser.per_keyframe()[99][0, 0] == 300.0
+
+
+def test_fuser_falls_back_to_the_centre_for_a_degenerate_principal_point() -> None:
+    X = pinhole_pointmap(70.0, 70.0, 31.5, 23.5)
+    X[..., 0] += 3.0 * X[..., 2]  # rays all shifted sideways: the fitted cx would be far outside the image
+    fuser = IntrinsicsFuser()
+    est = fuser.update(X, kf_id=0)
+    assert est is not None and est[2] == 31.5 and est[3] == 23.5
+
+
+# ------------------------------------------------------------------- oracle runs with MASt3R-like camera errors
+@pytest.fixture(scope="module")
+def loop_source(tmp_path_factory):
+    from mslam_ns.io.sources import open_source
+    from mslam_ns.io.synthetic import generate_sequence
+
+    return open_source(generate_sequence(tmp_path_factory.mktemp("intr") / "s", n_frames=60, width=160,
+                                         height=120, seed=0))
+
+
+@pytest.mark.parametrize("noise, f_tol, pp_tol", [("mast3r", 0.0035, 0.0035), ("hard", 0.007, 0.01)])
+def test_fused_intrinsics_on_oracle_runs(loop_source, noise: str, f_tol: float, pp_tol: float) -> None:
+    """Keyframes every 3rd frame, each with the confidence-weighted average of its own view over a mono pass
+    and three pair passes as canonical pointmap (as the SLAM fuses it); every pass has its own perturbed
+    pinhole (3% / 1% for mast3r, doubled for hard). The fused K, mapped back to the ORIGINAL 160x120 image
+    through the crop/scale, is within the issue's 2% and near what was measured (seed 0: focal error 0.23% /
+    0.47%, principal point 0.22% / 0.68% of the image size), far better than one keyframe alone."""
+    from mslam_ns.model.preprocess import preprocess_image, to_unit_float
+    from mslam_ns.prior.oracle import OraclePrior
+
+    src = loop_source
+    prior = OraclePrior.from_source(src, size=128, noise=noise, seed=0)
+    assert prior.transform.network_size == (128, 96)
+    enc = [prior.encode(to_unit_float(preprocess_image(src[i].image, size=128)[0]), i) for i in range(len(src))]
+    fuser = IntrinsicsFuser()
+    single = []
+    for k in range(0, len(src) - 3, 3):
+        p = prior.decode_mono(enc[k])
+        X, C = p.ii.X * p.ii.C[..., None], p.ii.C.clone()
+        for f in (k + 1, k + 2, k + 3):
+            q = prior.decode(enc[k], enc[f])
+            X += q.ii.X * q.ii.C[..., None]
+            C += q.ii.C
+        single.append(fuser.update(X / C[..., None], C, kf_id=k))
+    assert len(fuser.per_keyframe()) == len(single) == 19
+    K_true = src.intrinsics.K
+    W, H = src.image_size
+    K = prior.transform.K_to_original(fuser.K())
+    f_err = abs(K[0, 0] / K_true[0, 0] - 1.0)
+    pp_err = max(abs(K[0, 2] - K_true[0, 2]) / W, abs(K[1, 2] - K_true[1, 2]) / H)
+    assert f_err < min(f_tol, 0.02) and pp_err < min(pp_tol, 0.02), (f_err, pp_err)
+    one = np.array([s[0] for s in single]) / prior.K[0, 0] - 1.0
+    assert np.sqrt(np.mean(one**2)) > 3.0 * f_err  # one keyframe: 1.8% / 3.7% RMS

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from mslam_ns.cli import UserError, main
-from mslam_ns.io.frames import open_source
+from mslam_ns.io.sources import open_source
 
 from .conftest import assert_one_line_error, save_rgb
-
 
 
 def _err(path, **kw) -> UserError:

@@ -9,14 +9,19 @@ import pytest
 from PIL import Image
 
 from mslam_ns.cli import UserError
-from mslam_ns.io.frames import open_source
 from mslam_ns.io.images import natural_key
 from mslam_ns.io.poses import matrix_to_pose7, pose7_to_matrix, quat_to_matrix
-from mslam_ns.io.sources import EurocSource, ImageFolderSource, SevenScenesSource, TumRgbdSource, VideoSource
+from mslam_ns.io.sources import (
+    EurocSource,
+    ImageFolderSource,
+    SevenScenesSource,
+    TumRgbdSource,
+    VideoSource,
+    open_source,
+)
 from mslam_ns.io.sources.folder import timestamps_from_names
 
 from .conftest import assert_one_line_error, save_depth16, save_rgb
-
 
 
 # -- image folders ---------------------------------------------------------------------------------------------

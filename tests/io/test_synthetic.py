@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from mslam_ns.cli import UserError, main
-from mslam_ns.io.frames import open_source
-from mslam_ns.io.sources import TumRgbdSource
+from mslam_ns.io.sources import TumRgbdSource, open_source
 from mslam_ns.io.synth_scene import SyntheticRoom, default_intrinsics
 from mslam_ns.io.synth_trajectory import make_trajectory
 from mslam_ns.io.synthetic import generate_sequence

@@ -134,7 +134,9 @@ def test_associate_matches_bruteforce_greedy():
     ua, ub, ref = set(), set(), []
     for _, i, j in cands:
         if i not in ua and j not in ub:
-            ua.add(i); ub.add(j); ref.append((i, j))
+            ua.add(i)
+            ub.add(j)
+            ref.append((i, j))
     assert pairs == sorted(ref)
     assert len(pairs) > 10
     assert associate(a, np.array([]), 0.02) == []

@@ -49,7 +49,7 @@ def test_undistort_image_and_depth_inverts_distortion():
 
 
 def test_undistorted_source_remaps_images_and_depth_only(tmp_path):
-    from mslam_ns.io.frames import open_source
+    from mslam_ns.io.sources import open_source
     from mslam_ns.io.synthetic import generate_sequence
     from mslam_ns.io.undistort import UndistortedSource, undistorted
 

@@ -12,28 +12,23 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+#: The conformance fixtures, made by running the official MASt3R code (see tests/data/mast3r/README.md).
+FIXTURE_ROOT = REPO / "tests" / "data" / "mast3r"
 
 
-def shared_dir() -> Path | None:
-    """``$MSLAM_SHARED`` or ``<repo>/../shared`` or ``<repo>/shared`` (first that exists)."""
-    cands = [os.environ.get("MSLAM_SHARED"), REPO.parent / "shared", REPO / "shared"]
-    for c in cands:
-        if c and Path(c).is_dir():
-            return Path(c)
-    return None
-
-
-def mast3r_fixture_root() -> Path | None:
-    s = shared_dir()
-    return s / "fixtures" / "mast3r" if s is not None and (s / "fixtures" / "mast3r").is_dir() else None
+def mast3r_fixture_root() -> Path:
+    """``tests/data/mast3r``; a missing or incomplete copy FAILS the test (it is part of the repository)."""
+    needed = ("tiny_A/io.npz", "tiny_A/checkpoint.pth", "tiny_A/meta.json", "preprocess/expected.npz")
+    missing = [n for n in needed if not (FIXTURE_ROOT / n).is_file()]
+    if missing:
+        pytest.fail(f"MASt3R conformance fixtures missing from {FIXTURE_ROOT}: {', '.join(missing)} "
+                    "(they are part of the repository: restore tests/data/mast3r)", pytrace=False)
+    return FIXTURE_ROOT
 
 
 def fixture_dirs() -> list[Path]:
     """tiny_A plus every directory in ``$MSLAM_MAST3R_FIXTURES`` (os.pathsep-separated)."""
-    dirs: list[Path] = []
-    root = mast3r_fixture_root()
-    if root is not None and (root / "tiny_A" / "io.npz").is_file():
-        dirs.append(root / "tiny_A")
+    dirs: list[Path] = [mast3r_fixture_root() / "tiny_A"]
     for d in os.environ.get("MSLAM_MAST3R_FIXTURES", "").split(os.pathsep):
         if d.strip():
             dirs.append(Path(d.strip()))
@@ -41,18 +36,13 @@ def fixture_dirs() -> list[Path]:
 
 
 def fixture_params() -> list:
-    dirs = fixture_dirs()
-    if not dirs:
-        return [pytest.param(None, marks=pytest.mark.skip(
-            reason="MASt3R fixtures not found (set MSLAM_SHARED to the folder holding fixtures/mast3r)"))]
-    return [pytest.param(d, id=d.name) for d in dirs]
+    """One pytest param per fixture directory (collected even when the data is missing, so the test fails)."""
+    extra = [Path(d.strip()) for d in os.environ.get("MSLAM_MAST3R_FIXTURES", "").split(os.pathsep) if d.strip()]
+    return [pytest.param(d, id=d.name) for d in [FIXTURE_ROOT / "tiny_A", *extra]]
 
 
 def require_root() -> Path:
-    root = mast3r_fixture_root()
-    if root is None:
-        pytest.skip("MASt3R fixtures not found (set MSLAM_SHARED to the folder holding fixtures/mast3r)")
-    return root
+    return mast3r_fixture_root()
 
 
 def meta(d: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Unit checks of the RoPE2D tables against the FACTS.md formula, and of the grid-table cache."""
+"""Unit checks of the RoPE2D tables against the docs/network.md formula, and of the grid-table cache."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from mslam_ns.model.layers import grid_positions, grid_rope_tables, rope_tables,
 
 
 def _rope_reference(t: torch.Tensor, pos: torch.Tensor, base: float = 100.0) -> torch.Tensor:
-    """FACTS.md section 3, literally: t [N, d] float64, pos [N, 2] (y, x)."""
+    """docs/network.md section 3, literally: t [N, d] float64, pos [N, 2] (y, x)."""
     N, d = t.shape
     D = d // 2
     out = t.clone()

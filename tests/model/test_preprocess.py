@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,23 +10,21 @@ import pytest
 import torch
 from PIL import Image
 
-from mslam_ns.cli import UserError
-from mslam_ns.model.preprocess import (plan_transform, preprocess_image, to_network_input, to_unit_float,
-                                       true_shape)
+from mslam_ns.errors import UserError
+from mslam_ns.model.preprocess import (
+    MIN_FRAME_SIDE,
+    plan_transform,
+    preprocess_image,
+    to_network_input,
+    to_unit_float,
+    true_shape,
+)
+from tests.model._fixtures import FIXTURE_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
 CASES = ["land_640x480", "odd_700x450", "square_500x500", "portrait_300x400"]
 
 
-def _fixture_dir() -> Path | None:
-    for cand in (os.environ.get("MSLAM_SHARED"), REPO.parent / "shared", REPO / "shared"):
-        if cand and (Path(cand) / "fixtures/mast3r/preprocess/expected.npz").is_file():
-            return Path(cand) / "fixtures/mast3r/preprocess"
-    return None
-
-
-FIX = _fixture_dir()
-needs_fixture = pytest.mark.skipif(FIX is None, reason="shared fixture folder (MSLAM_SHARED) not found")
+FIX = FIXTURE_ROOT / "preprocess"
 
 
 def _smooth_rgb(w: int, h: int, seed: int = 0) -> np.ndarray:  # [h, w, 3] uint8
@@ -38,7 +35,6 @@ def _smooth_rgb(w: int, h: int, seed: int = 0) -> np.ndarray:  # [h, w, 3] uint8
 
 
 # ------------------------------------------------------------------------------------- official fixture
-@needs_fixture
 @pytest.mark.parametrize("case", CASES)
 def test_bit_exact_with_official_load_images(case: str) -> None:
     expected = np.load(FIX / "expected.npz")
@@ -132,7 +128,20 @@ def test_bad_files_are_one_line_user_errors(tmp_path: Path) -> None:
         preprocess_image(tmp_path / "bad.png")
     Image.fromarray(np.zeros((2, 400, 3), np.uint8)).save(tmp_path / "thin.png")
     with pytest.raises(UserError, match=r"thin\.png: a 400x2 image is too thin"):
-        preprocess_image(tmp_path / "thin.png")
+        preprocess_image(tmp_path / "thin.png", min_side=1)
+
+
+def test_frames_below_the_minimum_size_are_refused(tmp_path: Path) -> None:
+    """A 16x12 frame would be enlarged 32x: refused with one line naming the file, for files and arrays."""
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(tmp_path / "tiny.png")
+    with pytest.raises(UserError, match=r"tiny\.png: frames are 16x12 pixels, smaller than the minimum of "
+                                        rf"{MIN_FRAME_SIDE} per side \(the network would see them enlarged 32x\)"):
+        preprocess_image(tmp_path / "tiny.png")
+    with pytest.raises(ValueError, match="16x12"):  # arrays too (an ImageSizeError is both)
+        preprocess_image(np.zeros((12, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match=f"31x{MIN_FRAME_SIDE}"):
+        plan_transform(31, MIN_FRAME_SIDE)
+    assert plan_transform(MIN_FRAME_SIDE, MIN_FRAME_SIDE).network_size == (512, 384)  # the minimum itself is fine
 
 
 # ---------------------------------------------------------------------------------------- sizes / maps

@@ -204,7 +204,8 @@ def test_mast3r_pair_errors_in_documented_ranges() -> None:
     Sim(3) fit itself would add noise of the order of the translation error (scale and depth-translation
     are nearly degenerate for a narrow field of view).
     """
-    nz = replace(PRESETS["mast3r"], depth_lowfreq=0.0, depth_noise=0.0, outlier_frac=0.0)
+    nz = replace(PRESETS["mast3r"], depth_lowfreq=0.0, depth_noise=0.0, outlier_frac=0.0, focal_sigma=0.0,
+                 pp_sigma=0.0)
     rows = pair_measurements(nz)
     g = np.array([r["g"] for r in rows])
     assert g.min() > 0.5  # the test's baselines are in the regime where the measurement is clean
@@ -232,12 +233,47 @@ def test_mast3r_depth_noise_and_outlier_rate() -> None:
     assert 0.005 < ii[~out_ii].std() < 0.012, ii[~out_ii].std()
 
 
+def test_mast3r_camera_errors_are_a_perturbed_pinhole_per_pass() -> None:
+    """Each view's rays are those of a pinhole with a ~3% focal error and a ~1% principal-point offset."""
+    from mslam_ns.geometry.intrinsics import fit_pinhole
+
+    nz = PRESETS["mast3r"]
+    n = 8
+    depths = [smooth_depth(H, W, 30 + s) for s in range(n)]
+    poses = random_poses(n, seed=4, step=0.1)
+    K = pinhole(W, H)
+    pr, enc = make_prior(depths, poses, nz, seed=4, K=K)
+    exact, enc0 = make_prior(depths, poses, replace(nz, focal_sigma=0.0, pp_sigma=0.0), seed=4, K=K)
+    logf, dcx, dcy = [], [], []
+    for i in range(n):
+        for j in range(n):
+            p = pr.decode(enc[i], enc[j])
+            for X in (p.ii.X, p.ji.X) if i == j else (p.ii.X,):
+                fx, fy, cx, cy = fit_pinhole(X, fit_pp=True, shared_focal=False, refine_iters=0)
+                assert fx == pytest.approx(fy, rel=1e-4)  # one focal error for both axes
+                logf.append(np.log(fx / K[0, 0]))
+                dcx.append((cx - K[0, 2]) / W)
+                dcy.append((cy - K[1, 2]) / H)
+            # the other errors are the very same samples with and without camera errors
+            q = exact.decode(enc0[i], enc0[j])
+            torch.testing.assert_close(p.ii.C, q.ii.C)
+            torch.testing.assert_close(p.ii.X[..., 2], q.ii.X[..., 2])  # depth along z is untouched
+    logf, dcx, dcy = map(np.asarray, (logf, dcx, dcy))
+    assert 0.7 * nz.focal_sigma < logf.std() < 1.3 * nz.focal_sigma, logf.std()
+    assert 0.7 * nz.pp_sigma < dcx.std() < 1.3 * nz.pp_sigma, dcx.std()
+    assert 0.7 * nz.pp_sigma < dcy.std() < 1.3 * nz.pp_sigma, dcy.std()
+    assert abs(logf.mean()) < 0.02 and abs(dcx.mean()) < 0.008  # zero-mean (8 images: loose)
+    assert PRESETS["hard"].focal_sigma == pytest.approx(2 * nz.focal_sigma)
+    assert PRESETS["hard"].pp_sigma == pytest.approx(2 * nz.pp_sigma)
+
+
 def test_hard_roughly_doubles_mast3r() -> None:
     m, h = PRESETS["mast3r"], PRESETS["hard"]
-    for f in ("rot_deg", "trans_frac", "rel_scale_sigma", "pass_scale_sigma", "depth_noise", "outlier_frac"):
+    for f in ("rot_deg", "trans_frac", "rel_scale_sigma", "pass_scale_sigma", "depth_noise", "outlier_frac",
+              "focal_sigma", "pp_sigma"):
         assert getattr(h, f) == pytest.approx(2 * getattr(m, f))
     n = PRESETS["none"]
-    assert n.rot_deg == n.depth_noise == n.outlier_frac == n.desc_noise == 0.0
+    assert n.rot_deg == n.depth_noise == n.outlier_frac == n.desc_noise == n.focal_sigma == n.pp_sigma == 0.0
     with pytest.raises(ValueError, match="mast3r"):
         get_noise("medium")
 
@@ -356,7 +392,7 @@ def test_retrieval_features_find_revisited_places() -> None:
     enc = [pr.encode(torch.from_numpy(rgbs[i]).permute(2, 0, 1).float() / 255.0, i) for i in range(3)]
     feats = [pr.retrieval_features(e) for e in enc]
     for f in feats:
-        assert f.dtype == torch.float32 and f.ndim == 2 and f.shape[1] == 2 * pr.desc_dim and 20 <= len(f) <= 256
+        assert f.dtype == torch.float32 and f.ndim == 2 and f.shape[1] == 256 and 20 <= len(f) <= 256
         torch.testing.assert_close(f.norm(dim=1), torch.ones(len(f)), atol=1e-5, rtol=0)
 
     def score(a: torch.Tensor, b: torch.Tensor) -> float:  # mean best-match similarity

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mslam_ns.cli import UserError
-from mslam_ns.io.frames import FrameSource, open_source
+from mslam_ns.errors import UserError
+from mslam_ns.io.frames import FrameSource
+from mslam_ns.io.sources import open_source
 from mslam_ns.model.preprocess import preprocess_image, to_unit_float
 from mslam_ns.prior.oracle import OraclePrior
 
@@ -62,27 +63,27 @@ def test_from_source_mast3r_noise_runs_and_is_close(sequence: Path) -> None:
 class _NoGt(FrameSource):
     def __init__(self, path: Path, depth: bool) -> None:
         super().__init__(path, timestamps=np.arange(3.0), names=["a", "b", "c"])
-        self._size = (32, 24)
+        self._size = (64, 48)  # at least MIN_FRAME_SIDE per side
         self._depth = depth
         from mslam_ns.io.frames import Intrinsics
 
-        self.intrinsics = Intrinsics(30.0, 30.0, 15.5, 11.5, 32, 24)
+        self.intrinsics = Intrinsics(60.0, 60.0, 31.5, 23.5, 64, 48)
 
     def _read_image(self, k: int) -> np.ndarray:
-        return np.zeros((24, 32, 3), np.uint8)
+        return np.zeros((48, 64, 3), np.uint8)
 
     def _read_depth(self, k: int):
-        return np.ones((24, 32), np.float32) if self._depth else None
+        return np.ones((48, 64), np.float32) if self._depth else None
 
 
 def test_from_source_needs_ground_truth_and_depth(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="ground-truth"):
-        OraclePrior.from_source(_NoGt(tmp_path, depth=True), size=32)
+        OraclePrior.from_source(_NoGt(tmp_path, depth=True), size=64)
     s = _NoGt(tmp_path, depth=False)
     s._gt = np.tile(np.eye(4), (3, 1, 1))
     with pytest.raises(UserError, match="depth"):
-        OraclePrior.from_source(s, size=32)
+        OraclePrior.from_source(s, size=64)
     s._depth = True
     s._gt[1] = np.nan  # a frame without ground truth borrows its neighbour's pose
-    pr = OraclePrior.from_source(s, size=32)
+    pr = OraclePrior.from_source(s, size=64)
     assert np.isfinite(pr.poses_wc).all()

@@ -21,6 +21,6 @@ def synthetic_seq(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_source(synthetic_seq):
-    from mslam_ns.io.frames import open_source
+    from mslam_ns.io.sources import open_source
 
     return open_source(synthetic_seq)

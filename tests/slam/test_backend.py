@@ -27,7 +27,7 @@ def loop2(tmp_path_factory) -> Path:
 
 
 def _run(seq: Path, noise: str = "mast3r", mode: str = "rays", thread: bool = False, **kw):
-    from mslam_ns.io.frames import open_source
+    from mslam_ns.io.sources import open_source
     from mslam_ns.prior.oracle import OraclePrior
     from mslam_ns.slam.system import SlamSystem
 
@@ -49,20 +49,24 @@ def _ate(system, src, frontend: bool = False, keep=None):
     return r.rmse_percent_of_path, r.rot_median_deg
 
 
-@pytest.mark.parametrize("noise,mode,bound_pct,bound_deg", [
-    ("mast3r", "rays", 0.60, 1.0),  # measured 0.38% / 0.62 deg (frontend 1.7% / 2.1 deg)
-    ("hard", "calib", 0.75, 1.2),   # measured 0.47% / 0.75 deg
+@pytest.mark.parametrize("noise,mode,bound_pct,bound_deg,min_cut", [
+    ("mast3r", "rays", 1.2, 1.4, 2.5),   # measured 0.82% / 0.90 deg, frontend 2.26% / 2.8 deg (cut 2.8x)
+    ("hard", "calib", 0.55, 2.0, 4.0),   # measured 0.35% / 1.53 deg, frontend 2.07% / 6.4 deg (cut 5.9x)
 ])
-def test_backend_closes_the_loop_and_cuts_drift(loop2, noise, mode, bound_pct, bound_deg):
+def test_backend_closes_the_loop_and_cuts_drift(loop2, noise, mode, bound_pct, bound_deg, min_cut):
     system, src = _run(loop2, noise, mode)
     st = system.stats()
-    assert st["loop_edges"] >= 3, st  # second-lap keyframes connected to first-lap ones by retrieval
+    assert st["loop_edges"] >= 6, st  # second-lap keyframes connected to first-lap ones (measured 9 / 51)
     assert st["backend"]["failed_optimisations"] == 0
     assert int(system.trajectory.lost_mask().sum()) == 0 and system.restarts == 0  # incl. the pure rotation
     err, rot = _ate(system, src)
     err_f, rot_f = _ate(system, src, frontend=True)
     assert err < bound_pct and rot < bound_deg, (err, rot)
-    assert err_f / err >= 3.0, (err_f, err)  # drift cut at least 3x
+    assert err_f / err >= min_cut, (err_f, err)
+    if mode == "rays":  # self-calibration: the fused intrinsics, mapped back to the original images
+        K, K_gt = system.intrinsics(), src.intrinsics.K
+        assert abs(K[0, 0] / K_gt[0, 0] - 1) < 0.02 and abs(K[1, 1] / K_gt[1, 1] - 1) < 0.02
+        assert abs(K[0, 2] - K_gt[0, 2]) < 0.02 * W and abs(K[1, 2] - K_gt[1, 2]) < 0.02 * H
 
 
 def test_thread_mode_gives_complete_results_like_the_deterministic_run(loop2):
@@ -85,7 +89,7 @@ def test_relocalises_after_a_cut_into_the_same_map(loop2, tmp_path):
     seq = tmp_path / "cut"
     shutil.copytree(loop2, seq)
     names = [ln.split()[1] for ln in (seq / "rgb.txt").read_text().splitlines() if not ln.startswith("#")]
-    cut = range(78, 92)
+    cut = range(66, 96)  # a quarter lap: tracking cannot resume against the last keyframe
     for i in cut:
         img = np.asarray(Image.open(seq / names[i]))
         Image.fromarray(np.zeros_like(img)).save(seq / names[i])
@@ -94,10 +98,10 @@ def test_relocalises_after_a_cut_into_the_same_map(loop2, tmp_path):
     st = system.stats()
     assert st["reloc_edges"] >= 1
     lost = system.trajectory.lost_mask().numpy()
-    assert lost[list(cut)].all() and not lost[cut.stop + 2:].any()
+    assert lost[list(cut)].all() and not lost[cut.stop:].any()  # relocalised on the first frame back
     keep = ~lost
     err, rot = _ate(system, src, keep=keep)
-    assert err < 0.8 and rot < 1.2, (err, rot)  # measured 0.45% / 0.66 deg
+    assert err < 1.3 and rot < 3.2, (err, rot)  # measured 0.88% / 2.3 deg (frames after the cut included)
 
 
 def test_failed_optimisation_keeps_the_previous_poses(loop2):

@@ -20,30 +20,6 @@ def _read_tum(path: Path) -> np.ndarray:
     return np.array(rows, dtype=np.float64)
 
 
-def _read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Minimal binary/ascii PLY reader for x y z (float) red green blue (uchar) vertices."""
-    data = path.read_bytes()
-    end = data.index(b"end_header\n") + len(b"end_header\n")
-    header = data[:end].decode().splitlines()
-    n = int(next(l for l in header if l.startswith("element vertex")).split()[-1])
-    props = [l.split() for l in header if l.startswith("property")]
-    names = [p[-1] for p in props]
-    assert names[:3] == ["x", "y", "z"] and {"red", "green", "blue"} <= set(names)
-    fmt = next(l for l in header if l.startswith("format")).split()[1]
-    tmap = {"float": "f4", "float32": "f4", "double": "f8", "uchar": "u1", "uint8": "u1"}
-    if fmt == "ascii":
-        arr = np.loadtxt(data[end:].decode().splitlines(), ndmin=2)
-        xyz, rgb = arr[:, :3], arr[:, [names.index(c) for c in ("red", "green", "blue")]].astype(np.uint8)
-    else:
-        endian = "<" if fmt == "binary_little_endian" else ">"
-        dt = np.dtype([(p[-1], endian + tmap[p[1]]) for p in props])
-        rec = np.frombuffer(data[end:end + n * dt.itemsize], dtype=dt)
-        xyz = np.stack([rec["x"], rec["y"], rec["z"]], 1).astype(np.float64)
-        rgb = np.stack([rec["red"], rec["green"], rec["blue"]], 1)
-    assert len(xyz) == n
-    return xyz, rgb
-
-
 @pytest.fixture(scope="module", params=["rays", "calib"])
 def run_out(request, synthetic_seq, tmp_path_factory) -> tuple[str, Path]:
     out = tmp_path_factory.mktemp(f"run_{request.param}") / "out"
@@ -89,27 +65,68 @@ def test_run_ate_below_bound(run_out, synthetic_source):
     assert frac < ATE_BOUND_FRAC
 
 
-def test_points_ply_consistent_with_keyframes(run_out):
-    """points.ply has colours and lives in the trajectory's world frame: points project into a keyframe
-    with positive depth and inside (or near) its image for a large fraction of them."""
-    from mslam_ns.io.poses import pose7_to_matrix
+# (median, 99th percentile) bounds in px. Rays mode measured (30 frames 160x120, img_size 128, oracle
+# 'mast3r' noise, backend on): median 3.0, 99% 11.1 px (the fused pointmaps sit off their pixel rays by the
+# prior's noise; estimated fx within 0.4%); a dropped or wrong keyframe pose gives tens of pixels. Calib:
+# 0.000 px (the calibrated fusion keeps points on their rays), held to the issue's < 1 px.
+PIXEL_BOUND = {"calib": (1.0, 1.0), "rays": (4.5, 16.5)}
+
+
+def test_points_land_on_their_own_pixels_with_their_colours(run_out, synthetic_source):
+    """Each keyframe's points, mapped back through THAT keyframe's exported pose and the exported
+    intrinsics, land on the pixel they came from, and carry that pixel's colour."""
+    from mslam_ns.geometry.conventions import pose7_to_c2w
+    from mslam_ns.geometry.image_transform import ImageTransform
+    from mslam_ns.io.rundir import RunDir
+    from mslam_ns.model.preprocess import preprocess_image
 
     mode, out = run_out
-    xyz, rgb = _read_ply(out / "points.ply")
-    assert len(xyz) > 100 and rgb.dtype == np.uint8 and rgb.std() > 0
-    summary = json.loads((out / "summary.json").read_text())
-    k = summary["intrinsics"]
-    K = np.array([[k["fx"], 0, k["cx"]], [0, k["fy"], k["cy"]], [0, 0, 1]])
-    W, H = summary["image_transform"]["source_size"]
-    kfs = _read_tum(out / "keyframes.txt")
-    T = pose7_to_matrix(kfs[0, 1:])  # first keyframe camera -> world
-    Pc = (xyz - T[:3, 3]) @ T[:3, :3]  # world -> camera (rotation part; the camera scale cancels in u, v)
-    front = Pc[:, 2] > 0
-    uv = (Pc[front] @ K.T)
-    uv = uv[:, :2] / uv[:, 2:]
-    inside = (uv[:, 0] > -0.1 * W) & (uv[:, 0] < 1.1 * W) & (uv[:, 1] > -0.1 * H) & (uv[:, 1] < 1.1 * H)
-    # the first keyframe's own points (a good share of the cloud) must land in its image
-    assert front.mean() > 0.5 and inside.sum() > 0.2 * len(xyz)
+    rd = RunDir(out)
+    pc = rd.read_points()
+    assert len(pc) > 1000 and pc.rgb.std() > 0 and np.isfinite(pc.confidence).all()
+    K, (W, H) = rd.intrinsics()
+    assert (W, H) == synthetic_source.image_size
+    table = rd.read_frames()
+    _, kposes = rd.read_keyframes()
+    kf_rows = np.flatnonzero(table.is_keyframe)
+    assert sorted(set(pc.keyframe.tolist())) == list(range(len(kf_rows)))  # every keyframe has points
+    tf = ImageTransform.from_dict(rd.read_summary()["image_transform"])
+    errs = []
+    for k, row in enumerate(kf_rows):
+        sel = pc.keyframe == k
+        T = pose7_to_c2w(kposes[k])
+        Xc = (pc.xyz[sel] - T[:3, 3]) @ T[:3, :3]
+        assert (Xc[:, 2] > 0).all()
+        uv = (Xc @ K.T)[:, :2] / Xc[:, 2:3]
+        errs.append(np.linalg.norm(uv - pc.uv[sel], axis=1))
+        # colours: the network image made from the keyframe's own source frame, at the point's pixel
+        net, _ = preprocess_image(synthetic_source[int(row)].image, size=IMG_SIZE)
+        ij = np.rint(np.asarray(tf.to_network(pc.uv[sel].astype(np.float64)))).astype(int)
+        np.testing.assert_array_equal(pc.rgb[sel], net[ij[:, 1], ij[:, 0]])
+    e = np.concatenate(errs)
+    print(f"[{mode}] reprojection of keyframe points onto their pixels: median {np.median(e):.3f} px, "
+          f"99% {np.percentile(e, 99):.3f} px")
+    assert np.median(e) < PIXEL_BOUND[mode][0] and np.percentile(e, 99) < PIXEL_BOUND[mode][1]
+
+
+def test_run_folder_has_edges_thumbnails_and_reloadable_config(run_out):
+    from mslam_ns.commands.options import RunOptions, load_options
+    from mslam_ns.io.rundir import RunDir
+
+    mode, out = run_out
+    rd = RunDir(out)
+    assert RunDir.is_run(out)
+    n_kf = len(rd.read_keyframes()[0])
+    edges, kinds = rd.read_edges()
+    assert edges.shape[1] == 2 and len(kinds) == len(edges) and (edges < n_kf).all()
+    for k in range(n_kf):
+        th = rd.read_thumbnail(k)
+        assert th is not None and th.shape[1] == IMG_SIZE and th.ndim == 3
+    k = rd.read_summary()["intrinsics"]
+    assert {"fx", "fy", "cx", "cy", "width", "height"} <= set(k)
+    cfg = load_options(RunOptions, rd.file(RunDir.CONFIG))
+    assert cfg.slam.img_size == IMG_SIZE and cfg.slam.mode == mode and cfg.prior == "oracle"
+    assert Path(cfg.dataset).is_absolute()
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_dir", "not_images", "bad_calib", "out_is_file"])
@@ -180,3 +197,128 @@ def test_frames_table_keeps_original_names(run_out, synthetic_source):
     np.testing.assert_allclose([float(r[0]) for r in rows], synthetic_source.timestamps, atol=1e-6)
     kf_rows = [r for r in rows if r[2] == "1"]
     assert len(kf_rows) == len(_read_tum(out / "keyframes.txt"))
+
+
+def test_run_refuses_non_empty_out_unless_overwrite(synthetic_seq, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("keep me")
+    args = ["run", str(synthetic_seq), "--out", str(out), "--img-size", str(IMG_SIZE), "--max-frames", "6", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty" in err[0] and "--overwrite" in err[0]
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert main(args + ["--overwrite"]) == 0
+    assert not (out / "old.txt").exists() and (out / "trajectory.txt").is_file()  # replaced, no stale file
+
+
+def test_every_slam_config_field_from_flags_and_config_file(synthetic_seq, tmp_path, capsys):
+    """Nested SlamConfig fields are flags; a YAML --config sets defaults, flags override it; the resolved
+    config lands in OUT/config.yaml and summary.json, and reloads to the same run settings."""
+    import dataclasses
+
+    from mslam_ns.config import SlamConfig
+
+    cfg = tmp_path / "preset.yaml"
+    cfg.write_text("img_size: 96\ntracking: {residual: {huber: 2.5}}\nmatching:\n  refine: false\nmax_frames: 6\n"
+                   "backend: {lm: {max_iters: 4}}\n")
+    out = tmp_path / "out"
+    assert main(["run", str(synthetic_seq), "--config", str(cfg), "--out", str(out), "--img-size", str(IMG_SIZE),
+                 "--backend.lm.delta-norm", "1e-7", "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())["config"]
+    assert s["img_size"] == IMG_SIZE  # the flag beats the file
+    assert s["tracking"]["residual"]["huber"] == 2.5 and s["matching"]["refine"] is False
+    lm = s["backend"]["lm"]  # file, flag, and the backend's own non-LMConfig default kept for the rest
+    assert lm["max_iters"] == 4 and lm["delta_norm"] == 1e-7 and lm["rel_error"] == SlamConfig().backend.lm.rel_error
+    assert set(s) == {f.name for f in dataclasses.fields(SlamConfig)}
+    assert _read_tum(out / "trajectory.txt").shape == (6, 8)
+    # the written config reruns the same thing
+    out2 = tmp_path / "out2"
+    assert main(["run", "--config", str(out / "config.yaml"), "--out", str(out2), "--quiet"]) == 0
+    assert json.loads((out2 / "summary.json").read_text())["config"] == s
+    np.testing.assert_allclose(_read_tum(out2 / "trajectory.txt"), _read_tum(out / "trajectory.txt"), atol=1e-6)
+    # help shows nested groups
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--tracking.residual.huber" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text,needle", [("img_size: [1]\n", "img_size"), ("no_such_option: 1\n", "no_such_option"),
+                                         ("tracking: {nope: 1}\n", "nope"), ("- a\n", "mapping"),
+                                         ("mode: sideways\n", "mode")])
+def test_bad_config_file_is_one_line(synthetic_seq, tmp_path, capsys, text, needle):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    out = tmp_path / "out"
+    assert main(["run", str(synthetic_seq), "--config", str(cfg), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(cfg) in err[0] and needle in err[0]
+    assert not out.exists()
+
+
+def test_config_presets_load(synthetic_seq):
+    """Every preset in configs/ loads through the typed options."""
+    from mslam_ns.commands.options import RunOptions, load_options
+
+    presets = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert {p.stem for p in presets} >= {"calibrated", "uncalibrated", "cpu-preview", "high-quality"}
+    for p in presets:
+        o = load_options(RunOptions, p)
+        assert o.slam.img_size > 0
+
+
+def test_run_with_live_viewer(synthetic_seq, tmp_path, capsys):
+    pytest.importorskip("viser")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    assert main(["run", str(synthetic_seq), "--out", str(out), "--img-size", str(IMG_SIZE), "--max-frames", "6",
+                 "--view", "--port", str(port), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "live viewer at http://" in err and "127.0.0.1" in err
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert not {"view", "host", "port"} & set(saved)  # how it was watched is not a setting of the run
+
+
+def test_eval_plot(run_out, synthetic_seq):
+    _, out = run_out
+    assert main(["eval", str(out), "--gt", str(synthetic_seq / "groundtruth.txt"), "--plot"]) == 0
+    assert (out / "plot_trajectory.png").stat().st_size > 1000 and (out / "plot_ate.png").is_file()
+
+
+def test_interrupt_mid_run_leaves_the_old_out_untouched(synthetic_seq, tmp_path, capsys, monkeypatch):
+    """Ctrl-C on the 4th frame of a --overwrite run: exit 130, one line, OUT exactly as it was, no temp folder."""
+    import mslam_ns.commands.slam as slam_cmds
+
+    real = slam_cmds.open_dataset
+
+    class Interrupting:
+        def __init__(self, src):
+            self.src = src
+
+        def __len__(self):
+            return len(self.src)
+
+        def __getitem__(self, i):
+            if i == 3:
+                raise KeyboardInterrupt
+            return self.src[i]
+
+        def __getattr__(self, name):
+            return getattr(self.src, name)
+
+    monkeypatch.setattr(slam_cmds, "open_dataset", lambda *a, **k: Interrupting(real(*a, **k)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("earlier run")
+    rc = main(["run", str(synthetic_seq), "--out", str(out), "--img-size", str(IMG_SIZE), "--max-frames", "8",
+               "--overwrite", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 130 and err == ["mslam-ns: interrupted"]
+    assert [p.name for p in out.iterdir()] == ["old.txt"] and (out / "old.txt").read_text() == "earlier run"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -21,7 +21,7 @@ def _tiny_checkpoint() -> Path:
     for d in fixture_dirs():
         if (d / "checkpoint.pth").is_file():
             return d / "checkpoint.pth"
-    pytest.skip("no MASt3R fixture checkpoint found (shared/fixtures/mast3r or MSLAM_MAST3R_FIXTURES)")
+    pytest.fail("no MASt3R fixture checkpoint found (tests/data/mast3r/tiny_A or MSLAM_MAST3R_FIXTURES)")
 
 
 def _write_room_video(path: Path, n: int, w: int = 128, h: int = 96, pts_ms: list[int] | None = None) -> None:

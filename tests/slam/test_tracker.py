@@ -127,19 +127,32 @@ def test_tracking_failure_on_black_frame_is_handled(synthetic_source):
 
 
 def test_repeated_failures_restart_from_a_new_keyframe(synthetic_source):
+    """Textured frames that fail to track (here: an impossible match-fraction demand) restart the map after
+    max_lost failures; black frames, which have no confident points, never do."""
     from mslam_ns.io.frames import RawFrame
     from mslam_ns.prior.oracle import OraclePrior
 
     src = synthetic_source
     prior = OraclePrior.from_source(src, size=IMG_SIZE, noise="none", seed=0)
-    system = SlamSystem(prior, _fast_cfg(), max_lost=2)
+    cfg = _fast_cfg()
+    cfg.backend.enabled = False  # no relocalisation: the restart path alone
+    system = SlamSystem(prior, cfg, max_lost=2)
     system.step(src[0])
+    for k in range(3):
+        f = src[1 + k]
+        r = system.step(RawFrame(1 + k, f.timestamp, f"black{k}.png", np.zeros_like(f.image)))
+        assert not r.tracked and not r.is_keyframe
+    assert system.restarts == 0
     n_kf = len(system.keyframes)
+    cfg.tracking.min_match_frac = 0.999
     for k in range(2):
-        f = src[1]
-        r = system.step(RawFrame(1 + k, f.timestamp + k, f"far{k}.png", np.zeros_like(f.image)))
+        r = system.step(src[4 + k])
     assert system.restarts == 1 and r.is_keyframe and r.reason == "restart"
     assert len(system.keyframes) == n_kf + 1
+    cfg.tracking.min_match_frac = 0.05
+    r = system.step(src[6])
+    assert r.tracked and r.kf_id == n_kf  # tracking resumes against the restart keyframe
+    assert system.trajectory.lost_mask().tolist() == [False, True, True, True, True, False, False]
 
 
 class _RecordingBackend:

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "gn.h"
+#include "gn_checks.h"
 
 namespace {
 
@@ -233,23 +234,16 @@ void accumulate_edges(const T* Tij,          // [E, 8]
   });
 }
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
-
 }  // namespace
 
 // Returns [H [E,14,14], g [E,14], cost [E], count [E]] (count = number of residual-contributing pixels).
 std::vector<at::Tensor> edge_normal_equations(int64_t mode, at::Tensor Twc, at::Tensor X, at::Tensor C,
                                               at::Tensor ii, at::Tensor jj, at::Tensor idx, at::Tensor valid,
                                               at::Tensor Q, std::vector<double> params, int64_t H, int64_t W) {
-  for (auto* t : {&Twc, &X, &C, &ii, &jj, &idx, &valid, &Q}) check_cpu(*t, "input");
-  TORCH_CHECK(params.size() == mslam::gn::kNumParams, "expected ", mslam::gn::kNumParams, " parameters");
-  TORCH_CHECK(mode >= 0 && mode <= 2, "mode must be 0 (rays), 1 (calib) or 2 (points)");
-  const int64_t E = ii.size(0);
-  const int64_t HW = X.size(1);
-  TORCH_CHECK(HW < (int64_t(1) << 31), "at most 2^31 - 1 pixels per pointmap");
+  const auto dims =
+      mslam::gn::check_edge_normal_equations(mode, Twc, X, C, ii, jj, idx, valid, Q, params, c10::DeviceType::CPU);
+  const int64_t E = dims.E;
+  const int64_t HW = dims.HW;
   auto opts = X.options();
   at::Tensor Hout = at::zeros({E, 14, 14}, opts);
   at::Tensor gout = at::zeros({E, 14}, opts);
@@ -313,8 +307,7 @@ std::vector<at::Tensor> edge_normal_equations(int64_t mode, at::Tensor Twc, at::
 
 // T <- Exp(dx) T for rows >= n_fixed. dx has N rows (rows < n_fixed ignored) or N - n_fixed rows.
 at::Tensor pose_retract(at::Tensor Twc, at::Tensor dx, int64_t n_fixed) {
-  check_cpu(Twc, "Twc");
-  check_cpu(dx, "dx");
+  mslam::gn::check_pose_retract(Twc, dx, n_fixed, c10::DeviceType::CPU);
   const int64_t N = Twc.size(0);
   const int64_t offset = dx.size(0) == N ? 0 : n_fixed;
   at::Tensor out = Twc.clone();

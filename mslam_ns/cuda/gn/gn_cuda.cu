@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gn.h"
+#include "gn_checks.h"
 
 namespace {
 
@@ -112,30 +113,24 @@ __global__ void retract_kernel(T* __restrict__ Twc, const T* __restrict__ dx, in
   for (int k = 0; k < 8; ++k) Twc[i * 8 + k] = T(g[k]);
 }
 
-void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cuda(), name, " must be a CUDA tensor");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
-
 }  // namespace
 
 // Returns [H [E,14,14], g [E,14], cost [E], count [E]].
 std::vector<at::Tensor> edge_normal_equations(int64_t mode, at::Tensor Twc, at::Tensor X, at::Tensor C,
                                               at::Tensor ii, at::Tensor jj, at::Tensor idx, at::Tensor valid,
                                               at::Tensor Q, std::vector<double> params, int64_t H, int64_t W) {
-  for (auto* t : {&Twc, &X, &C, &ii, &jj, &idx, &valid, &Q}) check_cuda(*t, "input");
-  TORCH_CHECK(params.size() == mslam::gn::kNumParams, "expected ", mslam::gn::kNumParams, " parameters");
-  TORCH_CHECK(mode >= 0 && mode <= 2, "mode must be 0 (rays), 1 (calib) or 2 (points)");
+  const auto dims =
+      mslam::gn::check_edge_normal_equations(mode, Twc, X, C, ii, jj, idx, valid, Q, params, c10::DeviceType::CUDA);
   const at::cuda::CUDAGuard guard(X.device());
-  const int64_t E = ii.size(0);
-  const int64_t HW = X.size(1);
+  const int64_t E = dims.E;
+  const int64_t HW = dims.HW;
   auto opts = X.options();
   at::Tensor Hout = at::empty({E, 14, 14}, opts);
   at::Tensor gout = at::empty({E, 14}, opts);
   at::Tensor cost = at::empty({E}, opts);
   at::Tensor count = at::empty({E}, opts.dtype(at::kLong));
   if (E == 0) return {Hout, gout, cost, count};
-  TORCH_CHECK(E <= 65535, "at most 65535 edges per call");
+  TORCH_CHECK(E <= 65535, "at most 65535 edges per call");  // launch limit of this build (grid y = edge)
   at::Tensor acc = at::zeros({E, kAcc}, opts.dtype(at::kDouble));
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t per_thread = 4;
@@ -175,8 +170,7 @@ std::vector<at::Tensor> edge_normal_equations(int64_t mode, at::Tensor Twc, at::
 
 // T <- Exp(dx) T for rows >= n_fixed. dx has N rows (rows < n_fixed ignored) or N - n_fixed rows.
 at::Tensor pose_retract(at::Tensor Twc, at::Tensor dx, int64_t n_fixed) {
-  check_cuda(Twc, "Twc");
-  check_cuda(dx, "dx");
+  mslam::gn::check_pose_retract(Twc, dx, n_fixed, c10::DeviceType::CUDA);
   const at::cuda::CUDAGuard guard(Twc.device());
   const int64_t N = Twc.size(0);
   const int64_t offset = dx.size(0) == N ? 0 : n_fixed;

@@ -1,4 +1,4 @@
-"""Matching ops (SPEC.md section 2): ray image, iterative projective matching, descriptor refinement.
+"""Matching ops (docs/algorithm.md section 2): ray image, iterative projective matching, descriptor refinement.
 
 Each public op checks its inputs (shapes, dtypes, devices, finiteness: bad input raises ``ValueError``),
 makes them contiguous and dispatches to the compiled kernel for the tensors' device
@@ -80,7 +80,7 @@ def iproj(
 ) -> tuple[Tensor, Tensor]:  # p [B, N, 2] float32 (u, v), converged [B, N] bool
     """Iterative projective matching: for each target ray, the pixel of the ray image that points at it.
 
-    Levenberg-Marquardt on (u, v) (SPEC.md section 2 step 4); pixels stay in [1, W-2] x [1, H-2];
+    Levenberg-Marquardt on (u, v) (docs/algorithm.md section 2 step 4); pixels stay in [1, W-2] x [1, H-2];
     ``converged`` iff the final |psi_hat(p) - target|^2 < cost_thresh. A point stops early once its
     proposed step is below ``step_tol`` pixels in u and v (0 = always run max_iter iterations).
     """
@@ -117,7 +117,7 @@ def refine_matches(
     radius: int = 3,
     dilation_max: int = 5,
 ) -> Tensor:  # [B, N, 2] int64 (u, v)
-    """Descriptor refinement: multi-dilation window search for the best dot product (SPEC.md section 2 step 6).
+    """Descriptor refinement: multi-dilation window search for the best dot product (docs/algorithm.md 2.6).
 
     For d = dilation_max .. 1 the (2 radius + 1)^2 pixels p + d (dx, dy) inside the image are scored with
     dot(D_j[n], D_i[candidate]) (accumulated in float32); the best positive score is the next centre.

@@ -1,4 +1,4 @@
-// Per-element math of the matcher (SPEC.md section 2), written once for host (C++) and device (CUDA).
+// Per-element math of the matcher (docs/algorithm.md section 2), written once for host (C++) and device (CUDA).
 //
 // matching_cpu.cpp and matching_cuda.cu only loop over (batch, point) and call these bodies; the PyTorch
 // twins in _torch_impl.py follow the same formulas in the same floating-point order.
@@ -108,7 +108,7 @@ MSLAM_HD bool lm_step(const float s[9], const float e[3], float lambda, float* d
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Iterative projective matching of one query ray (SPEC.md section 2, step 4).
+// Iterative projective matching of one query ray (docs/algorithm.md section 2, step 4).
 // ---------------------------------------------------------------------------------------------------
 
 struct IprojParams {
@@ -172,7 +172,7 @@ MSLAM_HD void iproj_point(const float* __restrict__ img,  // [H, W, 9]
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Descriptor refinement of one query pixel (SPEC.md section 2, step 6).
+// Descriptor refinement of one query pixel (docs/algorithm.md section 2, step 6).
 // ---------------------------------------------------------------------------------------------------
 
 template <typename T>

@@ -1,6 +1,7 @@
 // CPU build of the matching kernels: at::parallel_for loops over (batch, point) around the per-element
 // bodies of matching.h. The Python wrapper (mslam_ns.cuda.matching) has already checked shapes, dtypes and
-// finiteness and made every input contiguous; the TORCH_CHECKs below only guard the C++ boundary.
+// finiteness and made every input contiguous; each binding guards the C++ boundary with its kernel's one
+// check function (matching_checks.h, shared with the CUDA build).
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -14,6 +15,7 @@
 #endif
 
 #include "matching/matching.h"
+#include "matching/matching_checks.h"
 
 namespace {
 
@@ -23,30 +25,13 @@ using mslam::matching::RefineParams;
 constexpr int64_t kIprojGrain = 512;   // points per task
 constexpr int64_t kRefineGrain = 256;  // points per task
 
-void check_cpu_contiguous(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
-
 std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W, 9] float32
                                          const at::Tensor& targets,  // [B, N, 3] float32
                                          const at::Tensor& p_init,   // [B, N, 2] float32 (u, v)
                                          int64_t max_iter, double lambda_init, double cost_thresh,
                                          double step_tol) {
-  check_cpu_contiguous(rays, "rays_img");
-  check_cpu_contiguous(targets, "targets");
-  check_cpu_contiguous(p_init, "p_init");
-  TORCH_CHECK(rays.dim() == 4 && rays.size(3) == 9 && rays.scalar_type() == at::kFloat,
-              "rays_img must be [B, H, W, 9] float32");
-  const int64_t B = rays.size(0), H = rays.size(1), W = rays.size(2);
-  TORCH_CHECK(H >= 3 && W >= 3, "rays_img must be at least 3x3");
-  TORCH_CHECK(targets.dim() == 3 && targets.size(0) == B && targets.size(2) == 3 &&
-                  targets.scalar_type() == at::kFloat,
-              "targets must be [B, N, 3] float32");
-  const int64_t N = targets.size(1);
-  TORCH_CHECK(p_init.dim() == 3 && p_init.size(0) == B && p_init.size(1) == N && p_init.size(2) == 2 &&
-                  p_init.scalar_type() == at::kFloat,
-              "p_init must be [B, N, 2] float32");
+  const auto dims = mslam::matching::check_iproj(rays, targets, p_init, c10::DeviceType::CPU);
+  const int64_t B = dims.B, H = dims.H, W = dims.W, N = dims.N;
 
   at::Tensor p = at::empty({B, N, 2}, p_init.options());                    // [B, N, 2]
   at::Tensor converged = at::empty({B, N}, p_init.options().dtype(at::kBool));  // [B, N]
@@ -263,18 +248,8 @@ at::Tensor refine_matches(const at::Tensor& D_i,  // [B, H, W, F] float32 or flo
                           const at::Tensor& D_j,  // [B, N, F] float32 or float16
                           const at::Tensor& p,    // [B, N, 2] int64 (u, v)
                           int64_t radius, int64_t dilation_max) {
-  check_cpu_contiguous(D_i, "D_i");
-  check_cpu_contiguous(D_j, "D_j");
-  check_cpu_contiguous(p, "p");
-  TORCH_CHECK(D_i.dim() == 4, "D_i must be [B, H, W, F]");
-  const int64_t B = D_i.size(0), H = D_i.size(1), W = D_i.size(2), F = D_i.size(3);
-  TORCH_CHECK(D_i.scalar_type() == at::kFloat || D_i.scalar_type() == at::kHalf, "D_i must be float32 or float16");
-  TORCH_CHECK(D_j.dim() == 3 && D_j.size(0) == B && D_j.size(2) == F, "D_j must be [B, N, F]");
-  const int64_t N = D_j.size(1);
-  TORCH_CHECK(p.dim() == 3 && p.size(0) == B && p.size(1) == N && p.size(2) == 2 &&
-                  p.scalar_type() == at::kLong,
-              "p must be [B, N, 2] int64");
-  TORCH_CHECK(radius >= 0 && radius <= 64 && dilation_max >= 0, "need 0 <= radius <= 64, dilation_max >= 0");
+  const auto dims = mslam::matching::check_refine(D_i, D_j, p, radius, dilation_max, c10::DeviceType::CPU);
+  const int64_t B = dims.B, H = dims.H, W = dims.W, F = dims.F, N = dims.N;
 
   const bool avx = avx_scorer_usable(F);
   // Every descriptor of image i is read ~245 times: convert fp16 once up front (ATen, vectorised) unless

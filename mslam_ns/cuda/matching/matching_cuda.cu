@@ -1,6 +1,7 @@
 // CUDA build of the matching kernels: grid-stride loops over (batch, point) around the per-element bodies of
 // matching.h (the same bodies the CPU build runs). The Python wrapper (mslam_ns.cuda.matching) has checked
-// shapes, dtypes and finiteness and made every input contiguous; the TORCH_CHECKs only guard the boundary.
+// shapes, dtypes and finiteness and made every input contiguous; each binding guards the C++ boundary with its
+// kernel's one check function (matching_checks.h, shared with the CPU build).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
@@ -10,6 +11,7 @@
 #include <tuple>
 
 #include "matching/matching.h"
+#include "matching/matching_checks.h"
 
 namespace {
 
@@ -21,11 +23,6 @@ constexpr int kThreads = 256;
 int num_blocks(int64_t n) {
   const int64_t blocks = (n + kThreads - 1) / kThreads;
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535));
-}
-
-void check_cuda_contiguous(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
 __global__ void iproj_kernel(const float* __restrict__ img,  // [B, H, W, 9]
@@ -72,20 +69,8 @@ std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W
                                          const at::Tensor& p_init,   // [B, N, 2] float32 (u, v)
                                          int64_t max_iter, double lambda_init, double cost_thresh,
                                          double step_tol) {
-  check_cuda_contiguous(rays, "rays_img");
-  check_cuda_contiguous(targets, "targets");
-  check_cuda_contiguous(p_init, "p_init");
-  TORCH_CHECK(rays.dim() == 4 && rays.size(3) == 9 && rays.scalar_type() == at::kFloat,
-              "rays_img must be [B, H, W, 9] float32");
-  const int64_t B = rays.size(0), H = rays.size(1), W = rays.size(2);
-  TORCH_CHECK(H >= 3 && W >= 3, "rays_img must be at least 3x3");
-  TORCH_CHECK(targets.dim() == 3 && targets.size(0) == B && targets.size(2) == 3 &&
-                  targets.scalar_type() == at::kFloat,
-              "targets must be [B, N, 3] float32");
-  const int64_t N = targets.size(1);
-  TORCH_CHECK(p_init.dim() == 3 && p_init.size(0) == B && p_init.size(1) == N && p_init.size(2) == 2 &&
-                  p_init.scalar_type() == at::kFloat,
-              "p_init must be [B, N, 2] float32");
+  const auto dims = mslam::matching::check_iproj(rays, targets, p_init, c10::DeviceType::CUDA);
+  const int64_t B = dims.B, H = dims.H, W = dims.W, N = dims.N;
   const c10::cuda::CUDAGuard guard(rays.device());
   at::Tensor p = at::empty({B, N, 2}, p_init.options());                        // [B, N, 2]
   at::Tensor converged = at::empty({B, N}, p_init.options().dtype(at::kBool));  // [B, N]
@@ -103,18 +88,8 @@ at::Tensor refine_matches(const at::Tensor& D_i,  // [B, H, W, F] float32 or flo
                           const at::Tensor& D_j,  // [B, N, F] same dtype
                           const at::Tensor& p,    // [B, N, 2] int64 (u, v)
                           int64_t radius, int64_t dilation_max) {
-  check_cuda_contiguous(D_i, "D_i");
-  check_cuda_contiguous(D_j, "D_j");
-  check_cuda_contiguous(p, "p");
-  TORCH_CHECK(D_i.dim() == 4, "D_i must be [B, H, W, F]");
-  const int64_t B = D_i.size(0), H = D_i.size(1), W = D_i.size(2), F = D_i.size(3);
-  TORCH_CHECK(D_j.dim() == 3 && D_j.size(0) == B && D_j.size(2) == F && D_j.scalar_type() == D_i.scalar_type(),
-              "D_j must be [B, N, F] with D_i's dtype");
-  const int64_t N = D_j.size(1);
-  TORCH_CHECK(p.dim() == 3 && p.size(0) == B && p.size(1) == N && p.size(2) == 2 &&
-                  p.scalar_type() == at::kLong,
-              "p must be [B, N, 2] int64");
-  TORCH_CHECK(radius >= 0 && radius <= 64 && dilation_max >= 0, "need 0 <= radius <= 64, dilation_max >= 0");
+  const auto dims = mslam::matching::check_refine(D_i, D_j, p, radius, dilation_max, c10::DeviceType::CUDA);
+  const int64_t B = dims.B, H = dims.H, W = dims.W, F = dims.F, N = dims.N;
   const c10::cuda::CUDAGuard guard(D_i.device());
   at::Tensor out = at::empty_like(p);  // [B, N, 2]
   if (B * N == 0) return out;

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mslam_ns.io.frames import FrameSource, user_error
+from mslam_ns.errors import UserError
+from mslam_ns.io.frames import FrameSource
 from mslam_ns.io.images import IMAGE_EXTS
 from mslam_ns.io.sources.euroc import EurocSource, find_euroc_root
 from mslam_ns.io.sources.folder import ImageFolderSource
@@ -28,17 +29,17 @@ __all__ = [
 def detect_kind(path: Path) -> str:
     """'video' | 'tum' | 'euroc' | '7scenes' | 'images' for `path`; UserError if none fits."""
     if not path.exists():
-        raise user_error(f"{path}: no such file or folder")
+        raise UserError(f"{path}: no such file or folder")
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in VIDEO_EXTS:
             return "video"
         if suffix in IMAGE_EXTS:
-            raise user_error(f"{path}: a single image; pass the folder of images (need at least 2 frames)")
+            raise UserError(f"{path}: a single image; pass the folder of images (need at least 2 frames)")
         vids = " ".join(VIDEO_EXTS)
-        raise user_error(f"{path}: unknown input type (expected a video {vids}, an image folder or a dataset folder)")
+        raise UserError(f"{path}: unknown input type (expected a video {vids}, an image folder or a dataset folder)")
     if not path.is_dir():
-        raise user_error(f"{path}: not a regular file or folder")
+        raise UserError(f"{path}: not a regular file or folder")
     try:
         if (path / "rgb.txt").is_file():
             return "tum"
@@ -47,7 +48,7 @@ def detect_kind(path: Path) -> str:
         if find_seven_scenes_sequence(path) is not None:
             return "7scenes"
     except PermissionError:
-        raise user_error(f"{path}: permission denied") from None
+        raise UserError(f"{path}: permission denied") from None
     return "images"
 
 

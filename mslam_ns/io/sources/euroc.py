@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mslam_ns.errors import UserError
 from mslam_ns.io.calibration import load_calibration
-from mslam_ns.io.frames import FrameSource, user_error
+from mslam_ns.io.frames import FrameSource
 from mslam_ns.io.gt import poses_at_times
 from mslam_ns.io.images import check_same_size, read_rgb
 from mslam_ns.io.poses import pose7_to_matrix
@@ -38,7 +39,7 @@ def _read_csv(path: Path, min_cols: int) -> list[tuple[int, list[str]]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise user_error(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+        raise UserError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     rows = []
     for n, line in enumerate(lines, start=1):
         line = line.strip()
@@ -46,7 +47,7 @@ def _read_csv(path: Path, min_cols: int) -> list[tuple[int, list[str]]]:
             continue
         fields = [f.strip() for f in line.split(",")]
         if len(fields) < min_cols:
-            raise user_error(f"{path}: line {n}: expected at least {min_cols} comma-separated values")
+            raise UserError(f"{path}: line {n}: expected at least {min_cols} comma-separated values")
         rows.append((n, fields))
     return rows
 
@@ -58,7 +59,7 @@ def _read_t_bs(sensor_yaml: Path) -> np.ndarray:  # [4, 4] cam0 -> body
         data = yaml.safe_load(sensor_yaml.read_text(encoding="utf-8"))
         m = np.asarray(data["T_BS"]["data"], dtype=np.float64).reshape(4, 4)
     except Exception:
-        raise user_error(f"{sensor_yaml}: no valid 4x4 'T_BS: data: [...]' extrinsic") from None
+        raise UserError(f"{sensor_yaml}: no valid 4x4 'T_BS: data: [...]' extrinsic") from None
     return m
 
 
@@ -69,7 +70,7 @@ def _read_gt(path: Path, t_bs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         vals = np.array([[float(v) for v in f[:8]] for _, f in rows], dtype=np.float64).reshape(-1, 8)
         ts = np.array([int(f[0]) for _, f in rows], dtype=np.int64) * 1e-9
     except ValueError:
-        raise user_error(f"{path}: not a number in the ground-truth rows") from None
+        raise UserError(f"{path}: not a number in the ground-truth rows") from None
     p7 = np.concatenate([vals[:, 1:4], vals[:, 5:8], vals[:, 4:5]], axis=1)  # (p, qx qy qz qw)
     return ts, pose7_to_matrix(p7) @ t_bs
 
@@ -83,7 +84,7 @@ class EurocSource(FrameSource):
         path = Path(path)
         mav0 = find_euroc_root(path)
         if mav0 is None:
-            raise user_error(f"{path}: not a EuRoC sequence (no mav0/cam0/data.csv)")
+            raise UserError(f"{path}: not a EuRoC sequence (no mav0/cam0/data.csv)")
         cam = mav0 / "cam0"
         ts, files = [], []
         for n, fields in _read_csv(cam / "data.csv", 2):
@@ -91,10 +92,10 @@ class EurocSource(FrameSource):
                 ts.append(int(fields[0]) * 1e-9)
             except ValueError:
                 msg = f"{cam / 'data.csv'}: line {n}: timestamp {fields[0]!r} is not an integer (ns)"
-                raise user_error(msg) from None
+                raise UserError(msg) from None
             f = cam / "data" / fields[1]
             if not f.is_file():
-                raise user_error(f"{f}: file listed in data.csv is missing")
+                raise UserError(f"{f}: file listed in data.csv is missing")
             files.append(f)
         ts_arr = np.asarray(ts, dtype=np.float64)
         sensor = cam / "sensor.yaml"
@@ -118,7 +119,7 @@ class EurocSource(FrameSource):
         )
         self._files = files
         self._size = check_same_size(files[k] for k in self._sel)
-        self._finish_intrinsics(calib)
+        self._finish_intrinsics(load_calibration(calib) if calib is not None else None, calib)
 
     def _read_image(self, k: int) -> np.ndarray:  # [H, W, 3] uint8
         return read_rgb(self._files[k])

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mslam_ns.io.frames import FrameSource, user_error
+from mslam_ns.errors import UserError
+from mslam_ns.io.calibration import load_calibration
+from mslam_ns.io.frames import FrameSource
 from mslam_ns.io.images import IMAGE_EXTS, check_same_size, list_images, read_rgb
 
 __all__ = ["ImageFolderSource", "timestamps_from_names", "DEFAULT_FPS"]
@@ -49,7 +51,7 @@ class ImageFolderSource(FrameSource):
             others = [p for p in path.iterdir() if not p.name.startswith(".")]
             exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTS)
             what = "empty folder" if not others else f"no images ({exts}) in the folder"
-            raise user_error(f"{path}: {what}")
+            raise UserError(f"{path}: {what}")
         self._files = files
         super().__init__(
             path,
@@ -60,11 +62,11 @@ class ImageFolderSource(FrameSource):
             name=path.name,
         )
         self._size = check_same_size(files[k] for k in self._sel)
-        self._finish_intrinsics(calib)
+        self._finish_intrinsics(load_calibration(calib) if calib is not None else None, calib)
 
     def _read_image(self, k: int) -> np.ndarray:  # [H, W, 3] uint8
         img = read_rgb(self._files[k])
         if (img.shape[1], img.shape[0]) != self._size:  # header lied (e.g. EXIF-less odd formats)
-            raise user_error(f"{self._files[k]}: image is {img.shape[1]}x{img.shape[0]}, expected "
+            raise UserError(f"{self._files[k]}: image is {img.shape[1]}x{img.shape[0]}, expected "
                              f"{self._size[0]}x{self._size[1]}")
         return img

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mslam_ns.io.frames import FrameSource, Intrinsics, user_error
+from mslam_ns.errors import UserError
+from mslam_ns.io.calibration import load_calibration
+from mslam_ns.io.frames import FrameSource, Intrinsics
 from mslam_ns.io.images import check_same_size, natural_key, read_depth, read_rgb
 
 __all__ = ["SevenScenesSource", "find_seven_scenes_sequence", "SEVEN_SCENES_INTRINSICS"]
@@ -42,7 +44,7 @@ def find_seven_scenes_sequence(path: Path) -> Path | None:
         return seqs[0]
     if len(seqs) > 1:
         names = ", ".join(s.name for s in seqs)
-        raise user_error(f"{path}: holds {len(seqs)} 7-Scenes sequences ({names}); pass one of them")
+        raise UserError(f"{path}: holds {len(seqs)} 7-Scenes sequences ({names}); pass one of them")
     return None
 
 
@@ -52,9 +54,9 @@ def _read_pose(path: Path) -> np.ndarray:  # [4, 4]
     try:
         m = np.loadtxt(path, dtype=np.float64)
     except ValueError:
-        raise user_error(f"{path}: expected a 4x4 matrix of numbers") from None
+        raise UserError(f"{path}: expected a 4x4 matrix of numbers") from None
     if m.shape != (4, 4):
-        raise user_error(f"{path}: expected a 4x4 matrix, got shape {m.shape}")
+        raise UserError(f"{path}: expected a 4x4 matrix, got shape {m.shape}")
     return m if np.isfinite(m).all() else np.full((4, 4), np.nan)
 
 
@@ -67,7 +69,7 @@ class SevenScenesSource(FrameSource):
         path = Path(path)
         seq = find_seven_scenes_sequence(path)
         if seq is None:
-            raise user_error(f"{path}: no 7-Scenes frames (frame-XXXXXX.color.png)")
+            raise UserError(f"{path}: no 7-Scenes frames (frame-XXXXXX.color.png)")
         files = _color_files(seq)
         stems = [f.name[: -len(".color.png")] for f in files]
         gt = np.stack([_read_pose(seq / f"{s}.pose.txt") for s in stems])
@@ -85,7 +87,7 @@ class SevenScenesSource(FrameSource):
         self._files = files
         self._depth = [seq / f"{s}.depth.png" for s in stems]
         self._size = check_same_size(files[k] for k in self._sel)
-        self._finish_intrinsics(calib)
+        self._finish_intrinsics(load_calibration(calib) if calib is not None else None, calib)
 
     def _read_image(self, k: int) -> np.ndarray:  # [H, W, 3] uint8
         return read_rgb(self._files[k])

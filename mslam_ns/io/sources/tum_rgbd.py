@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mslam_ns.errors import UserError
 from mslam_ns.io.calibration import load_calibration, tum_default_intrinsics
-from mslam_ns.io.frames import FrameSource, user_error
+from mslam_ns.io.frames import FrameSource
 from mslam_ns.io.gt import poses_at_times
 from mslam_ns.io.images import check_same_size, read_depth, read_rgb
 from mslam_ns.io.poses import pose7_to_matrix
@@ -34,10 +35,10 @@ def _entries(folder: Path, list_file: Path) -> tuple[np.ndarray, list[Path]]:
     ts, files = [], []
     for t, rest in read_file_list(list_file):
         if not rest:
-            raise user_error(f"{list_file}: entry at t={t:.6f} has no file name")
+            raise UserError(f"{list_file}: entry at t={t:.6f} has no file name")
         f = folder / rest[0]
         if not f.is_file():
-            raise user_error(f"{f}: file listed in {list_file.name} is missing")
+            raise UserError(f"{f}: file listed in {list_file.name} is missing")
         ts.append(t)
         files.append(f)
     return np.asarray(ts, dtype=np.float64), files
@@ -52,7 +53,7 @@ class TumRgbdSource(FrameSource):
         path = Path(path)
         ts, files = _entries(path, path / "rgb.txt")
         if not files:
-            raise user_error(f"{path / 'rgb.txt'}: no frames listed")
+            raise UserError(f"{path / 'rgb.txt'}: no frames listed")
         gt = None
         if (path / "groundtruth.txt").is_file():
             gt_ts, gt_poses = read_tum_trajectory(path / "groundtruth.txt")
@@ -83,7 +84,7 @@ class TumRgbdSource(FrameSource):
         self._size = check_same_size(files[k] for k in self._sel)
         if default is not None and (default.width, default.height) != self._size:
             self.intrinsics = None  # resized copy of a TUM sequence: the published calibration does not apply
-        self._finish_intrinsics(calib)
+        self._finish_intrinsics(load_calibration(calib) if calib is not None else None, calib)
 
     def _read_image(self, k: int) -> np.ndarray:  # [H, W, 3] uint8
         return read_rgb(self._files[k])

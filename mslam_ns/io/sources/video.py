@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mslam_ns.io.frames import FrameSource, user_error
+from mslam_ns.errors import UserError
+from mslam_ns.io.calibration import load_calibration
+from mslam_ns.io.frames import FrameSource
 
 __all__ = ["VideoSource", "VIDEO_EXTS"]
 
@@ -26,7 +28,7 @@ def _import_av():
     try:
         import av
     except ImportError:  # pragma: no cover - av is installed with the project
-        raise user_error("reading videos needs PyAV: pip install av") from None
+        raise UserError("reading videos needs PyAV: pip install av") from None
     return av
 
 
@@ -54,7 +56,7 @@ class VideoSource(FrameSource):
         self._wanted = set(int(s) for s in self._sel)  # frame numbers worth converting to RGB
         first = self._read_image(int(self._sel[0]))
         self._size = (first.shape[1], first.shape[0])
-        self._finish_intrinsics(calib)
+        self._finish_intrinsics(load_calibration(calib) if calib is not None else None, calib)
 
     # -- opening ----------------------------------------------------------------------------------------------
     def _open(self, path: Path):
@@ -62,12 +64,12 @@ class VideoSource(FrameSource):
         try:
             container = av.open(str(path), mode="r")
         except FileNotFoundError:
-            raise user_error(f"{path}: video file not found") from None
+            raise UserError(f"{path}: video file not found") from None
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise user_error(f"{path}: cannot open video ({_why(e)})") from None
+            raise UserError(f"{path}: cannot open video ({_why(e)})") from None
         if not container.streams.video:
             container.close()
-            raise user_error(f"{path}: no video stream in the file")
+            raise UserError(f"{path}: no video stream in the file")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         return container, stream
@@ -83,7 +85,7 @@ class VideoSource(FrameSource):
                     continue
                 raw.append(packet.pts)
         except (av.FFmpegError, OSError, ValueError) as e:
-            raise user_error(f"{path}: corrupt video ({_why(e)})") from None
+            raise UserError(f"{path}: corrupt video ({_why(e)})") from None
         finally:
             container.close()
         if any(p is None for p in raw) or len(set(raw)) != len(raw):
@@ -127,10 +129,10 @@ class VideoSource(FrameSource):
                 frame = next(self._frames)
             except StopIteration:
                 self.close()
-                raise user_error(f"{self.path}: frame {k} could not be decoded (file truncated or corrupt)") from None
+                raise UserError(f"{self.path}: frame {k} could not be decoded (file truncated or corrupt)") from None
             except (av.FFmpegError, OSError, ValueError) as e:
                 self.close()
-                raise user_error(f"{self.path}: corrupt video at frame {self._next} ({_why(e)})") from None
+                raise UserError(f"{self.path}: corrupt video at frame {self._next} ({_why(e)})") from None
             num = self._raw_pts.get(frame.pts, self._next) if self._raw_pts is not None else self._next
             self._next = num + 1
             if num in self._wanted or num == k:
@@ -144,7 +146,7 @@ class VideoSource(FrameSource):
             if num == k:
                 return self._cache[k].copy()  # callers may modify their frame; the cache must not change
             if num > k:
-                raise user_error(f"{self.path}: frame {k} could not be decoded (file truncated or corrupt)")
+                raise UserError(f"{self.path}: frame {k} could not be decoded (file truncated or corrupt)")
 
 
 def _why(e: Exception) -> str:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tyro.conf import Positional
 
-from mslam_ns.cli import UserError
+from mslam_ns.errors import UserError
 from mslam_ns.eval.ate import EVO_MAX_DIFF, AteResult, ate
-from mslam_ns.slam.commands import KEYFRAMES_FILE, SUMMARY_FILE, TRAJECTORY_FILE  # the run's layout
+from mslam_ns.io.rundir import RunDir
 
-EVAL_FILE = "eval.json"
-GT_FILE = "groundtruth.txt"
+__all__ = ["evaluate", "evaluate_files", "find_ground_truth", "format_result"]
 
 
 def _read(path: Path):
@@ -43,17 +41,18 @@ def format_result(name: str, r: AteResult) -> str:
 def find_ground_truth(out: Path) -> Path | None:
     """A ground-truth file for a run folder: OUT/sequence/groundtruth.txt (demo) or the groundtruth.txt of
     the dataset folder recorded in OUT/summary.json; None if neither exists."""
-    cands = [out / "sequence" / GT_FILE]
+    rd = RunDir(out)
+    cands = [rd.path / "sequence" / RunDir.GROUND_TRUTH]
     try:
-        dataset = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8")).get("dataset")
-    except (OSError, ValueError, AttributeError):
+        dataset = rd.read_summary().get("dataset")
+    except (UserError, AttributeError):
         dataset = None
     if isinstance(dataset, str) and dataset:
-        cands.append(Path(dataset) / GT_FILE)
+        cands.append(Path(dataset) / RunDir.GROUND_TRUTH)
     return next((c for c in cands if c.is_file()), None)
 
 
-def evaluate(out: Positional[Path], gt: Path | None = None, max_dt: float = EVO_MAX_DIFF) -> int:
+def evaluate(out: Positional[Path], gt: Path | None = None, max_dt: float = EVO_MAX_DIFF, plot: bool = False) -> int:
     """Sim(3)-aligned ATE (as `evo_ape tum GT EST -as`) of a run's trajectory.txt and keyframes.txt.
 
     Prints ATE RMSE (and as % of the ground-truth path length) for all frames and for keyframes, and
@@ -65,28 +64,30 @@ def evaluate(out: Positional[Path], gt: Path | None = None, max_dt: float = EVO_
         gt: ground-truth trajectory in TUM format (e.g. groundtruth.txt); default: OUT/sequence/groundtruth.txt
             or the groundtruth.txt of the dataset folder named in OUT/summary.json.
         max_dt: maximum timestamp difference (seconds) for associating poses (evo's default 0.01).
+        plot: also write OUT/plot_trajectory.png and OUT/plot_ate.png (matplotlib).
     """
-    from mslam_ns.io.atomic import atomic_write
-
-    out = Path(out)
-    if not out.is_dir():
+    rd = RunDir(out)
+    if not rd.path.is_dir():
         raise UserError(f"{out}: output folder not found")
     if gt is None:
-        gt = find_ground_truth(out)
+        gt = find_ground_truth(rd.path)
         if gt is None:
-            raise UserError(f"{out}: no --gt given and no {GT_FILE} found for this run (pass --gt FILE)")
+            raise UserError(f"{out}: no --gt given and no {RunDir.GROUND_TRUTH} found for this run (pass --gt FILE)")
     gt = Path(gt)
     gt_ts, gt_poses = _read(gt)
     if len(gt_ts) == 0:
         raise UserError(f"{gt}: no poses in ground-truth file")
     report: dict[str, object] = {"gt": str(gt), "max_dt": max_dt, "align": "sim3"}
     # Same keys as the eval.json that `mslam-ns demo` writes.
-    for key, name in (("all_frames", TRAJECTORY_FILE), ("keyframes", KEYFRAMES_FILE)):
-        r = evaluate_files(out / name, gt_ts, gt_poses, gt, max_dt)
+    for key, name in (("all_frames", RunDir.TRAJECTORY), ("keyframes", RunDir.KEYFRAMES)):
+        r = evaluate_files(rd.file(name), gt_ts, gt_poses, gt, max_dt)
         report[key] = r.to_dict()
         print(format_result(key, r))
-    with atomic_write(out / EVAL_FILE) as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    print(f"wrote {out / EVAL_FILE}")
+    rd.write_eval(report)
+    print(f"wrote {rd.file(RunDir.EVAL)}")
+    if plot:
+        from mslam_ns.eval.plots import write_plots
+
+        for p in write_plots(rd.path, gt, max_dt=max_dt):
+            print(f"wrote {p}")
     return 0

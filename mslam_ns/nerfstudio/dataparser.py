@@ -1,0 +1,171 @@
+"""The `mslam-data` dataparser: nerfstudio's own `nerfstudio-data` parser on a dataset made by mslam_ns.
+
+`--data` may be a video, an image folder, a dataset folder (TUM / EuRoC / 7-Scenes / synthetic), a run
+folder of `mslam-ns run`, or a folder written by `ns-process-data mslam` (or `mslam-ns export --format
+nerfstudio`). Anything that is not yet a nerfstudio dataset is turned into one first, with the SLAM run
+when needed, and cached on disk by input content + settings (`cache_dir`), so a second `ns-train` starts
+at once. Cameras, images, splits and the seed points (`points3D_xyz`, `points3D_rgb`) then come from
+`NerfstudioDataParser` itself, so they follow nerfstudio's conventions exactly, including every
+`orientation_method` / `center_method` / `auto_scale_poses` option.
+
+This module is imported by nerfstudio at the start of every `ns-*` command (entry point
+`nerfstudio.dataparser_configs`): it imports nothing heavy at module level.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
+from nerfstudio.plugins.registry_dataparser import DataParserSpecification
+
+__all__ = ["MslamDataParserConfig", "MslamDataParser", "mslam_data", "prepare_dataset"]
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("MSLAM_NS_CACHE", Path.home() / ".cache" / "mslam_ns")) / "datasets"
+
+
+@dataclass
+class MslamDataParserConfig(NerfstudioDataParserConfig):
+    """mslam_ns dataset: poses, intrinsics and dense seed points from the MASt3R-SLAM method."""
+
+    _target: type = field(default_factory=lambda: MslamDataParser)
+    """target class to instantiate"""
+    load_3D_points: bool = True
+    """Seed the model with the SLAM's fused points (`points3D_xyz`, `points3D_rgb`)."""
+    prior: Literal["mast3r", "oracle"] = "mast3r"
+    """Two-view prior when the SLAM has to run: 'mast3r' or 'oracle' (datasets with depth + ground truth)."""
+    checkpoint: Path | None = None
+    """MASt3R checkpoint (default: the cached download)."""
+    calib: Path | None = None
+    """Intrinsics file for the SLAM."""
+    slam_config: Path | None = None
+    """YAML with `mslam-ns run` options (e.g. configs/cpu-preview.yaml) for the SLAM."""
+    img_size: int | None = None
+    """Network image size of the SLAM (default: the SLAM configuration's)."""
+    device: str | None = None
+    """Torch device of the SLAM (default: the SLAM configuration's)."""
+    num_frames_target: int = 300
+    """Approximate number of frames in the dataset made from a video / folder."""
+    cache_dir: Path = field(default_factory=_default_cache)
+    """Where datasets made from videos / folders / run folders are kept (env MSLAM_NS_CACHE)."""
+
+
+def prepare_dataset(config: MslamDataParserConfig) -> Path:
+    """A folder with transforms.json for `config.data` (made and cached when needed)."""
+    from mslam_ns.errors import UserError
+
+    data = Path(config.data)
+    if data.suffix == ".json" and data.is_file():
+        return data.parent
+    if (data / "transforms.json").is_file():
+        return data
+    if not data.exists():
+        raise UserError(f"{data}: no such file or folder")
+    from mslam_ns.commands.slam import input_fingerprint, settings_key
+    from mslam_ns.io.rundir import RunDir
+
+    if RunDir.is_run(data):
+        from mslam_ns.commands.export import open_run_source
+        from mslam_ns.io.atomic import atomic_output_dir
+        from mslam_ns.nerfstudio.export import write_nerfstudio
+
+        key = settings_key({"run": str(data.resolve()), "frames": config.num_frames_target},
+                           input_fingerprint(data))
+        dest = Path(config.cache_dir) / f"run-{key}"
+        if not (dest / "transforms.json").is_file():
+            run = RunDir(data)
+            with atomic_output_dir(dest, replace=True) as tmp:
+                write_nerfstudio(run, open_run_source(run), tmp, num_downscales=3)
+        return dest
+    from mslam_ns.commands.options import options_to_dict
+    from mslam_ns.nerfstudio.process_data import ProcessMslam, process, run_options
+
+    p = ProcessMslam(data=data, output_dir=Path(), num_frames_target=config.num_frames_target,
+                     prior=config.prior, checkpoint=config.checkpoint, calib=config.calib,
+                     img_size=config.img_size, device=config.device, config=config.slam_config)
+    key = settings_key({**options_to_dict(run_options(p, Path())), "frames": config.num_frames_target},
+                       input_fingerprint(data))
+    dest = Path(config.cache_dir) / f"{data.stem or 'data'}-{key}"
+    if not (dest / "transforms.json").is_file():
+        process(replace(p, output_dir=dest, overwrite=True))
+    return dest
+
+
+def _consistent_orient(orig):
+    """nerfstudio 1.1.5's `auto_orient_and_center_poses` with `method="pca"` flips `poses[1:3]` (two whole
+    poses) where it means rows 1:3 of every pose, when the cameras' mean up vector points down after the PCA
+    rotation; the returned transform is right. This wrapper returns the poses as `transform @ poses`, which
+    equals nerfstudio's result whenever that branch is not taken."""
+    import torch
+
+    def orient(poses, method="up", center_method="poses"):
+        _, transform = orig(poses, method=method, center_method=center_method)
+        P = poses
+        if P.shape[-2] == 3:
+            bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=P.dtype, device=P.device).expand(*P.shape[:-2], 1, 4)
+            P = torch.cat([P, bottom], dim=-2)
+        return transform @ P, transform
+
+    return orient
+
+
+class MslamDataParser(Nerfstudio):
+    """`Nerfstudio` on the folder `prepare_dataset` returns (with nerfstudio's pca orientation made
+    consistent, see `_consistent_orient`)."""
+
+    config: MslamDataParserConfig
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs):
+        from nerfstudio.cameras import camera_utils
+
+        from mslam_ns.errors import UserError
+
+        try:
+            folder = prepare_dataset(self.config)
+        except UserError as e:
+            raise ValueError(str(e)) from None  # nerfstudio's commands print ValueError as one line
+        original, orig_orient = self.config.data, camera_utils.auto_orient_and_center_poses
+        self.config.data = folder
+        camera_utils.auto_orient_and_center_poses = _consistent_orient(orig_orient)
+        try:
+            out = super()._generate_dataparser_outputs(split, **kwargs)
+        finally:
+            self.config.data = original
+            camera_utils.auto_orient_and_center_poses = orig_orient
+        _add_point_attributes(out.metadata, folder)
+        return out
+
+
+def _add_point_attributes(meta: dict, folder: Path) -> None:
+    """`points3D_confidence` [P] and `points3D_keyframe` [P] (same order as `points3D_xyz`) from the
+    extra properties of an mslam_ns `sparse_pc.ply`, for seeding opacities and the keyframe each splat
+    follows when the SLAM moves it. Left out when the PLY has none (another tool wrote it)."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from mslam_ns.io.rundir import read_point_cloud
+
+    if "points3D_xyz" not in meta:
+        return
+    try:
+        ply = folder / json.loads((folder / "transforms.json").read_text()).get("ply_file_path", "")
+        pc = read_point_cloud(ply)
+    except Exception:  # not ours / unreadable: nerfstudio's own xyz + rgb stay as they are
+        return
+    if len(pc) != len(meta["points3D_xyz"]) or np.isnan(pc.confidence).all():
+        return
+    meta["points3D_confidence"] = torch.from_numpy(np.nan_to_num(pc.confidence, nan=0.0).astype(np.float32))
+    meta["points3D_keyframe"] = torch.from_numpy(pc.keyframe.astype(np.int64))
+
+
+mslam_data = DataParserSpecification(
+    config=MslamDataParserConfig(),
+    description="mslam_ns: video / images / dataset / run folder -> poses + dense seed points (MASt3R-SLAM)",
+)

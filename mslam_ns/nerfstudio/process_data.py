@@ -1,0 +1,176 @@
+"""`ns-process-data mslam --data VIDEO_OR_FOLDER --output-dir OUT`: a nerfstudio dataset without COLMAP.
+
+Output folder (built in a temporary sibling folder and swapped in whole when everything succeeded):
+
+    images/ images_2/ ...   frames at full resolution and downscaled (`--num-downscales`)
+    transforms.json         poses + intrinsics from the SLAM (`mslam_ns.nerfstudio.export`)
+    sparse_pc.ply           seed points (dense fused SLAM points, voxel down-sampled)
+    mslam_run/              the SLAM run folder (`RunDir`): trajectories, summary, config
+
+A second call with the same input (by content) and settings reuses `mslam_run/`. A non-empty OUT that is
+not an earlier output of this command is refused unless `--overwrite`.
+
+How `mslam` becomes a subcommand of nerfstudio's own `ns-process-data` (which has no plugin hook):
+`extend_commands` adds this dataclass to the `Commands` union of `nerfstudio.scripts.process_data`; it is
+called by the import hook in `mslam_ns/nerfstudio/_ns_hook.py`, which the `mslam_ns_process_data.pth` file
+installed with the package loads at interpreter start (the hook only watches for that one module and
+imports nothing else). Uninstalling mslam_ns removes the .pth; nerfstudio's files are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["ProcessMslam", "extend_commands", "RUN_SUBDIR"]
+
+RUN_SUBDIR = "mslam_run"
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ProcessMslam:
+    """Process a video, image folder or dataset into a nerfstudio dataset with mslam_ns's dense SLAM
+    (MASt3R-SLAM): poses, intrinsics and dense seed points, no COLMAP."""
+
+    data: Path
+    """Video file, image folder, or TUM / EuRoC / 7-Scenes / synthetic sequence folder."""
+    output_dir: Path
+    """Folder to write the nerfstudio dataset to."""
+    num_frames_target: int = 300
+    """Approximate number of frames written to the dataset (the SLAM itself tracks every frame)."""
+    num_downscales: int = 3
+    """Number of times to downscale the images (images_2, images_4, images_8 for 3)."""
+    crop_factor: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    """Portion of the image to crop away: top, bottom, left, right (fractions in [0, 1))."""
+    skip_image_processing: bool = False
+    """Write transforms.json and the seed points only (images/ already there from an earlier call)."""
+    verbose: bool = False
+    """More output."""
+    prior: Literal["mast3r", "oracle"] = "mast3r"
+    """Two-view prior: 'mast3r' (the network) or 'oracle' (datasets with depth and ground truth)."""
+    checkpoint: Path | None = None
+    """MASt3R checkpoint (default: the cached download)."""
+    calib: Path | None = None
+    """Intrinsics file (then the SLAM runs calibrated unless --mode says otherwise)."""
+    img_size: int | None = None
+    """Long side of the network image (default: the SLAM configuration's)."""
+    device: str | None = None
+    """Torch device of the SLAM (default: the SLAM configuration's)."""
+    mode: Literal["auto", "rays", "calib"] | None = None
+    """'auto', 'rays' or 'calib' (default: the SLAM configuration's)."""
+    config: Path | None = None
+    """YAML with `mslam-ns run` options (e.g. configs/cpu-preview.yaml)."""
+    include_lost: bool = False
+    """Also write frames whose tracking failed."""
+    depth: bool = False
+    """Also write per-frame depth maps rendered from the fused points."""
+    overwrite: bool = False
+    """Replace a non-empty output folder that is not an earlier output of this command."""
+
+    def main(self) -> None:
+        from mslam_ns.errors import UserError
+
+        try:
+            process(self)
+        except UserError as e:
+            print(f"ns-process-data mslam: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("ns-process-data mslam: interrupted (nothing half-written; a rerun reuses finished work)",
+                  file=sys.stderr)
+            sys.exit(130)
+
+
+def run_options(p: ProcessMslam, out: Path):
+    """The `RunOptions` of the SLAM behind `p` (config file, then the flags given)."""
+    from mslam_ns.commands.options import RunOptions, load_options
+
+    slam = {k: v for k, v in (("img_size", p.img_size), ("device", p.device), ("mode", p.mode)) if v is not None}
+    o = load_options(RunOptions, p.config)
+    import dataclasses
+
+    o = dataclasses.replace(o, dataset=p.data, out=out, prior=p.prior, checkpoint=p.checkpoint, calib=p.calib,
+                            quiet=not sys.stderr.isatty() and not p.verbose, overwrite=True,
+                            slam=dataclasses.replace(o.slam, **slam))
+    return o
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def process(p: ProcessMslam) -> Path:
+    """Run (or reuse) the SLAM and write the nerfstudio dataset into `p.output_dir`."""
+    from mslam_ns.commands.options import options_to_dict
+    from mslam_ns.commands.slam import check_out, execute_run, input_fingerprint, open_dataset, settings_key
+    from mslam_ns.errors import UserError
+    from mslam_ns.io.atomic import atomic_output_dir
+    from mslam_ns.io.rundir import RunDir
+    from mslam_ns.nerfstudio.export import write_nerfstudio
+
+    logging.basicConfig(level=logging.INFO if p.verbose else logging.WARNING)
+    out = Path(p.output_dir)
+    if not Path(p.data).exists():
+        raise UserError(f"{p.data}: no such file or folder")
+    if p.num_frames_target < 1 or p.num_downscales < 0:
+        raise UserError("--num-frames-target must be >= 1 and --num-downscales >= 0")
+    earlier = RunDir(out / RUN_SUBDIR)
+    ours = out.is_dir() and (earlier.path / RunDir.SUMMARY).is_file()
+    check_out(out, p.overwrite or ours)
+    o = run_options(p, out / RUN_SUBDIR)
+    key = settings_key(options_to_dict(o), input_fingerprint(Path(p.data)))
+    reuse = RunDir.is_run(earlier.path) and earlier.read_summary().get("cache_key") == key
+    if reuse:
+        logger.info("reusing the SLAM result in %s", earlier.path)
+        print(f"reusing the finished SLAM run in {earlier.path}")
+    else:
+        # the SLAM result goes in first, on its own: an interrupted export later still reuses it
+        execute_run(o, earlier.path, extra_summary={"cache_key": key}, replace=True)
+    source = open_dataset(Path(p.data), o.stride, o.max_frames, o.calib)
+    n = len(source)
+    frames = None
+    if p.num_frames_target < n:
+        import numpy as np
+
+        frames = np.unique(np.linspace(0, n - 1, p.num_frames_target).round().astype(int))
+    if p.skip_image_processing and not (out / "images").is_dir():
+        raise UserError(f"{out}: --skip-image-processing needs the images/ of an earlier call")
+    from rich.progress import Progress
+
+    with atomic_output_dir(out, replace=True) as tmp:
+        _link_tree(earlier.path, tmp / RUN_SUBDIR)
+        if p.skip_image_processing:
+            for d in out.iterdir():
+                if d.is_dir() and d.name.startswith("images"):
+                    _link_tree(d, tmp / d.name)
+        with Progress(disable=o.quiet) as prog:
+            task = prog.add_task("[bold]images", total=n if frames is None else len(frames))
+            write_nerfstudio(RunDir(tmp / RUN_SUBDIR), source, tmp, p.num_downscales, p.include_lost, p.depth,
+                             frames=frames, crop=tuple(p.crop_factor), images=not p.skip_image_processing,
+                             progress=lambda: prog.advance(task))
+    print(f"wrote a nerfstudio dataset to {out}/ (train with: ns-train splatfacto --data {out})")
+    return out
+
+
+def extend_commands(module) -> None:
+    """Add `mslam` to the `Commands` union of `nerfstudio.scripts.process_data` (idempotent)."""
+    from typing import Annotated, Union, get_args
+
+    import tyro
+
+    cmds = module.Commands
+    if any(get_args(a)[:1] == (ProcessMslam,) for a in get_args(cmds)):
+        return
+    module.Commands = Union[cmds, Annotated[ProcessMslam, tyro.conf.subcommand(name="mslam")]]  # noqa: UP007

@@ -1,0 +1,238 @@
+"""`mslam-ns export`: nerfstudio / COLMAP / TUM / PLY, read back by nerfstudio's own dataparser and pycolmap.
+
+One synthetic sequence (30 frames 160x120, oracle prior with MASt3R-like noise, calibrated mode so that every
+fused point stays on its pixel's ray), one run, exports checked against the run and against ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mslam_ns.cli import main
+
+pytest.importorskip("nerfstudio")
+
+FRAMES, W, H, IMG_SIZE = 30, 160, 120, 128
+MAX_POINTS = 20_000  # small enough that the voxel down-sampling is exercised
+# Measured on this sequence: ATE RMSE 0.48% of the path (calib, 'mast3r' noise); bound 1.5x.
+ATE_BOUND_PERCENT = 0.75
+# Measured: exported depth / GT depth has a 10-90% spread of 3.6% of its median; bound 1.5x.
+DEPTH_SPREAD_BOUND = 0.055
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    from mslam_ns.io.synthetic import generate_sequence
+
+    root = tmp_path_factory.mktemp("export")
+    seq = generate_sequence(root / "seq", FRAMES, W, H, seed=3)
+    out = root / "run"
+    assert main(["run", str(seq), "--out", str(out), "--prior", "oracle", "--img-size", str(IMG_SIZE),
+                 "--calib", str(seq / "calibration.txt"), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ns_export(run_dir) -> Path:
+    out = run_dir.parent / "ns"
+    assert main(["export", str(run_dir), "--format", "nerfstudio", "--out", str(out), "--num-downscales", "2",
+                 "--depth", "--max-points", str(MAX_POINTS), "--quiet"]) == 0
+    return out
+
+
+def _parse(folder: Path, parser: str = "nerfstudio-data", **kw):
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    from mslam_ns.nerfstudio.dataparser import MslamDataParserConfig
+
+    cls = NerfstudioDataParserConfig if parser == "nerfstudio-data" else MslamDataParserConfig
+    cfg = cls(data=folder, eval_mode="all", load_3D_points=True, downscale_factor=1, **kw)
+    return cfg.setup().get_dataparser_outputs("train")
+
+
+def _nerfstudio_pca_bug_hits(folder: Path, center: str) -> bool:
+    """Whether nerfstudio 1.1.5's pca orientation takes its buggy branch on this dataset (it negates
+    `oriented_poses[1:3]`, two whole poses, instead of rows 1:3 of all of them)."""
+    import torch
+    from nerfstudio.cameras.camera_utils import auto_orient_and_center_poses
+
+    meta = json.loads((folder / "transforms.json").read_text())
+    poses = torch.tensor([f["transform_matrix"] for f in meta["frames"]], dtype=torch.float32)
+    out, T = auto_orient_and_center_poses(poses.clone(), method="pca", center_method=center)
+    return not torch.allclose(out, T @ poses, atol=1e-4)
+
+
+def test_transforms_json_layout(ns_export, run_dir):
+    from mslam_ns.io.rundir import RunDir
+
+    meta = json.loads((ns_export / "transforms.json").read_text())
+    table = RunDir(run_dir).read_frames()
+    tracked = [n for n, lost in zip(table.names, table.lost) if not lost]
+    assert [f["original_name"] for f in meta["frames"]] == tracked
+    assert all((ns_export / f["file_path"]).is_file() and (ns_export / f["depth_file_path"]).is_file()
+               for f in meta["frames"])
+    assert (meta["w"], meta["h"], meta["camera_model"]) == (W, H, "OPENCV")
+    for d in (2, 4):
+        from PIL import Image
+
+        im = Image.open(ns_export / f"images_{d}" / Path(meta["frames"][0]["file_path"]).name)
+        assert im.size == (round(W / d), round(H / d))
+    assert meta["applied_transform"] and meta["ply_file_path"] == "sparse_pc.ply"
+    assert 1000 < meta["mslam"]["points"] <= MAX_POINTS and meta["mslam"]["voxel_size"] > 0
+
+
+@pytest.mark.parametrize("parser", ["nerfstudio-data", "mslam-data"])
+@pytest.mark.parametrize("auto_scale", [True, False])
+@pytest.mark.parametrize("center", ["poses", "focus", "none"])
+@pytest.mark.parametrize("orientation", ["pca", "up", "vertical", "none"])
+def test_nerfstudio_cameras_reproject_seed_points(ns_export, run_dir, orientation, center, auto_scale, parser):
+    """Through nerfstudio's own parser (and ours, which wraps it), for every orientation / centre / scale
+    option: the rays of the cameras it builds pass through each keyframe's points at the pixels those points
+    came from (< 1 px), and its seed points are the exported cloud in the same frame."""
+    import torch
+
+    from mslam_ns.io.rundir import RunDir
+    from mslam_ns.nerfstudio.export import frame_file_name
+
+    if parser == "nerfstudio-data" and orientation == "pca" and _nerfstudio_pca_bug_hits(ns_export, center):
+        pytest.xfail("nerfstudio 1.1.5 bug: auto_orient_and_center_poses(pca) flips poses[1:3], not rows 1:3 "
+                     "(mslam-data works around it; checked by the mslam-data case)")
+    outs = _parse(ns_export, parser, orientation_method=orientation, center_method=center,
+                  auto_scale_poses=auto_scale)
+    rd = RunDir(run_dir)
+    pc, table = rd.read_points(), rd.read_frames()
+    T = outs.dataparser_transform.double().numpy()  # [3, 4] our world -> output (with applied_transform)
+    s = float(outs.dataparser_scale)
+    index = {Path(f).name: i for i, f in enumerate(outs.image_filenames)}
+    kf_names = [frame_file_name(n) for n, k in zip(table.names, table.is_keyframe) if k]
+    errs = []
+    for k, name in enumerate(kf_names):
+        sel = np.flatnonzero(pc.keyframe == k)[::7]
+        X = s * (pc.xyz[sel].astype(np.float64) @ T[:, :3].T + T[:, 3])
+        uv = torch.as_tensor(pc.uv[sel] + 0.5, dtype=torch.float32)  # nerfstudio pixel centres at +0.5
+        rays = outs.cameras.generate_rays(torch.full((len(sel), 1), index[name]), coords=uv.flip(-1))
+        o, d = rays.origins.double().numpy(), rays.directions.double().numpy()
+        v = X - o
+        along = (v * d).sum(1)
+        assert (along > 0).all()
+        perp = np.linalg.norm(v - along[:, None] * d, axis=1)
+        errs.append(perp / along * float(outs.cameras.fx[index[name]]))
+    e = np.concatenate(errs)
+    assert np.percentile(e, 99) < 1.0, f"max {e.max():.3f} px"
+    # the seed points: the same world frame (each within a voxel of the full cloud)
+    seeds = outs.metadata["points3D_xyz"].double().numpy()
+    full = s * (pc.xyz.astype(np.float64) @ T[:, :3].T + T[:, 3])
+    voxel = json.loads((ns_export / "transforms.json").read_text())["mslam"]["voxel_size"] * s
+    from scipy.spatial import cKDTree
+
+    dist, _ = cKDTree(full).query(seeds[:: max(1, len(seeds) // 3000)])
+    assert np.percentile(dist, 99) < np.sqrt(3) * voxel
+    assert outs.metadata["points3D_rgb"].shape == (len(seeds), 3)
+
+
+def test_written_poses_match_ground_truth(ns_export, run_dir):
+    from mslam_ns.eval.ate import ate
+    from mslam_ns.geometry.conventions import c2w_to_pose7, from_nerfstudio_c2w
+    from mslam_ns.io.sources import open_source
+
+    meta = json.loads((ns_export / "transforms.json").read_text())
+    src = open_source(json.loads((run_dir / "summary.json").read_text())["dataset"])
+    M = from_nerfstudio_c2w(np.array([f["transform_matrix"] for f in meta["frames"]]))
+    ts = np.array([f["timestamp"] for f in meta["frames"]])
+    r = ate(ts, c2w_to_pose7(M), src.timestamps, src.gt_poses)
+    pct = 100 * r.rmse / r.path_length
+    print(f"ATE of transforms.json poses: {pct:.3f}% of the path")
+    assert r.n_matched == len(meta["frames"]) and pct < ATE_BOUND_PERCENT
+
+
+def test_depth_maps_follow_ground_truth_up_to_scale(ns_export, run_dir):
+    """The exported depth (mm of SLAM units) is the ground-truth depth times one scale."""
+    from PIL import Image
+
+    from mslam_ns.io.sources import open_source
+
+    meta = json.loads((ns_export / "transforms.json").read_text())
+    src = open_source(json.loads((run_dir / "summary.json").read_text())["dataset"])
+    ratios = []
+    for i in (0, FRAMES // 2, FRAMES - 1):
+        f = meta["frames"][i]
+        d = np.asarray(Image.open(ns_export / f["depth_file_path"])).astype(np.float64) / 1000.0
+        gt = src.depth(i)
+        m = (d > 0) & (gt > 0)
+        assert m.mean() > 0.3
+        ratios.append(d[m] / gt[m])
+    r = np.concatenate(ratios)
+    spread = (np.percentile(r, 90) - np.percentile(r, 10)) / np.median(r)
+    print(f"depth / GT: median {np.median(r):.4f}, 10-90% spread {100 * spread:.2f}%")
+    assert spread < DEPTH_SPREAD_BOUND
+
+
+def test_colmap_export_reads_back_with_pycolmap(run_dir):
+    pycolmap = pytest.importorskip("pycolmap")
+    from mslam_ns.geometry.conventions import pose7_to_c2w
+    from mslam_ns.io.rundir import RunDir
+
+    out = run_dir.parent / "colmap"
+    assert main(["export", str(run_dir), "--format", "colmap", "--out", str(out), "--quiet"]) == 0
+    rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
+    rd = RunDir(run_dir)
+    table = rd.read_frames()
+    _, poses = rd.read_trajectory()
+    K, size = rd.intrinsics()
+    assert len(rec.images) == int((~table.lost).sum()) and len(rec.points3D) > 1000
+    cam = next(iter(rec.cameras.values()))
+    assert (cam.width, cam.height) == size
+    np.testing.assert_allclose(cam.params, [K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5], rtol=1e-6)
+    by_name = {im.name: im for im in rec.images.values()}
+    for i, name in enumerate(table.names):
+        im = by_name[Path(name).name]
+        assert (out / "images" / im.name).is_file()
+        M = np.eye(4)
+        M[:3, :4] = im.cam_from_world().inverse().matrix()  # COLMAP world-to-camera, inverted
+        np.testing.assert_allclose(M, pose7_to_c2w(poses[i]), atol=1e-6)
+
+
+def test_tum_and_ply_exports(run_dir):
+    from mslam_ns.io.writers import read_ply
+
+    for fmt, files in (("tum", ["keyframes.txt", "trajectory.txt"]), ("ply", ["points.ply"])):
+        out = run_dir.parent / fmt
+        assert main(["export", str(run_dir), "--format", fmt, "--out", str(out), "--max-points", "5000",
+                     "--quiet"]) == 0
+        assert sorted(p.name for p in out.iterdir()) == files
+    xyz, rgb = read_ply(run_dir.parent / "ply" / "points.ply")
+    assert 1000 < len(xyz) <= 5000 and rgb is not None
+    assert (run_dir.parent / "tum" / "trajectory.txt").read_text() == (run_dir / "trajectory.txt").read_text()
+
+
+@pytest.mark.parametrize("case", ["not_a_run", "out_not_empty", "input_gone"])
+def test_export_bad_input_is_one_line(run_dir, tmp_path, capsys, case):
+    import shutil
+
+    out = tmp_path / "out"
+    src = run_dir
+    if case == "not_a_run":
+        src = tmp_path / "junk"
+        src.mkdir()
+        (src / "a.txt").write_text("x")
+    elif case == "out_not_empty":
+        out.mkdir()
+        (out / "mine.txt").write_text("keep")
+    else:
+        src = tmp_path / "copy"
+        shutil.copytree(run_dir, src)
+        cfg = (src / "config.yaml").read_text().replace(str(Path(json.loads(
+            (run_dir / "summary.json").read_text())["dataset"])), str(tmp_path / "gone"))
+        (src / "config.yaml").write_text(cfg)
+    rc = main(["export", str(src), "--format", "nerfstudio", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("mslam-ns: error:")
+    if case == "out_not_empty":
+        assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    else:
+        assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
