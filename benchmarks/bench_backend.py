@@ -71,8 +71,10 @@ def bench_solver(sizes=(50, 200, 1000)) -> None:
             t0 = time.perf_counter()
             solve_lm(torch.as_tensor(A.toarray()), torch.as_tensor(b), 1e-4)
             t_dense = time.perf_counter() - t0
-        print(f"  {n:5d} keyframes, {E:5d} edges: sparse {1e3 * t_sp:8.1f} ms   dense Cholesky "
-              f"{1e3 * t_dense:8.1f} ms   ratio {t_dense / t_sp:6.1f}x")
+        print(
+            f"  {n:5d} keyframes, {E:5d} edges: sparse {1e3 * t_sp:8.1f} ms   dense Cholesky "
+            f"{1e3 * t_dense:8.1f} ms   ratio {t_dense / t_sp:6.1f}x"
+        )
 
 
 def main() -> None:
@@ -87,10 +89,18 @@ def main() -> None:
     ap.add_argument("--skip-solver", action="store_true")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        seq = generate_sequence(Path(d) / "seq", a.frames, 4 * a.size // 3 if a.size < 320 else 640,
-                                a.size if a.size < 320 else 480, 3, trajectory=f"loop{a.laps}")
-        print(f"{a.frames} frames, {a.laps}-lap loop, network {a.size}; ATE % of path (keyframes / all), "
-              "median orientation error deg (all)")
+        seq = generate_sequence(
+            Path(d) / "seq",
+            a.frames,
+            4 * a.size // 3 if a.size < 320 else 640,
+            a.size if a.size < 320 else 480,
+            3,
+            trajectory=f"loop{a.laps}",
+        )
+        print(
+            f"{a.frames} frames, {a.laps}-lap loop, network {a.size}; ATE % of path (keyframes / all), "
+            "median orientation error deg (all)"
+        )
         for noise in a.noise:
             for mode in a.modes:
                 f = run_once(seq, noise, mode, a.size, backend=False)
@@ -98,10 +108,12 @@ def main() -> None:
                 extra = ""
                 if "focal_err_pct" in b:
                     extra = f"  focal err {b['focal_err_pct']:.2f}%  pp err {b['pp_err_pct']:.2f}% of width"
-                print(f"{noise:6s} {mode:5s} frontend {f['kf'][0]:5.2f} / {f['all'][0]:5.2f}% {f['all'][1]:5.2f} deg"
-                      f" | backend {b['kf'][0]:5.2f} / {b['all'][0]:5.2f}% {b['all'][1]:5.2f} deg"
-                      f" | drift cut {f['all'][0] / max(b['all'][0], 1e-9):4.1f}x  kf {b['keyframes']}"
-                      f" loop edges {b['loop_edges']}  wall {f['wall_s']:.0f}/{b['wall_s']:.0f} s{extra}")
+                print(
+                    f"{noise:6s} {mode:5s} frontend {f['kf'][0]:5.2f} / {f['all'][0]:5.2f}% {f['all'][1]:5.2f} deg"
+                    f" | backend {b['kf'][0]:5.2f} / {b['all'][0]:5.2f}% {b['all'][1]:5.2f} deg"
+                    f" | drift cut {f['all'][0] / max(b['all'][0], 1e-9):4.1f}x  kf {b['keyframes']}"
+                    f" loop edges {b['loop_edges']}  wall {f['wall_s']:.0f}/{b['wall_s']:.0f} s{extra}"
+                )
     if not a.skip_solver:
         bench_solver()
 

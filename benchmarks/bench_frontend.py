@@ -43,19 +43,29 @@ def accuracy(tmp: Path, frames: int, size: int, width: int, height: int, seed: i
             t0 = time.perf_counter()
             system, summary = run_slam(src, prior, SlamConfig(mode=mode, img_size=size), K)
             ev = evaluate_run(system, src)
-            rows.append({
-                "noise": noise, "mode": mode, "frames": summary["frames"], "keyframes": summary["keyframes"],
-                "lost": summary["lost_frames"], "restarts": summary["restarts"],
-                "ate_kf_pct": ev["keyframes"]["rmse_percent_of_path"],
-                "ate_all_pct": ev["all_frames"]["rmse_percent_of_path"],
-                "ate_all_rmse": ev["all_frames"]["rmse"], "path": ev["all_frames"]["path_length"],
-                "wall_s": time.perf_counter() - t0,
-                "frontend_fps": summary["fps"]["frontend_without_prior"],
-            })
+            rows.append(
+                {
+                    "noise": noise,
+                    "mode": mode,
+                    "frames": summary["frames"],
+                    "keyframes": summary["keyframes"],
+                    "lost": summary["lost_frames"],
+                    "restarts": summary["restarts"],
+                    "ate_kf_pct": ev["keyframes"]["rmse_percent_of_path"],
+                    "ate_all_pct": ev["all_frames"]["rmse_percent_of_path"],
+                    "ate_all_rmse": ev["all_frames"]["rmse"],
+                    "path": ev["all_frames"]["path_length"],
+                    "wall_s": time.perf_counter() - t0,
+                    "frontend_fps": summary["fps"]["frontend_without_prior"],
+                }
+            )
             r = rows[-1]
-            print(f"  noise {noise:6s} mode {mode:5s}: ATE keyframes {r['ate_kf_pct']:6.2f}%  all frames "
-                  f"{r['ate_all_pct']:6.2f}% of path {r['path']:.2f}  ({r['keyframes']} kf, {r['lost']} lost, "
-                  f"{r['restarts']} restarts, {r['wall_s']:.1f} s)", flush=True)
+            print(
+                f"  noise {noise:6s} mode {mode:5s}: ATE keyframes {r['ate_kf_pct']:6.2f}%  all frames "
+                f"{r['ate_all_pct']:6.2f}% of path {r['path']:.2f}  ({r['keyframes']} kf, {r['lost']} lost, "
+                f"{r['restarts']} restarts, {r['wall_s']:.1f} s)",
+                flush=True,
+            )
     return rows
 
 
@@ -73,17 +83,26 @@ def throughput(tmp: Path, frames: int, mode: str, refine: bool, noise: str = "ma
     t = summary["timings_s"]
     n = summary["frames"] - 1  # the first frame is initialisation, not tracking
     out = {
-        "mode": mode, "refine": refine, "frames": summary["frames"], "network_size": "512x384",
+        "mode": mode,
+        "refine": refine,
+        "frames": summary["frames"],
+        "network_size": "512x384",
         "keyframes": summary["keyframes"],
         "frontend_fps": n / max(t.get("track", 0.0), 1e-9),
-        "match_ms": 1e3 * t.get("match", 0.0) / n, "solve_ms": 1e3 * t.get("solve", 0.0) / n,
-        "fuse_ms": 1e3 * t.get("fuse", 0.0) / n, "track_ms": 1e3 * t.get("track", 0.0) / n,
-        "prior_ms": 1e3 * t["prior"] / summary["frames"], "overall_fps": summary["fps"]["overall"],
+        "match_ms": 1e3 * t.get("match", 0.0) / n,
+        "solve_ms": 1e3 * t.get("solve", 0.0) / n,
+        "fuse_ms": 1e3 * t.get("fuse", 0.0) / n,
+        "track_ms": 1e3 * t.get("track", 0.0) / n,
+        "prior_ms": 1e3 * t["prior"] / summary["frames"],
+        "overall_fps": summary["fps"]["overall"],
     }
-    print(f"  {mode:5s} refine {'on ' if refine else 'off'} 512x384: frontend {out['frontend_fps']:.1f} frames/s "
-          f"(goal >= 10): match {out['match_ms']:.1f} ms + GN {out['solve_ms']:.1f} ms + fusion "
-          f"{out['fuse_ms']:.1f} ms per frame; oracle prior {out['prior_ms']:.1f} ms/frame (separate); "
-          f"overall {out['overall_fps']:.1f} frames/s", flush=True)
+    print(
+        f"  {mode:5s} refine {'on ' if refine else 'off'} 512x384: frontend {out['frontend_fps']:.1f} frames/s "
+        f"(goal >= 10): match {out['match_ms']:.1f} ms + GN {out['solve_ms']:.1f} ms + fusion "
+        f"{out['fuse_ms']:.1f} ms per frame; oracle prior {out['prior_ms']:.1f} ms/frame (separate); "
+        f"overall {out['overall_fps']:.1f} frames/s",
+        flush=True,
+    )
     return out
 
 

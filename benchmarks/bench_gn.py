@@ -33,8 +33,9 @@ def make_problem(n_kf: int, n_edges: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     f = 400.0
     K = torch.tensor([[f, 0, (W_IMG - 1) / 2], [0, f, (H_IMG - 1) / 2], [0, 0, 1]])
-    v, u = torch.meshgrid(torch.arange(H_IMG, dtype=torch.float32), torch.arange(W_IMG, dtype=torch.float32),
-                          indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(H_IMG, dtype=torch.float32), torch.arange(W_IMG, dtype=torch.float32), indexing="ij"
+    )
     rays = torch.stack([(u - K[0, 2]) / f, (v - K[1, 2]) / f, torch.ones_like(u)], -1).reshape(HW, 3)
     X = rays * (1.0 + 2.0 * torch.rand(n_kf, HW, 1, generator=g))
     xi = 0.05 * torch.randn(n_kf, 7, generator=g, dtype=torch.float64)
@@ -63,8 +64,9 @@ def best_ms(fn: Callable[[], object], repeats: int) -> float:
 def bench_edges(prob: dict, mode: str, repeats: int) -> tuple[float, float]:
     """(compiled ms, twin ms) for all edges of `prob`."""
     K = prob["K"]
-    p = _torch_impl.GnParams(fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]),
-                             H=H_IMG, W=W_IMG)
+    p = _torch_impl.GnParams(
+        fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]), H=H_IMG, W=W_IMG
+    )
     args = [prob[k] for k in ("Twc", "X", "C", "ii", "jj", "idx", "valid", "Q")]
     mod = _backend.load("gn", "cpu")
     if mod is None:
@@ -83,8 +85,10 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
-          f"(shared machine: timings are best-of-{a.repeats}), HW = {HW}, float32")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+        f"(shared machine: timings are best-of-{a.repeats}), HW = {HW}, float32"
+    )
     one = make_problem(2, 1, seed=0)
     graph = make_problem(11, 10, seed=1)
     print(f"{'mode':7s} {'edges':>5s} {'compiled ms/edge':>17s} {'twin ms/edge':>13s} {'speed-up':>9s}")
@@ -95,19 +99,37 @@ def main() -> None:
             print(f"{mode:7s} {name:>5s} {t_c / E:17.2f} {t_t / E:13.2f} {t_t / t_c:8.1f}x")
     os.environ["MSLAM_NS_KERNELS"] = "compiled"
     o = one
-    t_api = best_ms(lambda: edge_normal_equations("rays", o["Twc"], o["X"], o["C"], o["ii"], o["jj"], o["idx"],
-                                                  o["valid"], o["Q"]), a.repeats)
+    t_api = best_ms(
+        lambda: edge_normal_equations("rays", o["Twc"], o["X"], o["C"], o["ii"], o["jj"], o["idx"], o["valid"], o["Q"]),
+        a.repeats,
+    )
     print(f"public edge_normal_equations, tracker shape (N=2, E=1, rays, input checks included): {t_api:.2f} ms")
     cfg = BackendConfig(lm=LMConfig(max_iters=1))
     g = graph
     for mode in a.modes:
+
         def one_iter() -> None:
-            optimize_graph(g["Twc"], g["X"], g["C"], g["ii"], g["jj"], g["idx"], g["valid"], g["Q"], mode, cfg,
-                           K=g["K"], img_hw=(H_IMG, W_IMG))
+            optimize_graph(
+                g["Twc"],
+                g["X"],
+                g["C"],
+                g["ii"],
+                g["jj"],
+                g["idx"],
+                g["valid"],
+                g["Q"],
+                mode,
+                cfg,
+                K=g["K"],
+                img_hw=(H_IMG, W_IMG),
+            )
+
         os.environ["MSLAM_NS_KERNELS"] = "compiled"
         t_iter = best_ms(one_iter, max(1, a.repeats // 2))
-        print(f"optimize_graph, {mode}, 10 edges / 11 keyframes, 1 LM iteration (2 evaluations, compiled): "
-              f"{t_iter:.1f} ms")
+        print(
+            f"optimize_graph, {mode}, 10 edges / 11 keyframes, 1 LM iteration (2 evaluations, compiled): "
+            f"{t_iter:.1f} ms"
+        )
     os.environ.pop("MSLAM_NS_KERNELS", None)
 
 

@@ -79,8 +79,13 @@ def inputs(H: int, W: int, F: int, device: str, seed: int = 0) -> dict:
     rays = ray_image(X_i)
     t = X_ji.reshape(1, H * W, 3)
     return dict(
-        X_i=X_i, X_ji=X_ji, D_i=D_i.half().to(device), D_ji=D_ji.half().to(device), rays=rays,
-        targets=(t / t.norm(dim=-1, keepdim=True)).contiguous(), p0=pixel_grid(1, H, W, device).contiguous(),
+        X_i=X_i,
+        X_ji=X_ji,
+        D_i=D_i.half().to(device),
+        D_ji=D_ji.half().to(device),
+        rays=rays,
+        targets=(t / t.norm(dim=-1, keepdim=True)).contiguous(),
+        p0=pixel_grid(1, H, W, device).contiguous(),
     )
 
 
@@ -106,11 +111,15 @@ def main() -> None:
     D_j = x["D_ji"].reshape(1, H * W, F).contiguous()
     ref_args = (x["D_i"], D_j, p_int, cfg.radius, cfg.dilation_max)
 
-    print(f"matching benchmark: {W}x{H}, B=1, F={F} fp16, {torch.get_num_threads()} threads, "
-          f"converged {conv.float().mean():.3f}")
+    print(
+        f"matching benchmark: {W}x{H}, B=1, F={F} fp16, {torch.get_num_threads()} threads, "
+        f"converged {conv.float().mean():.3f}"
+    )
     gflops = matmul_gflops()
-    print(f"  machine speed now: fp32 matmul {gflops:.0f} GFLOP/s ({gflops / QUIET_GFLOPS:.2f} x the quiet "
-          f"2-core reference {QUIET_GFLOPS:.0f} measured on the development machine; other processes slow it down)")
+    print(
+        f"  machine speed now: fp32 matmul {gflops:.0f} GFLOP/s ({gflops / QUIET_GFLOPS:.2f} x the quiet "
+        f"2-core reference {QUIET_GFLOPS:.0f} measured on the development machine; other processes slow it down)"
+    )
     rows = []
     for name, compiled, twin in (
         ("ipm", lambda: mod.iproj(*ipm_args), lambda: _torch_impl._iproj(*ipm_args)),
@@ -119,18 +128,25 @@ def main() -> None:
         tc, cc = _time(compiled, args.repeats)
         tt, ct = _time(twin, args.twin_repeats)
         rows.append((name, tc, tt))
-        print(f"  {name:7s} compiled {tc:8.2f} ms (CPU {cc:7.1f} ms)   twin {tt:9.1f} ms (CPU {ct:8.1f} ms)   "
-              f"twin/compiled {tt / tc:6.1f}x wall, {ct / cc:6.1f}x CPU (goal >= 20x)", flush=True)
+        print(
+            f"  {name:7s} compiled {tc:8.2f} ms (CPU {cc:7.1f} ms)   twin {tt:9.1f} ms (CPU {ct:8.1f} ms)   "
+            f"twin/compiled {tt / tc:6.1f}x wall, {ct / cc:6.1f}x CPU (goal >= 20x)",
+            flush=True,
+        )
     full = ipm_args[:-1] + (0.0,)  # no early exit: always max_iter iterations
     t_full = timeit(lambda: mod.iproj(*full), args.repeats)
     p_full, conv_full = mod.iproj(*full)
     differ = (p_full.long() != p_int).any(-1).float().mean().item()
-    print(f"  ipm without early exit (step_tol=0) {t_full:.2f} ms; integer pixels differ on {100 * differ:.3f}% "
-          f"of points, converged flag on {100 * (conv_full != conv).float().mean().item():.3f}%")
+    print(
+        f"  ipm without early exit (step_tol=0) {t_full:.2f} ms; integer pixels differ on {100 * differ:.3f}% "
+        f"of points, converged flag on {100 * (conv_full != conv).float().mean().item():.3f}%"
+    )
     t_match = timeit(lambda: match(x["X_i"], x["X_ji"], x["D_i"], x["D_ji"], cfg=cfg), args.repeats)
     t_kernels = rows[0][1] + rows[1][1]
-    print(f"  IPM + refinement kernels {t_kernels:.2f} ms; full match() incl. ray image, checks, occlusion "
-          f"{t_match:.2f} ms (goal: well under 50 ms)")
+    print(
+        f"  IPM + refinement kernels {t_kernels:.2f} ms; full match() incl. ray image, checks, occlusion "
+        f"{t_match:.2f} ms (goal: well under 50 ms)"
+    )
 
     if torch.cuda.is_available() and _backend.load("matching", "cuda") is not None:
         cmod = _backend.load("matching", "cuda")

@@ -59,7 +59,7 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> floa
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     best = min(timed(lambda: a @ b, device, repeats))
-    return 2 * n ** 3 / (best * 1e-3) / 1e9
+    return 2 * n**3 / (best * 1e-3) / 1e9
 
 
 def init_random_(net: torch.nn.Module, seed: int = 0) -> None:
@@ -113,10 +113,17 @@ def main() -> int:
     H, W = args.height, args.width
     cfg = Mast3rConfig()
     if args.smoke:
-        cfg = dataclasses.replace(cfg, enc_embed_dim=64, enc_depth=2, enc_num_heads=2, dec_embed_dim=48,
-                                  dec_depth=10, dec_num_heads=2)
-    res: dict[str, float | str | int] = {"device": str(device), "threads": args.threads, "amp": args.amp,
-                                         "H": H, "W": W, "torch": torch.__version__}
+        cfg = dataclasses.replace(
+            cfg, enc_embed_dim=64, enc_depth=2, enc_num_heads=2, dec_embed_dim=48, dec_depth=10, dec_num_heads=2
+        )
+    res: dict[str, float | str | int] = {
+        "device": str(device),
+        "threads": args.threads,
+        "amp": args.amp,
+        "H": H,
+        "W": W,
+        "torch": torch.__version__,
+    }
     rss0 = rss_mb()
     t = time.perf_counter()
     net = build_mast3r(cfg, device)
@@ -131,8 +138,11 @@ def main() -> int:
     res["matmul_gflops"] = mm
 
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    ctx = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else (
-        lambda: torch.autocast(device.type, enabled=False))
+    ctx = (
+        (lambda: torch.autocast(device.type, dtype=amp))
+        if amp is not None
+        else (lambda: torch.autocast(device.type, enabled=False))
+    )
     g = torch.Generator(device="cpu").manual_seed(1)
     img1 = (torch.rand(1, 3, H, W, generator=g) * 2 - 1).to(device)
     img2 = (torch.rand(1, 3, H, W, generator=g) * 2 - 1).to(device)
@@ -153,10 +163,13 @@ def main() -> int:
             net.decode(*enc[2], *enc[1], (H, W))
 
     rss1 = rss_mb()
-    te = [v / 2 for v in timed(encode, device, args.repeats + 1)][1:] if args.repeats > 1 else \
-        [v / 2 for v in timed(encode, device, 1)]
+    te = (
+        [v / 2 for v in timed(encode, device, args.repeats + 1)][1:]
+        if args.repeats > 1
+        else [v / 2 for v in timed(encode, device, 1)]
+    )
     res["encoder_ms_per_image"] = statistics.median(te)
-    res["encoder_cpu_ms_per_image_per_thread"] = statistics.median(CPU_MS[id(encode)][-len(te):]) / 2 / args.threads
+    res["encoder_cpu_ms_per_image_per_thread"] = statistics.median(CPU_MS[id(encode)][-len(te) :]) / 2 / args.threads
     res["rss_after_encode_mb"] = rss_mb()
     td = timed(dec_sym, device, args.repeats)
     res["decode_symmetric_ms_per_pair"] = statistics.median(td)

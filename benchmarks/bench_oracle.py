@@ -74,8 +74,11 @@ def timed(fn: Callable[[], object], out: list[tuple[float, float]]) -> object:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    ap.add_argument("--oracle-threads", default="default",
-                    help="OraclePrior(threads=...): an int, 'none' (the caller's setting) or 'default'")
+    ap.add_argument(
+        "--oracle-threads",
+        default="default",
+        help="OraclePrior(threads=...): an int, 'none' (the caller's setting) or 'default'",
+    )
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--noise", default="mast3r")
     ap.add_argument("--size", type=int, default=512)
@@ -87,8 +90,17 @@ def main() -> None:
         kw["threads"] = None if args.oracle_threads == "none" else int(args.oracle_threads)
 
     times: dict[str, list[tuple[float, float]]] = {
-        k: [] for k in ("encode", "decode", "decode (other order)", "decode_mono", "retrieval_features",
-                        "decode (warm)", "decode_mono (warm)")}
+        k: []
+        for k in (
+            "encode",
+            "decode",
+            "decode (other order)",
+            "decode_mono",
+            "retrieval_features",
+            "decode (warm)",
+            "decode_mono (warm)",
+        )
+    }
     with tempfile.TemporaryDirectory() as tmp:
         seq = generate_sequence(Path(tmp) / "seq", n_frames=args.frames, width=640, height=480)
         source = open_source(seq)
@@ -110,8 +122,9 @@ def main() -> None:
                 timed(lambda: prior.decode(encs[k], encs[k - 1]), times["decode (warm)"])
                 timed(lambda: prior.decode_mono(encs[k]), times["decode_mono (warm)"])
         # The camera errors' cost: the same passes with and without them, interleaved in this run.
-        twin = OraclePrior.from_source(source, size=args.size, noise=replace(
-            prior.noise, focal_sigma=0.0, pp_sigma=0.0), **kw)
+        twin = OraclePrior.from_source(
+            source, size=args.size, noise=replace(prior.noise, focal_sigma=0.0, pp_sigma=0.0), **kw
+        )
         twin_encs = [twin.encode(images[k], k) for k in recent]
         ab: dict[str, list[tuple[float, float]]] = {k: [] for k in ("with", "without", "mono with", "mono without")}
         for _ in range(args.warm_repeats):
@@ -123,17 +136,21 @@ def main() -> None:
                 timed(lambda: prior.decode_mono(encs[k]), ab["mono with"])
                 timed(lambda: twin.decode_mono(twin_encs[n]), ab["mono without"])
 
-    print(f"oracle prior ({args.noise}), network {W}x{H}, {len(source)} frames, "
-          f"torch threads {torch.get_num_threads()}, oracle threads {getattr(prior, 'threads', 'n/a')}")
+    print(
+        f"oracle prior ({args.noise}), network {W}x{H}, {len(source)} frames, "
+        f"torch threads {torch.get_num_threads()}, oracle threads {getattr(prior, 'threads', 'n/a')}"
+    )
     print(f"{'op':<24}{'median ms':>11}{'best ms':>10}{'CPU ms':>9}")
     for name, ts in times.items():
         wall, cpu = [t[0] for t in ts], [t[1] for t in ts]
         print(f"{name:<24}{statistics.median(wall):>11.1f}{min(wall):>10.1f}{statistics.median(cpu):>9.1f}")
     cpu_ms = {k: statistics.median(t[1] for t in v) for k, v in ab.items()}
-    print(f"camera errors (perturbed pinhole per view), median CPU ms with / without: decode "
-          f"{cpu_ms['with']:.1f} / {cpu_ms['without']:.1f} (x{cpu_ms['with'] / cpu_ms['without']:.2f}), "
-          f"decode_mono {cpu_ms['mono with']:.1f} / {cpu_ms['mono without']:.1f} "
-          f"(x{cpu_ms['mono with'] / cpu_ms['mono without']:.2f})")
+    print(
+        f"camera errors (perturbed pinhole per view), median CPU ms with / without: decode "
+        f"{cpu_ms['with']:.1f} / {cpu_ms['without']:.1f} (x{cpu_ms['with'] / cpu_ms['without']:.2f}), "
+        f"decode_mono {cpu_ms['mono with']:.1f} / {cpu_ms['mono without']:.1f} "
+        f"(x{cpu_ms['mono with'] / cpu_ms['mono without']:.2f})"
+    )
 
 
 if __name__ == "__main__":

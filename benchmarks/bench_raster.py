@@ -82,7 +82,8 @@ def make_scene(n: int, seed: int = 0) -> dict:
     means = (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([4.0, 3.0, 1.0])
     means[:, 2] += 3.0
     return {
-        "means": means, "quats": torch.randn(n, 4, generator=g),
+        "means": means,
+        "quats": torch.randn(n, 4, generator=g),
         "scales": torch.log(torch.rand(n, 3, generator=g) * 0.03 + 0.01),
         "opacities": torch.logit(torch.rand(n, generator=g) * 0.8 + 0.1),
         "sh": torch.randn(n, 16, 3, generator=g) * 0.1,
@@ -106,8 +107,18 @@ def main() -> None:
     target = torch.rand(1, H, W, 3, generator=torch.Generator().manual_seed(1))
 
     def step() -> None:
-        rgb, alpha, info = rasterize(params["means"], params["quats"], torch.exp(params["scales"]),
-                                     torch.sigmoid(params["opacities"]), params["sh"], V, K, W, H, sh_degree=3)
+        rgb, alpha, info = rasterize(
+            params["means"],
+            params["quats"],
+            torch.exp(params["scales"]),
+            torch.sigmoid(params["opacities"]),
+            params["sh"],
+            V,
+            K,
+            W,
+            H,
+            sh_degree=3,
+        )
         info["means2d"].retain_grad()  # as the densification strategy does
         loss = (rgb - target).abs().mean()
         opt.zero_grad()
@@ -122,12 +133,22 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     best, med = min(times), sorted(times)[len(times) // 2]
     with torch.no_grad():
-        p = project(params["means"], params["quats"], torch.exp(params["scales"]),
-                    torch.sigmoid(params["opacities"]), V, K, W, H)
+        p = project(
+            params["means"],
+            params["quats"],
+            torch.exp(params["scales"]),
+            torch.sigmoid(params["opacities"]),
+            V,
+            K,
+            W,
+            H,
+        )
     r = p.radii[0]
     side = (2 * r[r > 0].float() + 1).clamp(max=max(W, H))
-    print(f"{a.splats} splats at {W}x{H}, {torch.get_num_threads()} threads; visible {int((r > 0).sum())}, "
-          f"~{int((side * side).sum()) / 1e6:.2f} M (pixel, splat) pairs")
+    print(
+        f"{a.splats} splats at {W}x{H}, {torch.get_num_threads()} threads; visible {int((r > 0).sum())}, "
+        f"~{int((side * side).sum()) / 1e6:.2f} M (pixel, splat) pairs"
+    )
     print(f"training step (rasterise + loss + backward + Adam): best {best * 1e3:.0f} ms, median {med * 1e3:.0f} ms")
     if a.no_reference:
         return
@@ -148,8 +169,11 @@ def main() -> None:
         return best_t
 
     ours, ref = fb(composite), fb(tiles_reference)
-    print(f"compositing forward + backward: sparse pairs {ours * 1e3:.0f} ms, gsplat-style padded tiles (reference) "
-          f"{ref * 1e3:.0f} ms: {ref / ours:.1f}x")
+    print(
+        f"compositing forward + backward: sparse pairs {ours * 1e3:.0f} ms, gsplat-style padded tiles (reference) "
+        f"{ref * 1e3:.0f} ms: {ref / ours:.1f}x"
+    )
+
 
 if __name__ == "__main__":
     main()

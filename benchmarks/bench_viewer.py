@@ -40,11 +40,21 @@ def one_run(src, prior, size: int, viewer: bool, rate: float, browser: str | Non
     if viewer:
         handle = start_live_viewer(system.map, port=free_port(), max_rate_hz=rate)
         if browser:  # a real client: keeps the page open (and receiving) for the whole run
-            proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--enable-unsafe-swiftshader",
-                                     "--use-angle=swiftshader", "--window-size=800,600",
-                                     f"--user-data-dir={tmp / f'profile{time.monotonic_ns()}'}",
-                                     "--remote-debugging-port=0", handle.url],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [
+                    browser,
+                    "--headless",
+                    "--no-sandbox",
+                    "--enable-unsafe-swiftshader",
+                    "--use-angle=swiftshader",
+                    "--window-size=800,600",
+                    f"--user-data-dir={tmp / f'profile{time.monotonic_ns()}'}",
+                    "--remote-debugging-port=0",
+                    handle.url,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             t0 = time.monotonic()
             while handle.client_count() == 0 and time.monotonic() - t0 < 30:
                 time.sleep(0.1)
@@ -55,13 +65,20 @@ def one_run(src, prior, size: int, viewer: bool, rate: float, browser: str | Non
             t0 = time.perf_counter()
             system.step(src[i])
             step_s += time.perf_counter() - t0
-        out = {"step_ms": 1e3 * step_s / len(src), "cpu_ms": 1e3 * (time.process_time() - cpu0) / len(src),
-               "keyframes": system.map.num_keyframes()}
+        out = {
+            "step_ms": 1e3 * step_s / len(src),
+            "cpu_ms": 1e3 * (time.process_time() - cpu0) / len(src),
+            "keyframes": system.map.num_keyframes(),
+        }
         if handle is not None:
             handle.wait_until_current(10.0)
-            out.update(updates=handle.updates, viewer_thread_s=handle.update_seconds,
-                       viewer_cpu_share=handle.update_cpu_seconds / max(time.process_time() - cpu0, 1e-9),
-                       clients=handle.client_count(), cloud_messages=handle.scene.stats.cloud_messages)
+            out.update(
+                updates=handle.updates,
+                viewer_thread_s=handle.update_seconds,
+                viewer_cpu_share=handle.update_cpu_seconds / max(time.process_time() - cpu0, 1e-9),
+                clients=handle.client_count(),
+                cloud_messages=handle.scene.stats.cloud_messages,
+            )
         return out
     finally:
         if proc is not None:
@@ -93,24 +110,32 @@ def main() -> int:
             for viewer in (False, True):
                 row = one_run(src, prior, a.size, viewer, a.rate, browser, tmp)
                 rows[viewer].append(row)
-                extra = (f", viewer: {row['updates']} updates, {row['viewer_thread_s']:.2f} s in its thread "
-                         f"= {100 * row['viewer_cpu_share']:.1f}% of the process CPU, "
-                         f"{row['cloud_messages']} point-cloud messages, {row['clients']} browser(s)"
-                         if viewer else "")
-                print(f"  repeat {r} viewer {'on ' if viewer else 'off'}: {row['step_ms']:.1f} ms/frame "
-                      f"(process CPU {row['cpu_ms']:.1f} ms/frame) "
-                      f"({row['keyframes']} keyframes{extra})", flush=True)
+                extra = (
+                    f", viewer: {row['updates']} updates, {row['viewer_thread_s']:.2f} s in its thread "
+                    f"= {100 * row['viewer_cpu_share']:.1f}% of the process CPU, "
+                    f"{row['cloud_messages']} point-cloud messages, {row['clients']} browser(s)"
+                    if viewer
+                    else ""
+                )
+                print(
+                    f"  repeat {r} viewer {'on ' if viewer else 'off'}: {row['step_ms']:.1f} ms/frame "
+                    f"(process CPU {row['cpu_ms']:.1f} ms/frame) "
+                    f"({row['keyframes']} keyframes{extra})",
+                    flush=True,
+                )
     off = statistics.median(x["step_ms"] for x in rows[False])
     on = statistics.median(x["step_ms"] for x in rows[True])
     pairs = [b["step_ms"] / o["step_ms"] for o, b in zip(rows[False], rows[True])]
     cpu_off = statistics.median(x["cpu_ms"] for x in rows[False])
     cpu_on = statistics.median(x["cpu_ms"] for x in rows[True])
-    print(f"{a.frames} frames, network {a.size}px: tracking {off:.1f} ms/frame without the viewer, {on:.1f} "
-          f"with it: wall ratio {on / off:.3f} (per repeat: {', '.join(f'{p:.3f}' for p in pairs)}); "
-          f"process CPU (all threads, the viewer's included) {cpu_off:.1f} -> {cpu_on:.1f} ms/frame: "
-          f"ratio {cpu_on / cpu_off:.3f}; the viewer thread's own CPU time: "
-          f"{100 * statistics.median(x['viewer_cpu_share'] for x in rows[True]):.1f}% of the process CPU "
-          f"(goal: ratios <= 1.05)")
+    print(
+        f"{a.frames} frames, network {a.size}px: tracking {off:.1f} ms/frame without the viewer, {on:.1f} "
+        f"with it: wall ratio {on / off:.3f} (per repeat: {', '.join(f'{p:.3f}' for p in pairs)}); "
+        f"process CPU (all threads, the viewer's included) {cpu_off:.1f} -> {cpu_on:.1f} ms/frame: "
+        f"ratio {cpu_on / cpu_off:.3f}; the viewer thread's own CPU time: "
+        f"{100 * statistics.median(x['viewer_cpu_share'] for x in rows[True]):.1f}% of the process CPU "
+        f"(goal: ratios <= 1.05)"
+    )
     return 0
 
 

@@ -1,6 +1,6 @@
 """Evaluate against ground truth: a synthetic sequence, the SLAM, and the ATE of its trajectory.
 
-    python examples/evaluate_ground_truth.py work/ --frames 60
+python examples/evaluate_ground_truth.py work/ --frames 60
 """
 
 from __future__ import annotations
@@ -24,8 +24,23 @@ def main() -> int:
 
     seq = generate_sequence(args.work / "sequence", args.frames, *args.size, seed=0)  # has groundtruth.txt
     run = args.work / "run"
-    if mslam_ns(["run", str(seq), "--out", str(run), "--prior", "oracle", "--img-size", str(args.img_size),
-                 "--overwrite", "--quiet"]) != 0:
+    if (
+        mslam_ns(
+            [
+                "run",
+                str(seq),
+                "--out",
+                str(run),
+                "--prior",
+                "oracle",
+                "--img-size",
+                str(args.img_size),
+                "--overwrite",
+                "--quiet",
+            ]
+        )
+        != 0
+    ):
         return 2
     if mslam_ns(["eval", str(run), "--gt", str(seq / "groundtruth.txt")]) != 0:
         return 2

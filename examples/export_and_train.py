@@ -1,7 +1,7 @@
 """From a video to a trained splatfacto: SLAM, nerfstudio export, then `ns-train` on the result.
 
-    python examples/export_and_train.py my_video.mp4 work/          # SLAM + export, prints the train command
-    python examples/export_and_train.py my_video.mp4 work/ --train  # ... and trains (a GPU is advisable)
+python examples/export_and_train.py my_video.mp4 work/          # SLAM + export, prints the train command
+python examples/export_and_train.py my_video.mp4 work/ --train  # ... and trains (a GPU is advisable)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Python API on a video (or image folder / dataset): poses of every frame, keyframes, points.
 
-    python examples/python_api.py my_video.mp4                    # MASt3R prior (downloads the checkpoint)
-    python examples/python_api.py SEQUENCE --prior oracle --img-size 128   # a sequence with depth + GT
+python examples/python_api.py my_video.mp4                    # MASt3R prior (downloads the checkpoint)
+python examples/python_api.py SEQUENCE --prior oracle --img-size 128   # a sequence with depth + GT
 """
 
 from __future__ import annotations

@@ -31,8 +31,10 @@ def _forbid(report: pytest.TestReport | pytest.CollectReport) -> None:
         reason = _skip_reason(report)
         if ALLOWED_SKIP not in reason:
             report.outcome = "failed"
-            report.longrepr = (f"skip not allowed on CI (CI=true): {reason}\n"
-                               f"Only '{ALLOWED_SKIP}' may skip; install what the test needs or fix its cause.")
+            report.longrepr = (
+                f"skip not allowed on CI (CI=true): {reason}\n"
+                f"Only '{ALLOWED_SKIP}' may skip; install what the test needs or fix its cause."
+            )
 
 
 @pytest.hookimpl(hookwrapper=True)

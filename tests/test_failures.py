@@ -138,8 +138,7 @@ def test_ctrl_c_leaves_no_partial_output(seq, good_run, tmp_path, where) -> None
     shutil.copytree(good_run, out)
     before = _tree(out)
     mark = tmp_path / "mark"
-    cmd = [sys.executable, "-c", _DRIVER, str(mark), where, "run", str(seq), "--out", str(out), "--overwrite",
-           *RUN]
+    cmd = [sys.executable, "-c", _DRIVER, str(mark), where, "run", str(seq), "--out", str(out), "--overwrite", *RUN]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         while not mark.exists():  # the event: the run reached the point to interrupt
@@ -164,8 +163,9 @@ def test_bad_input_exit_code_2_one_line_no_traceback(tmp_path) -> None:
     """As a user sees it: a real process, its exit status and its stderr."""
     exe = Path(sys.executable).with_name("mslam-ns")
     missing = tmp_path / "no such video.mp4"
-    r = subprocess.run([str(exe), "run", str(missing), "--out", str(tmp_path / "out")], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [str(exe), "run", str(missing), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0] and "Traceback" not in r.stderr, r.stderr
@@ -182,8 +182,21 @@ def test_names_with_spaces_survive_into_frames_txt(tmp_path) -> None:
     for k, n in enumerate(names):
         Image.fromarray(np.roll(base, 2 * k, axis=1)).save(folder / n)
     out = tmp_path / "run output"
-    rc = main(["run", str(folder), "--out", str(out), "--prior", "mast3r", "--checkpoint", str(TINY_CKPT),
-               "--img-size", "64", "--quiet"])
+    rc = main(
+        [
+            "run",
+            str(folder),
+            "--out",
+            str(out),
+            "--prior",
+            "mast3r",
+            "--checkpoint",
+            str(TINY_CKPT),
+            "--img-size",
+            "64",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     from mslam_ns.io.rundir import RunDir
 

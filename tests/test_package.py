@@ -26,16 +26,14 @@ def test_import_does_not_import_torch_eagerly():
 
 
 def test_cli_help_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "mslam_ns.cli", "--help"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-m", "mslam_ns.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for name in ("run", "demo", "eval", "doctor", "download", "synth", "infer"):
         assert name in out.stdout
 
 
 def test_doctor_reports_versions_and_kernels():
-    out = subprocess.run([sys.executable, "-m", "mslam_ns.cli", "doctor"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-m", "mslam_ns.cli", "doctor"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "torch" in out.stdout and "kernels:" in out.stdout
     assert "matching/cpu" in out.stdout and "gn/cpu" in out.stdout

@@ -22,8 +22,9 @@ def open_run_source(run: RunDir):
     if not dataset or not Path(dataset).exists():
         raise UserError(f"{run.path}: the run's input {dataset!r} is not there any more (needed for the images)")
     calib = cfg.get("calib")
-    return open_dataset(Path(dataset), int(cfg.get("stride") or 1), cfg.get("max_frames"),
-                        Path(calib) if calib else None)
+    return open_dataset(
+        Path(dataset), int(cfg.get("stride") or 1), cfg.get("max_frames"), Path(calib) if calib else None
+    )
 
 
 def export(

@@ -214,8 +214,9 @@ def load_options(cls: type, file: Path | None, **overrides: Any) -> Any:
             raise UserError(f"{file}: unknown option {k!r}")
     for f in dataclasses.fields(cls):
         if f.name in data:
-            kw[f.name] = _check_value(file or Path("<options>"), f.name, hints[f.name], data[f.name],
-                                      _default_of(f, None))
+            kw[f.name] = _check_value(
+                file or Path("<options>"), f.name, hints[f.name], data[f.name], _default_of(f, None)
+            )
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             kw[f.name] = tyro.MISSING
     return cls(**kw)

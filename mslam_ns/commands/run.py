@@ -44,11 +44,13 @@ def _print_summary(summary: dict, out: Path) -> None:
 
     c = Console()
     t = summary["timings_s"]
-    c.print(f"[bold]{summary['frames']}[/] frames, [bold]{summary['keyframes']}[/] keyframes, "
-            f"{summary['lost_frames']} lost, {summary['restarts']} restarts; "
-            f"{summary['fps']['overall']:.2f} frames/s overall "
-            f"(prior {t['prior']:.1f} s, tracking {t['tracking']:.1f} s "
-            f"= {summary['fps']['frontend_without_prior']:.1f} frames/s without the prior)")
+    c.print(
+        f"[bold]{summary['frames']}[/] frames, [bold]{summary['keyframes']}[/] keyframes, "
+        f"{summary['lost_frames']} lost, {summary['restarts']} restarts; "
+        f"{summary['fps']['overall']:.2f} frames/s overall "
+        f"(prior {t['prior']:.1f} s, tracking {t['tracking']:.1f} s "
+        f"= {summary['fps']['frontend_without_prior']:.1f} frames/s without the prior)"
+    )
     if summary.get("intrinsics"):
         k = summary["intrinsics"]
         c.print(f"intrinsics ({k['source']}): fx {k['fx']:.1f} fy {k['fy']:.1f} cx {k['cx']:.1f} cy {k['cy']:.1f}")
@@ -91,9 +93,15 @@ def demo(
 
     console = Console()
     check_out(out, overwrite)
-    opts = load_options(RunOptions, None, dataset=str((Path(out) / "sequence").resolve()), prior="oracle",
-                        oracle_noise=oracle_noise,
-                        seed=seed, slam={"mode": mode, "img_size": img_size})
+    opts = load_options(
+        RunOptions,
+        None,
+        dataset=str((Path(out) / "sequence").resolve()),
+        prior="oracle",
+        oracle_noise=oracle_noise,
+        seed=seed,
+        slam={"mode": mode, "img_size": img_size},
+    )
     with atomic_output_dir(out, replace=overwrite) as tmp:
         seq = generate_sequence(tmp / "sequence", frames, width, height, seed)
         source = open_dataset(Path(seq))
@@ -101,26 +109,38 @@ def demo(
         cfg = to_slam_config(opts.slam, mode_)
         prior_obj = make_prior(source, "oracle", oracle_noise, img_size, seed, None, "cpu")
         if not quiet:
-            console.print(f"synthetic sequence: {len(source)} frames {width}x{height}, "
-                          f"oracle prior (noise '{oracle_noise}'), mode '{mode_}'")
+            console.print(
+                f"synthetic sequence: {len(source)} frames {width}x{height}, "
+                f"oracle prior (noise '{oracle_noise}'), mode '{mode_}'"
+            )
         system, summary = run_slam(source, prior_obj, cfg, K, quiet=quiet)
         res = evaluate_run(system, source)
-        summary.update({"dataset": "synthetic", "prior": "oracle", "oracle_noise": oracle_noise, "ate": res,
-                        "dataset_intrinsics": dataset_intrinsics(source)})
+        summary.update(
+            {
+                "dataset": "synthetic",
+                "prior": "oracle",
+                "oracle_noise": oracle_noise,
+                "ate": res,
+                "dataset_intrinsics": dataset_intrinsics(source),
+            }
+        )
         rd = RunDir(tmp)
         rd.write(record_run(system, summary, opts.conf_thresh, options_to_dict(opts)))
         rd.write_eval(res)
     _print_summary(summary, out)
     for name, r in res.items():
-        console.print(f"ATE RMSE {name:19s}: {r['rmse']:.4f} (= {r['rmse_percent_of_path']:.2f}% of the "
-                      f"{r['path_length']:.2f} path), orientation {r['rot_median_deg']:.2f} deg (median), "
-                      f"{r['n_matched']} poses")
+        console.print(
+            f"ATE RMSE {name:19s}: {r['rmse']:.4f} (= {r['rmse_percent_of_path']:.2f}% of the "
+            f"{r['path_length']:.2f} path), orientation {r['rot_median_deg']:.2f} deg (median), "
+            f"{r['n_matched']} poses"
+        )
     f, a = res["frontend_all_frames"]["rmse_percent_of_path"], res["all_frames"]["rmse_percent_of_path"]
     g = summary.get("graph", {})
-    console.print(f"backend: {g.get('edges', 0)} graph edges ({g.get('loop_edges', 0)} loop closures, "
-                  f"{g.get('relocalisations', 0)} relocalisations); drift {f:.2f}% -> {a:.2f}% of the path "
-                  f"({f / max(a, 1e-9):.1f}x less than the frontend alone)")
+    console.print(
+        f"backend: {g.get('edges', 0)} graph edges ({g.get('loop_edges', 0)} loop closures, "
+        f"{g.get('relocalisations', 0)} relocalisations); drift {f:.2f}% -> {a:.2f}% of the path "
+        f"({f / max(a, 1e-9):.1f}x less than the frontend alone)"
+    )
     if not quiet:
         console.print(f"sequence in {out / 'sequence'}/")
     return 0
-

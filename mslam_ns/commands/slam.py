@@ -18,8 +18,17 @@ from mslam_ns.config import SlamConfig
 from mslam_ns.errors import UserError
 from mslam_ns.io.rundir import FrameTable, PointCloud, RunDir, RunRecord
 
-__all__ = ["open_dataset", "make_prior", "resolve_mode", "run_slam", "record_run", "evaluate_run",
-           "check_out", "execute_run", "input_fingerprint"]
+__all__ = [
+    "open_dataset",
+    "make_prior",
+    "resolve_mode",
+    "run_slam",
+    "record_run",
+    "evaluate_run",
+    "check_out",
+    "execute_run",
+    "input_fingerprint",
+]
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -45,15 +54,16 @@ def open_dataset(dataset: Path, stride: int = 1, max_frames: int | None = None, 
     return undistorted(source)  # the SLAM works on pinhole images: lens distortion is removed here
 
 
-def make_prior(source, prior: str, oracle_noise: str, img_size: int, seed: int, checkpoint: Path | None,
-               device: str):
+def make_prior(source, prior: str, oracle_noise: str, img_size: int, seed: int, checkpoint: Path | None, device: str):
     """The two-view prior chosen on the command line."""
     if prior == "oracle":
         from mslam_ns.prior.oracle import OraclePrior
 
         if source.gt_poses is None:
-            raise UserError(f"{source.path}: the oracle prior needs ground-truth poses and depth "
-                            "(a TUM / synthetic sequence); use --prior mast3r")
+            raise UserError(
+                f"{source.path}: the oracle prior needs ground-truth poses and depth "
+                "(a TUM / synthetic sequence); use --prior mast3r"
+            )
         try:
             return OraclePrior.from_source(source, size=img_size, noise=oracle_noise, seed=seed, device=device)
         except ValueError as e:
@@ -109,9 +119,15 @@ def _progress(total: int, quiet: bool, label: str = "SLAM"):
     """A rich progress bar with frames/s, keyframes and state; returns (progress, callback)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    prog = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[fps]:.1f} frames/s  kf {task.fields[kf]}  {task.fields[state]}"),
-                    disable=quiet, transient=False)
+    prog = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[fps]:.1f} frames/s  kf {task.fields[kf]}  {task.fields[state]}"),
+        disable=quiet,
+        transient=False,
+    )
     task = prog.add_task("slam", total=total, fps=0.0, kf=0, state="init")
     t0 = time.perf_counter()
     count = [0]
@@ -129,8 +145,9 @@ def _num_keyframes(system) -> int:
     return len(system.map.keyframes)
 
 
-def run_slam(source, prior_obj, cfg: SlamConfig, K: np.ndarray | None, max_lost: int = 10,
-             quiet: bool = True, on_system=None):
+def run_slam(
+    source, prior_obj, cfg: SlamConfig, K: np.ndarray | None, max_lost: int = 10, quiet: bool = True, on_system=None
+):
     """Run a `SlamSystem` over a whole source. Returns (system, summary dict).
 
     `on_system(system)` is called before the first frame and may return an object with `.stop()`
@@ -166,13 +183,20 @@ def _drive(system, source, quiet: bool):
         "lost_frames": int(np.asarray(snap.frame_lost).sum()),
         "restarts": system.restarts,
         "state": getattr(system.state, "value", system.state),
-        "timings_s": {"total": wall, "prior": prior_s, "tracking": track_s,
-                      **{k: v for k, v in sorted(tm.items())}},
+        "timings_s": {"total": wall, "prior": prior_s, "tracking": track_s, **{k: v for k, v in sorted(tm.items())}},
         "fps": {"overall": n / max(wall, 1e-9), "frontend_without_prior": n / max(track_s, 1e-9)},
-        "intrinsics": None if K_est is None else {
-            "fx": float(K_est[0, 0]), "fy": float(K_est[1, 1]), "cx": float(K_est[0, 2]),
-            "cy": float(K_est[1, 2]), "width": int(W), "height": int(H),
-            "source": "given" if system.K_given is not None else "estimated", "pixels": "original image"},
+        "intrinsics": None
+        if K_est is None
+        else {
+            "fx": float(K_est[0, 0]),
+            "fy": float(K_est[1, 1]),
+            "cx": float(K_est[0, 2]),
+            "cy": float(K_est[1, 2]),
+            "width": int(W),
+            "height": int(H),
+            "source": "given" if system.K_given is not None else "estimated",
+            "pixels": "original image",
+        },
         "image_transform": None if system.transform is None else system.transform.to_dict(),
         "undistorted": type(source).__name__ == "UndistortedSource",
         "graph": system.stats(),
@@ -215,28 +239,48 @@ def keyframe_points(snap, transform, conf_thresh: float) -> PointCloud:
         jj, ii = np.divmod(np.arange(H * W)[m], W)  # row, column in the network image
         uv_net = np.stack([ii, jj], 1).astype(np.float64)
         uv = np.asarray(transform.to_original(uv_net)) if transform is not None else uv_net
-        parts.append(PointCloud(Xw, np.asarray(v.rgb).reshape(-1, 3)[m], np.asarray(v.C)[m].astype(np.float32),
-                                np.full(int(m.sum()), k, dtype=np.int32), uv.astype(np.float32)))
+        parts.append(
+            PointCloud(
+                Xw,
+                np.asarray(v.rgb).reshape(-1, 3)[m],
+                np.asarray(v.C)[m].astype(np.float32),
+                np.full(int(m.sum()), k, dtype=np.int32),
+                uv.astype(np.float32),
+            )
+        )
     if not parts:
         z = np.zeros
-        return PointCloud(z((0, 3), np.float32), z((0, 3), np.uint8), z(0, np.float32), z(0, np.int32),
-                          z((0, 2), np.float32))
-    return PointCloud(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                        ("xyz", "rgb", "confidence", "keyframe", "uv")))
+        return PointCloud(
+            z((0, 3), np.float32), z((0, 3), np.uint8), z(0, np.float32), z(0, np.int32), z((0, 2), np.float32)
+        )
+    return PointCloud(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("xyz", "rgb", "confidence", "keyframe", "uv"))
+    )
 
 
 def record_run(system, summary: dict, conf_thresh: float, config: dict | None = None) -> RunRecord:
     """The finished system as a `RunRecord` (what `RunDir.write` writes)."""
     snap = _snapshot(system, with_points=True)
     kf_ts = _keyframe_timestamps(snap, system)
-    table = FrameTable(np.asarray(snap.frame_timestamps, dtype=np.float64), np.asarray(snap.frame_kf),
-                       np.asarray(snap.frame_is_keyframe, dtype=bool), np.asarray(snap.frame_lost, dtype=bool),
-                       list(snap.frame_names))
+    table = FrameTable(
+        np.asarray(snap.frame_timestamps, dtype=np.float64),
+        np.asarray(snap.frame_kf),
+        np.asarray(snap.frame_is_keyframe, dtype=bool),
+        np.asarray(snap.frame_lost, dtype=bool),
+        list(snap.frame_names),
+    )
     return RunRecord(
-        frames=table, frame_T_WC=np.asarray(snap.frame_T_WC), keyframe_T_WC=np.asarray(snap.T_WC),
-        keyframe_timestamps=np.asarray(kf_ts), points=keyframe_points(snap, system.transform, conf_thresh),
-        summary=summary, edges=np.asarray(snap.edges), edge_kind=list(snap.edge_kind),
-        thumbnails={k: v.rgb for k, v in snap.keyframes.items()}, config=config)
+        frames=table,
+        frame_T_WC=np.asarray(snap.frame_T_WC),
+        keyframe_T_WC=np.asarray(snap.T_WC),
+        keyframe_timestamps=np.asarray(kf_ts),
+        points=keyframe_points(snap, system.transform, conf_thresh),
+        summary=summary,
+        edges=np.asarray(snap.edges),
+        edge_kind=list(snap.edge_kind),
+        thumbnails={k: v.rgb for k, v in snap.keyframes.items()},
+        config=config,
+    )
 
 
 def evaluate_run(system, source) -> dict:
@@ -252,9 +296,11 @@ def evaluate_run(system, source) -> dict:
     kf_ts = _keyframe_timestamps(snap, system)
     f_ts, _, f_T = system.frame_poses(frontend=True)
     out = {}
-    for name, (t, P) in {"all_frames": (snap.frame_timestamps, snap.frame_T_WC),
-                         "keyframes": (kf_ts, snap.T_WC),
-                         "frontend_all_frames": (f_ts.numpy(), f_T.double().numpy())}.items():
+    for name, (t, P) in {
+        "all_frames": (snap.frame_timestamps, snap.frame_T_WC),
+        "keyframes": (kf_ts, snap.T_WC),
+        "frontend_all_frames": (f_ts.numpy(), f_T.double().numpy()),
+    }.items():
         r = ate(np.asarray(t), sim3_to_pose7(P), gt_ts, gt)
         d = r.to_dict()
         d["rmse_percent_of_path"] = 100.0 * r.rmse / max(r.path_length, 1e-12)
@@ -304,8 +350,9 @@ def _live_viewer(o):
             raise UserError(f"--view: cannot listen on {o.host}:{o.port} ({e.strerror or e})") from None
         from rich.console import Console
 
-        Console(stderr=True).print(f"live viewer at [bold]{handle.url}[/] (stops when the run ends; "
-                                   f"`mslam-ns view OUT` shows the result)")
+        Console(stderr=True).print(
+            f"live viewer at [bold]{handle.url}[/] (stops when the run ends; `mslam-ns view OUT` shows the result)"
+        )
         return handle
 
     return start
@@ -316,16 +363,31 @@ def execute_run(o, out: Path, extra_summary: dict | None = None, replace: bool |
     from mslam_ns.commands.options import options_to_dict, to_slam_config
     from mslam_ns.io.atomic import atomic_output_dir
 
-    o = dataclasses.replace(o, dataset=Path(o.dataset).absolute(),
-                            calib=None if o.calib is None else Path(o.calib).absolute())
+    o = dataclasses.replace(
+        o, dataset=Path(o.dataset).absolute(), calib=None if o.calib is None else Path(o.calib).absolute()
+    )
     source = open_dataset(o.dataset, o.stride, o.max_frames, o.calib)
     mode, K = resolve_mode(o.slam.mode, o.calib, source)
     cfg = to_slam_config(o.slam, mode)
     prior_obj = make_prior(source, o.prior, o.oracle_noise, cfg.img_size, o.seed, o.checkpoint, cfg.device)
-    system, summary = run_slam(source, prior_obj, cfg, K, max_lost=o.max_lost, quiet=o.quiet,
-                               on_system=_live_viewer(o) if getattr(o, "view", False) else None)
-    summary.update({"dataset": str(o.dataset), "prior": o.prior, "dataset_intrinsics": dataset_intrinsics(source),
-                    "oracle_noise": o.oracle_noise if o.prior == "oracle" else None, **(extra_summary or {})})
+    system, summary = run_slam(
+        source,
+        prior_obj,
+        cfg,
+        K,
+        max_lost=o.max_lost,
+        quiet=o.quiet,
+        on_system=_live_viewer(o) if getattr(o, "view", False) else None,
+    )
+    summary.update(
+        {
+            "dataset": str(o.dataset),
+            "prior": o.prior,
+            "dataset_intrinsics": dataset_intrinsics(source),
+            "oracle_noise": o.oracle_noise if o.prior == "oracle" else None,
+            **(extra_summary or {}),
+        }
+    )
     with atomic_output_dir(out, replace=o.overwrite if replace is None else replace) as tmp:
         RunDir(tmp).write(record_run(system, summary, o.conf_thresh, options_to_dict(o)))
     return RunDir(out)

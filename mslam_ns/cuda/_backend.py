@@ -233,8 +233,10 @@ def load(name: str, device_type: str, *, build: bool = True, verbose: bool = Fal
             return None
         try:
             if not _is_built(name, device_type):
-                print(f"[mslam_ns] compiling the {device_type} '{name}' kernels (once; cached in {cache_root()})",
-                      file=sys.stderr)
+                print(
+                    f"[mslam_ns] compiling the {device_type} '{name}' kernels (once; cached in {cache_root()})",
+                    file=sys.stderr,
+                )
             mod = _compile(name, device_type, verbose=verbose)
             _prune_stale_builds(name, device_type)
         except Exception as e:  # noqa: BLE001 - any build failure means "fall back"
@@ -314,8 +316,11 @@ def nvcc_compile_check(arch: str = "sm_80", names: list[str] | None = None, jobs
     cuda_home = find_cuda_home()
     if cuda_home is None:
         raise RuntimeError("nvcc not found: cannot compile the CUDA sources")
-    includes = cpp_extension.include_paths(device_type="cuda") if _accepts_device_type() else \
-        cpp_extension.include_paths(cuda=True)
+    includes = (
+        cpp_extension.include_paths(device_type="cuda")
+        if _accepts_device_type()
+        else cpp_extension.include_paths(cuda=True)
+    )
     includes = list(includes) + [str(INCLUDE_DIR), str(CUDA_DIR), str(cuda_home / "include")]
     includes += _nvidia_wheel_includes()
     import sysconfig
@@ -328,9 +333,19 @@ def nvcc_compile_check(arch: str = "sm_80", names: list[str] | None = None, jobs
 
     def one(src: Path) -> tuple[str, str]:
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [str(cuda_home / "bin" / "nvcc"), "-c", str(src), "-o", str(Path(tmp) / "out.o"),
-                   f"-arch={arch}", "-DTORCH_EXTENSION_NAME=mslam_check", "-DTORCH_API_INCLUDE_EXTENSION_H",
-                   f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-Xcompiler", "-fPIC"] + _cuda_flags()
+            cmd = [
+                str(cuda_home / "bin" / "nvcc"),
+                "-c",
+                str(src),
+                "-o",
+                str(Path(tmp) / "out.o"),
+                f"-arch={arch}",
+                "-DTORCH_EXTENSION_NAME=mslam_check",
+                "-DTORCH_API_INCLUDE_EXTENSION_H",
+                f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+                "-Xcompiler",
+                "-fPIC",
+            ] + _cuda_flags()
             cmd += [f"-I{p}" for p in includes]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:

@@ -152,10 +152,14 @@ def rotations_of(poses: np.ndarray) -> np.ndarray | None:
         x, y, z, w = (poses[:, 3 + k] for k in range(4))
         n = np.sqrt(x * x + y * y + z * z + w * w)
         x, y, z, w = x / n, y / n, z / n, w / n
-        return np.stack([
-            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], 1)
+        return np.stack(
+            [
+                np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+                np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+                np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+            ],
+            1,
+        )
     return None
 
 
@@ -204,9 +208,7 @@ def ate(
     gt_ts, p_gt_all = gt_ts[ok_g], p_gt_all[ok_g]
     ir, ie = associate_nearest(gt_ts, est_ts, max_dt)
     if len(ir) < 3:
-        raise ValueError(
-            f"ate: only {len(ir)} poses matched the ground truth within {max_dt} s (need at least 3)"
-        )
+        raise ValueError(f"ate: only {len(ir)} poses matched the ground truth within {max_dt} s (need at least 3)")
     p_gt = p_gt_all[ir]
     p_est = p_est_all[ie]
     if align == "none":

@@ -18,8 +18,7 @@ import numpy as np
 from mslam_ns.errors import UserError
 from mslam_ns.eval.ate import EVO_MAX_DIFF, associate_nearest, umeyama
 
-__all__ = ["write_plots", "write_report", "aligned_errors", "COLORS", "TRAJECTORY_PLOT", "ATE_PLOT",
-           "REPORT_PLOT"]
+__all__ = ["write_plots", "write_report", "aligned_errors", "COLORS", "TRAJECTORY_PLOT", "ATE_PLOT", "REPORT_PLOT"]
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +26,15 @@ TRAJECTORY_PLOT = "plot_trajectory.png"
 ATE_PLOT = "plot_ate.png"
 REPORT_PLOT = "report.png"
 COLORS = {
-    "gt": "#2ca02c", "estimate": "#1f5fd6", "lost": "#e01b1b", "keyframe": "#ff8c00",
-    "error": "#1f5fd6", "rmse": "#ff8c00", "median": "#2ca02c", "mean": "#9b30d9", "matches": "#1f5fd6",
+    "gt": "#2ca02c",
+    "estimate": "#1f5fd6",
+    "lost": "#e01b1b",
+    "keyframe": "#ff8c00",
+    "error": "#1f5fd6",
+    "rmse": "#ff8c00",
+    "median": "#2ca02c",
+    "mean": "#9b30d9",
+    "matches": "#1f5fd6",
 }
 """Colour of each series (fixed, so that a plot can be checked from its pixels)."""
 DPI = 100
@@ -95,8 +101,9 @@ def _lost_spans(ax, t: np.ndarray, lost: np.ndarray, label: str = "lost") -> Non
             while j + 1 < len(lost) and lost[j + 1]:
                 j += 1
             dt = (t[min(j + 1, len(t) - 1)] - t[j]) if j + 1 < len(t) else (t[j] - t[max(j - 1, 0)])
-            ax.axvspan(t[i], t[j] + max(dt, 1e-6), color=COLORS["lost"], alpha=0.25, lw=0,
-                       label=label if first else None)
+            ax.axvspan(
+                t[i], t[j] + max(dt, 1e-6), color=COLORS["lost"], alpha=0.25, lw=0, label=label if first else None
+            )
             first = False
             i = j + 1
         else:
@@ -232,8 +239,9 @@ def write_report(run_dir: Path, n_matches: Sequence[int] | None = None) -> Path:
     frame = np.arange(len(ts))
     _lost_spans(ax, frame.astype(np.float64), lost)
     if n_matches is not None and len(n_matches) == len(ts):
-        ax.plot(frame, np.asarray(n_matches, dtype=np.float64), "-", color=COLORS["matches"], lw=2.0,
-                label="valid matches")
+        ax.plot(
+            frame, np.asarray(n_matches, dtype=np.float64), "-", color=COLORS["matches"], lw=2.0, label="valid matches"
+        )
         ax.set_ylabel("matches")
     else:
         if n_matches is not None:
@@ -242,16 +250,18 @@ def write_report(run_dir: Path, n_matches: Sequence[int] | None = None) -> Path:
         ax.set_ylabel("keyframe id")
     kf_frames = frame[is_kf]
     if len(kf_frames):
-        ax.plot(kf_frames, np.zeros(len(kf_frames)), "|", color=COLORS["keyframe"], ms=12, mew=2,
-                label="new keyframe")
+        ax.plot(kf_frames, np.zeros(len(kf_frames)), "|", color=COLORS["keyframe"], ms=12, mew=2, label="new keyframe")
     ax.set_xlabel("frame")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     ax.set_title("tracking per frame")
 
     ax = fig.add_subplot(2, 2, 3)
-    tm = {k: float(v) for k, v in (summary.get("timings_s") or {}).items()
-          if k not in ("total", "prior", "tracking", "track") and isinstance(v, (int, float))}
+    tm = {
+        k: float(v)
+        for k, v in (summary.get("timings_s") or {}).items()
+        if k not in ("total", "prior", "tracking", "track") and isinstance(v, (int, float))
+    }
     if tm:
         keys = sorted(tm, key=tm.get)
         ax.barh(keys, [tm[k] for k in keys], color=COLORS["estimate"])
@@ -264,26 +274,32 @@ def write_report(run_dir: Path, n_matches: Sequence[int] | None = None) -> Path:
     ax = fig.add_subplot(2, 2, 4)
     ax.axis("off")
     fps = summary.get("fps") or {}
-    lines = [f"frames: {len(ts)}   keyframes: {int(is_kf.sum()) or summary.get('keyframes', '?')}",
-             f"lost frames: {int(lost.sum())}   restarts: {summary.get('restarts', '?')}",
-             f"final state: {summary.get('state', '?')}"]
+    lines = [
+        f"frames: {len(ts)}   keyframes: {int(is_kf.sum()) or summary.get('keyframes', '?')}",
+        f"lost frames: {int(lost.sum())}   restarts: {summary.get('restarts', '?')}",
+        f"final state: {summary.get('state', '?')}",
+    ]
     if fps:
-        lines.append(f"frames/s: {fps.get('overall', float('nan')):.2f} overall, "
-                     f"{fps.get('frontend_without_prior', float('nan')):.2f} without the prior")
+        lines.append(
+            f"frames/s: {fps.get('overall', float('nan')):.2f} overall, "
+            f"{fps.get('frontend_without_prior', float('nan')):.2f} without the prior"
+        )
     if summary.get("points") is not None:
         lines.append(f"points: {summary['points']:,}")
     k = summary.get("intrinsics")
     if k:
-        lines.append(f"intrinsics ({k.get('source', '?')}): fx {k['fx']:.1f} fy {k['fy']:.1f} "
-                     f"cx {k['cx']:.1f} cy {k['cy']:.1f}")
+        lines.append(
+            f"intrinsics ({k.get('source', '?')}): fx {k['fx']:.1f} fy {k['fy']:.1f} cx {k['cx']:.1f} cy {k['cy']:.1f}"
+        )
     for key in ("all_frames", "keyframes"):
         r = ev.get(key) if isinstance(ev, dict) else None
         if isinstance(r, dict) and "rmse" in r:
-            lines.append(f"ATE RMSE {key}: {r['rmse']:.4f} ({r.get('rmse_percent_of_path', float('nan')):.2f}% "
-                         f"of path), {r.get('n_matched', '?')} poses")
+            lines.append(
+                f"ATE RMSE {key}: {r['rmse']:.4f} ({r.get('rmse_percent_of_path', float('nan')):.2f}% "
+                f"of path), {r.get('n_matched', '?')} poses"
+            )
     if summary.get("dataset"):
         lines.append(f"dataset: {summary['dataset']}")
-    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=10,
-            transform=ax.transAxes)
+    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=10, transform=ax.transAxes)
     ax.set_title(f"run {run_dir.name}")
     return _save(fig, run_dir / REPORT_PLOT)

@@ -23,11 +23,25 @@ import numpy as np
 from mslam_ns.io.poses import matrix_to_quat, quat_to_matrix
 
 __all__ = [
-    "CV_TO_GL", "APPLIED_TRANSFORM", "sim3_to_matrix", "sim3_to_pose7", "pose7_to_c2w", "c2w_to_pose7",
-    "flip_camera_axes", "cv_to_gl_c2w", "gl_to_cv_c2w", "to_nerfstudio_c2w", "from_nerfstudio_c2w",
+    "CV_TO_GL",
+    "APPLIED_TRANSFORM",
+    "sim3_to_matrix",
+    "sim3_to_pose7",
+    "pose7_to_c2w",
+    "c2w_to_pose7",
+    "flip_camera_axes",
+    "cv_to_gl_c2w",
+    "gl_to_cv_c2w",
+    "to_nerfstudio_c2w",
+    "from_nerfstudio_c2w",
     "to_nerfstudio_points",
-    "xyzw_to_wxyz", "wxyz_to_xyzw", "c2w_to_colmap", "colmap_to_c2w", "PIXEL_CENTER_OFFSET",
-    "principal_point_to_corner_origin", "principal_point_from_corner_origin",
+    "xyzw_to_wxyz",
+    "wxyz_to_xyzw",
+    "c2w_to_colmap",
+    "colmap_to_c2w",
+    "PIXEL_CENTER_OFFSET",
+    "principal_point_to_corner_origin",
+    "principal_point_from_corner_origin",
 ]
 
 PIXEL_CENTER_OFFSET = 0.5
@@ -42,6 +56,7 @@ def principal_point_to_corner_origin(cx: float, cy: float) -> tuple[float, float
 def principal_point_from_corner_origin(cx: float, cy: float) -> tuple[float, float]:
     """nerfstudio's / COLMAP's principal point -> ours."""
     return float(cx) - PIXEL_CENTER_OFFSET, float(cy) - PIXEL_CENTER_OFFSET
+
 
 CV_TO_GL = np.diag([1.0, -1.0, -1.0])
 """[3, 3] OpenCV <-> OpenGL camera axes (its own inverse): flips y and z."""

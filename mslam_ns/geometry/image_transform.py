@@ -50,8 +50,9 @@ class ImageTransform:
         rw, rh = self.resized_size
         x0, y0, x1, y1 = self.crop_box
         if min(sw, sh, rw, rh) <= 0:
-            raise ValueError(f"ImageTransform: sizes must be positive, got source {self.source_size}, "
-                             f"resized {self.resized_size}")
+            raise ValueError(
+                f"ImageTransform: sizes must be positive, got source {self.source_size}, resized {self.resized_size}"
+            )
         if not (x1 > x0 and y1 > y0):
             raise ValueError(f"ImageTransform: empty crop box {self.crop_box}")
         # Normalise to plain ints (JSON, hashing, equality).
@@ -80,9 +81,9 @@ class ImageTransform:
         """A with uv_net = A @ [u_src, v_src, 1] (see the module docstring)."""
         sx, sy = self.scale
         x0, y0 = self.crop_box[:2]
-        return np.array([[sx, 0.0, 0.5 * sx - 0.5 - x0],
-                         [0.0, sy, 0.5 * sy - 0.5 - y0],
-                         [0.0, 0.0, 1.0]], dtype=np.float64)
+        return np.array(
+            [[sx, 0.0, 0.5 * sx - 0.5 - x0], [0.0, sy, 0.5 * sy - 0.5 - y0], [0.0, 0.0, 1.0]], dtype=np.float64
+        )
 
     # ------------------------------------------------------------------------------------------ pixel maps
     def to_network(self, uv: ArrayLike) -> ArrayLike:  # [..., 2] -> [..., 2]
@@ -109,8 +110,11 @@ class ImageTransform:
     # ------------------------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (lists of ints)."""
-        return {"source_size": list(self.source_size), "resized_size": list(self.resized_size),
-                "crop_box": list(self.crop_box)}
+        return {
+            "source_size": list(self.source_size),
+            "resized_size": list(self.resized_size),
+            "crop_box": list(self.crop_box),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageTransform:

@@ -223,8 +223,7 @@ class IntrinsicsFuser:
     """kf_id -> (fx, fy, cx, cy, weight) of every keyframe added."""
     _next_id: int = -1
 
-    def add(self, fx: float, fy: float, cx: float, cy: float, weight: float = 1.0,
-            kf_id: int | None = None) -> None:
+    def add(self, fx: float, fy: float, cx: float, cy: float, weight: float = 1.0, kf_id: int | None = None) -> None:
         """Add (or replace) one estimate; non-finite or non-positive-focal estimates and zero weights are
         ignored. Without ``kf_id`` the sample gets a fresh negative id."""
         vals = (fx, fy, cx, cy, weight)
@@ -245,8 +244,10 @@ class IntrinsicsFuser:
         H, W = Xn.shape[:2]
         try:
             est = estimate_intrinsics(Xn, Cn, fit_pp=self.fit_pp)
-            if self.fit_pp and (abs(est[2] - (W - 1) / 2.0) > self.max_pp_offset * W
-                                or abs(est[3] - (H - 1) / 2.0) > self.max_pp_offset * H):
+            if self.fit_pp and (
+                abs(est[2] - (W - 1) / 2.0) > self.max_pp_offset * W
+                or abs(est[3] - (H - 1) / 2.0) > self.max_pp_offset * H
+            ):
                 est = estimate_intrinsics(Xn, Cn, fit_pp=False)
         except (ValueError, np.linalg.LinAlgError):
             return None

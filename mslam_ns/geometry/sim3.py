@@ -20,9 +20,27 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "identity", "exp", "log", "mul", "inv", "act", "adjoint", "adjoint_inv", "to_matrix", "from_matrix",
-    "retract", "quat_to_rotmat", "rotmat_to_quat", "from_se3", "hat", "so3_exp_quat", "so3_log_quat",
-    "quat_mul", "quat_rotate", "w_matrix", "normalize",
+    "identity",
+    "exp",
+    "log",
+    "mul",
+    "inv",
+    "act",
+    "adjoint",
+    "adjoint_inv",
+    "to_matrix",
+    "from_matrix",
+    "retract",
+    "quat_to_rotmat",
+    "rotmat_to_quat",
+    "from_se3",
+    "hat",
+    "so3_exp_quat",
+    "so3_log_quat",
+    "quat_mul",
+    "quat_rotate",
+    "w_matrix",
+    "normalize",
 ]
 
 # Below this rotation angle the closed forms are replaced by a Taylor series in theta^2.
@@ -68,11 +86,20 @@ def quat_to_rotmat(q: Tensor) -> Tensor:
     xx, yy, zz = x * x, y * y, z * z
     xy, xz, yz = x * y, x * z, y * z
     wx, wy, wz = w * x, w * y, w * z
-    r = torch.stack([
-        1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
-        2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
-        2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy),
-    ], dim=-1)
+    r = torch.stack(
+        [
+            1 - 2 * (yy + zz),
+            2 * (xy - wz),
+            2 * (xz + wy),
+            2 * (xy + wz),
+            1 - 2 * (xx + zz),
+            2 * (yz - wx),
+            2 * (xz - wy),
+            2 * (yz + wx),
+            1 - 2 * (xx + yy),
+        ],
+        dim=-1,
+    )
     return r.reshape(*q.shape[:-1], 3, 3)
 
 
@@ -84,12 +111,15 @@ def rotmat_to_quat(R: Tensor) -> Tensor:
     m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
     tr = m00 + m11 + m22
     # Four candidates, each well conditioned when its 4*q_k^2 term is the largest.
-    cands = torch.stack([
-        torch.stack([m21 - m12, m02 - m20, m10 - m01, 1 + tr], -1),
-        torch.stack([1 + m00 - m11 - m22, m01 + m10, m02 + m20, m21 - m12], -1),
-        torch.stack([m01 + m10, 1 - m00 + m11 - m22, m12 + m21, m02 - m20], -1),
-        torch.stack([m02 + m20, m12 + m21, 1 - m00 - m11 + m22, m10 - m01], -1),
-    ], -2)  # [..., 4, 4]; row k is 4 q_k * q
+    cands = torch.stack(
+        [
+            torch.stack([m21 - m12, m02 - m20, m10 - m01, 1 + tr], -1),
+            torch.stack([1 + m00 - m11 - m22, m01 + m10, m02 + m20, m21 - m12], -1),
+            torch.stack([m01 + m10, 1 - m00 + m11 - m22, m12 + m21, m02 - m20], -1),
+            torch.stack([m02 + m20, m12 + m21, 1 - m00 - m11 + m22, m10 - m01], -1),
+        ],
+        -2,
+    )  # [..., 4, 4]; row k is 4 q_k * q
     diag = torch.stack([1 + tr, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
     k = diag.argmax(-1, keepdim=True)  # [..., 1]
     q = torch.gather(cands, -2, k[..., None].expand(*k.shape[:-1], 1, 4)).squeeze(-2)
@@ -173,7 +203,7 @@ def _w_coeffs(sigma: Tensor, th2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         C_s = C_s + sign * p / math.factorial(2 * m + 2) * I[2 * m + 2]
         p = p * th2
     # Closed form (theta >= 0.1, so |z| >= 0.1).
-    small = th2 < _THETA_SMALL ** 2
+    small = th2 < _THETA_SMALL**2
     th2_b = torch.where(small, torch.ones_like(th2), th2)
     th = torch.sqrt(th2_b)
     es = torch.exp(sigma)

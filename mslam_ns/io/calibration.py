@@ -53,8 +53,9 @@ def parse_calibration_values(values: list[float], where: str, width: int = 0, he
         raise UserError(f"{where}: focal lengths must be positive, got fx={fx:g} fy={fy:g}")
     if width < 0 or height < 0 or int(width) != width or int(height) != height:
         raise UserError(f"{where}: width/height must be non-negative integers, got {width} {height}")
-    return Intrinsics(float(fx), float(fy), float(cx), float(cy), int(width), int(height),
-                      tuple(float(v) for v in values[4:]))
+    return Intrinsics(
+        float(fx), float(fy), float(cx), float(cy), int(width), int(height), tuple(float(v) for v in values[4:])
+    )
 
 
 def load_calibration(path: str | os.PathLike) -> Intrinsics:

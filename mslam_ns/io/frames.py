@@ -154,10 +154,7 @@ class FrameSource:
             intr.width, intr.height = w, h
         elif (intr.width, intr.height) != (w, h):
             where = calib_path if calib_path is not None else self.path
-            raise UserError(
-                f"{where}: calibration is for {intr.width}x{intr.height} images but the frames are {w}x{h}"
-            )
+            raise UserError(f"{where}: calibration is for {intr.width}x{intr.height} images but the frames are {w}x{h}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, frames={len(self)}, size={self._size})"
-

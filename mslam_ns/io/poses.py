@@ -38,9 +38,7 @@ def matrix_to_quat(r: np.ndarray) -> np.ndarray:
     m = r.reshape(-1, 3, 3)
     tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
     # 4 * {w^2, x^2, y^2, z^2} candidates; pick the largest for numerical stability.
-    cand = np.stack(
-        [1 + tr, 1 + 2 * m[:, 0, 0] - tr, 1 + 2 * m[:, 1, 1] - tr, 1 + 2 * m[:, 2, 2] - tr], axis=-1
-    )
+    cand = np.stack([1 + tr, 1 + 2 * m[:, 0, 0] - tr, 1 + 2 * m[:, 1, 1] - tr, 1 + 2 * m[:, 2, 2] - tr], axis=-1)
     k = np.argmax(cand, axis=-1)
     q = np.empty((m.shape[0], 4), dtype=np.float64)  # x y z w
     s = 2.0 * np.sqrt(np.maximum(cand[np.arange(len(k)), k], 1e-300))  # = 4 * |component|

@@ -34,11 +34,32 @@ from mslam_ns.io.atomic import atomic_write
 
 __all__ = ["RunDir", "RunRecord", "PointCloud", "FrameTable"]
 
-_PLY_FIELDS = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"),
-               ("confidence", "<f4"), ("keyframe", "<i4"), ("u", "<f4"), ("v", "<f4")]
+_PLY_FIELDS = [
+    ("x", "<f4"),
+    ("y", "<f4"),
+    ("z", "<f4"),
+    ("red", "u1"),
+    ("green", "u1"),
+    ("blue", "u1"),
+    ("confidence", "<f4"),
+    ("keyframe", "<i4"),
+    ("u", "<f4"),
+    ("v", "<f4"),
+]
 _PLY_NAMES = {"<f4": "float", "u1": "uchar", "<i4": "int"}
-_PLY_READ = {"float": "f4", "float32": "f4", "double": "f8", "uchar": "u1", "uint8": "u1", "char": "i1",
-             "int": "i4", "int32": "i4", "uint": "u4", "short": "i2", "ushort": "u2"}
+_PLY_READ = {
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "uchar": "u1",
+    "uint8": "u1",
+    "char": "i1",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "short": "i2",
+    "ushort": "u2",
+}
 
 
 @dataclass
@@ -158,8 +179,9 @@ class RunDir:
     def write_frames(self, t: FrameTable) -> None:
         with atomic_write(self.file(self.FRAMES)) as f:
             f.write("# timestamp keyframe_id is_keyframe lost name\n")
-            for ts, k, iskf, ls, name in zip(t.timestamps.tolist(), t.kf_ids.tolist(), t.is_keyframe.tolist(),
-                                             t.lost.tolist(), t.names):
+            for ts, k, iskf, ls, name in zip(
+                t.timestamps.tolist(), t.kf_ids.tolist(), t.is_keyframe.tolist(), t.lost.tolist(), t.names
+            ):
                 f.write(f"{ts:.6f} {k} {int(iskf)} {int(ls)} {name}\n")
 
     def write_points(self, pc: PointCloud) -> None:
@@ -230,8 +252,13 @@ class RunDir:
             except ValueError:
                 raise _user_error(f"{path}: line {n}: not a number") from None
             names.append(parts[4])
-        return FrameTable(np.asarray(ts, dtype=np.float64), np.asarray(kf, dtype=np.int64),
-                          np.asarray(iskf, dtype=bool), np.asarray(lost, dtype=bool), names)
+        return FrameTable(
+            np.asarray(ts, dtype=np.float64),
+            np.asarray(kf, dtype=np.int64),
+            np.asarray(iskf, dtype=bool),
+            np.asarray(lost, dtype=bool),
+            names,
+        )
 
     def read_points(self) -> PointCloud:
         return read_point_cloud(self.file(self.POINTS))

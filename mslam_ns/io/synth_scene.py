@@ -319,8 +319,9 @@ class SyntheticRoom:
         return self._ray_cache[1]
 
 
-def undistort_normalized(xd: np.ndarray, yd: np.ndarray, dist: tuple[float, ...], iters: int = 50
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def undistort_normalized(
+    xd: np.ndarray, yd: np.ndarray, dist: tuple[float, ...], iters: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
     """Invert the lens model: the undistorted normalised coordinates whose distortion is (xd, yd).
 
     Fixed-point iteration on `x <- x + (xd - distort(x))` (converges for the moderate distortion of real

@@ -51,9 +51,7 @@ def read_tum_trajectory(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
     ts, poses = [], []
     for n, fields in _rows(path):
         if len(fields) != 8:
-            raise UserError(
-                f"{path}: line {n}: expected 8 values 'timestamp tx ty tz qx qy qz qw', got {len(fields)}"
-            )
+            raise UserError(f"{path}: line {n}: expected 8 values 'timestamp tx ty tz qx qy qz qw', got {len(fields)}")
         try:
             vals = [float(v) for v in fields]
         except ValueError:

@@ -18,9 +18,22 @@ from mslam_ns.io.atomic import atomic_write
 __all__ = ["write_ply", "read_ply", "write_json"]
 
 _PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-    "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+    "char": "i1",
+    "int8": "i1",
+    "uchar": "u1",
+    "uint8": "u1",
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
 }
 
 
@@ -46,8 +59,15 @@ def write_ply(
     data["x"], data["y"], data["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
     if cols is not None:
         data["red"], data["green"], data["blue"] = cols[:, 0], cols[:, 1], cols[:, 2]
-    header = ["ply", "format binary_little_endian 1.0", "comment written by mslam_ns", f"element vertex {len(pts)}",
-              "property float x", "property float y", "property float z"]
+    header = [
+        "ply",
+        "format binary_little_endian 1.0",
+        "comment written by mslam_ns",
+        f"element vertex {len(pts)}",
+        "property float x",
+        "property float y",
+        "property float z",
+    ]
     if cols is not None:
         header += ["property uchar red", "property uchar green", "property uchar blue"]
     header.append("end_header")

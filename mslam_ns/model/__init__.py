@@ -21,8 +21,17 @@ if TYPE_CHECKING:
     from mslam_ns.model.mast3r import Mast3rNet
     from mslam_ns.model.retrieval import RetrievalHead, RetrievalOutput
 
-__all__ = ["CtorError", "Mast3rConfig", "Mast3rNet", "RetrievalHead", "RetrievalOutput", "build_mast3r",
-           "load_mast3r", "load_retrieval", "parse_model_string"]
+__all__ = [
+    "CtorError",
+    "Mast3rConfig",
+    "Mast3rNet",
+    "RetrievalHead",
+    "RetrievalOutput",
+    "build_mast3r",
+    "load_mast3r",
+    "load_retrieval",
+    "parse_model_string",
+]
 
 _LAZY = {
     "CtorError": "mslam_ns.model.ctor",

@@ -35,8 +35,9 @@ class DecoderBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm_y: nn.Module = layer_norm(dim) if norm_mem else nn.Identity()
 
-    def forward(self, x: Tensor, mem: Tensor, rope_x: RopeTables | None,
-                rope_mem: RopeTables | None) -> Tensor:  # x [B, N, C], mem [B, M, C] -> [B, N, C]
+    def forward(
+        self, x: Tensor, mem: Tensor, rope_x: RopeTables | None, rope_mem: RopeTables | None
+    ) -> Tensor:  # x [B, N, C], mem [B, M, C] -> [B, N, C]
         x = x + self.attn(self.norm1(x), rope_x)
         m = self.norm_y(mem)
         x = x + self.cross_attn(self.norm2(x), m, rope_x, rope_mem)

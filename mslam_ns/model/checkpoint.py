@@ -109,7 +109,7 @@ def normalise_state_dict(sd: dict[str, Tensor], path: str | os.PathLike) -> dict
     sd = dict(sd)
     if not any(k.startswith("dec_blocks2.") for k in sd):
         for k in [k for k in sd if k.startswith("dec_blocks.")]:
-            sd["dec_blocks2." + k[len("dec_blocks."):]] = sd[k]
+            sd["dec_blocks2." + k[len("dec_blocks.") :]] = sd[k]
     for head in ("downstream_head1.", "downstream_head2."):
         for alias, canon in _ALIASES:
             a, c = head + alias, head + canon

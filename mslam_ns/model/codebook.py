@@ -57,8 +57,9 @@ def _centroids_of(obj: Any) -> Any:
 def check_codebook(c: Any, where: str = "codebook", dim: int | None = None) -> np.ndarray:
     """``c`` as a C-contiguous float32 [n_words, F] array; UserError ``where: ...`` when it is not one."""
     if not isinstance(c, np.ndarray):
-        raise UserError(f"{where}: not an ASMK codebook (expected a [n_words, F] float array, found "
-                        f"{type(c).__name__})")
+        raise UserError(
+            f"{where}: not an ASMK codebook (expected a [n_words, F] float array, found {type(c).__name__})"
+        )
     if c.ndim != 2 or c.shape[0] < 2 or c.shape[1] < 1:
         raise UserError(f"{where}: codebook must be a [n_words >= 2, F] array, found shape {tuple(c.shape)}")
     if c.dtype.kind != "f":
@@ -94,8 +95,10 @@ def load_codebook(path: str | os.PathLike, dim: int | None = None) -> np.ndarray
             with open(p, "rb") as fh:
                 obj = RestrictedUnpickler(fh).load()
     except pickle.UnpicklingError as e:
-        raise UserError(f"{p}: refused to load: the pickle references {e} (a codebook holds only numpy arrays "
-                        "and plain containers; nothing from the file was run)") from None
+        raise UserError(
+            f"{p}: refused to load: the pickle references {e} (a codebook holds only numpy arrays "
+            "and plain containers; nothing from the file was run)"
+        ) from None
     except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
         raise UserError(f"{p}: not a readable codebook ({type(e).__name__}: {e})") from None
     try:

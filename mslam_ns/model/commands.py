@@ -19,8 +19,9 @@ def _resolve(checkpoint: Path | None) -> Path:
     return Path(resolve_checkpoint("mast3r", checkpoint))
 
 
-def infer(image1: Path, image2: Path, checkpoint: Path | None = None, out: Path = Path("pair.npz"),
-          size: int = 512) -> int:
+def infer(
+    image1: Path, image2: Path, checkpoint: Path | None = None, out: Path = Path("pair.npz"), size: int = 512
+) -> int:
     """Predict pointmaps, confidences and descriptors for an image pair (both orderings).
 
     Writes X [4, H, W, 3], C [4, H, W], D [4, H, W, F], Q [4, H, W] stacked as (ii, ji, jj, ij) (X^j_i =
@@ -53,8 +54,10 @@ def infer(image1: Path, image2: Path, checkpoint: Path | None = None, out: Path 
     u1, _ = preprocess_image(Path(image1), size=size)
     u2, _ = preprocess_image(Path(image2), size=size)
     if u1.shape != u2.shape:
-        raise UserError(f"{image2}: pre-processes to {u2.shape[1]}x{u2.shape[0]}, but {image1} to "
-                        f"{u1.shape[1]}x{u1.shape[0]}; both images must give the same network size")
+        raise UserError(
+            f"{image2}: pre-processes to {u2.shape[1]}x{u2.shape[0]}, but {image1} to "
+            f"{u1.shape[1]}x{u1.shape[0]}; both images must give the same network size"
+        )
     ckpt = _resolve(checkpoint)
     try:
         net = load_mast3r(ckpt, "cpu")
@@ -71,8 +74,14 @@ def infer(image1: Path, image2: Path, checkpoint: Path | None = None, out: Path 
     def stack(key: str) -> np.ndarray:
         return torch.cat([r[key] for r in order]).float().numpy()
 
-    arrays = {"X": stack("pts3d"), "C": stack("conf"), "D": stack("desc"), "Q": stack("desc_conf"),
-              "img1": u1, "img2": u2}
+    arrays = {
+        "X": stack("pts3d"),
+        "C": stack("conf"),
+        "D": stack("desc"),
+        "Q": stack("desc_conf"),
+        "img1": u1,
+        "img2": u2,
+    }
     try:
         with atomic_write(out, "wb") as f:
             np.savez(f, **arrays)

@@ -176,13 +176,16 @@ class Mast3rConfig:
 
 # options we accept and either use or (for harmless training-only ones) ignore
 _IGNORED = {"img_size", "freeze", "landscape_only", "mask_ratio", "patch_embed_cls"}
-_INT_KEYS = ("enc_embed_dim", "enc_depth", "enc_num_heads", "dec_embed_dim", "dec_depth", "dec_num_heads",
-             "patch_size")
+_INT_KEYS = ("enc_embed_dim", "enc_depth", "enc_num_heads", "dec_embed_dim", "dec_depth", "dec_num_heads", "patch_size")
 
 
 def _mode(value: Any, key: str) -> tuple[str, float, float]:
-    if not (isinstance(value, tuple) and len(value) == 3 and isinstance(value[0], str)
-            and all(isinstance(v, (int, float)) for v in value[1:])):
+    if not (
+        isinstance(value, tuple)
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and all(isinstance(v, (int, float)) for v in value[1:])
+    ):
         raise CtorError(f"{key} must be a (name, vmin, vmax) tuple, got {value!r}")
     return (value[0], float(value[1]), float(value[2]))
 

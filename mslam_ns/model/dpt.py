@@ -77,18 +77,26 @@ class _Up2Bilinear(nn.Module):
 class DPT(nn.Module):
     """Dense prediction head over hooks ``hooks`` of [enc, dec_1, ..., dec_L]."""
 
-    def __init__(self, hooks: tuple[int, ...], dim_tokens: tuple[int, ...], num_channels: int = 4,
-                 layer_dims: tuple[int, ...] = LAYER_DIMS, feature_dim: int = FEATURE_DIM,
-                 last_dim: int = LAST_DIM) -> None:
+    def __init__(
+        self,
+        hooks: tuple[int, ...],
+        dim_tokens: tuple[int, ...],
+        num_channels: int = 4,
+        layer_dims: tuple[int, ...] = LAYER_DIMS,
+        feature_dim: int = FEATURE_DIM,
+        last_dim: int = LAST_DIM,
+    ) -> None:
         super().__init__()
         self.hooks = tuple(hooks)
         ld = layer_dims
-        self.act_postprocess = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(dim_tokens[0], ld[0], 1), nn.ConvTranspose2d(ld[0], ld[0], 4, stride=4)),
-            nn.Sequential(nn.Conv2d(dim_tokens[1], ld[1], 1), nn.ConvTranspose2d(ld[1], ld[1], 2, stride=2)),
-            nn.Sequential(nn.Conv2d(dim_tokens[2], ld[2], 1)),
-            nn.Sequential(nn.Conv2d(dim_tokens[3], ld[3], 1), nn.Conv2d(ld[3], ld[3], 3, stride=2, padding=1)),
-        ])
+        self.act_postprocess = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(dim_tokens[0], ld[0], 1), nn.ConvTranspose2d(ld[0], ld[0], 4, stride=4)),
+                nn.Sequential(nn.Conv2d(dim_tokens[1], ld[1], 1), nn.ConvTranspose2d(ld[1], ld[1], 2, stride=2)),
+                nn.Sequential(nn.Conv2d(dim_tokens[2], ld[2], 1)),
+                nn.Sequential(nn.Conv2d(dim_tokens[3], ld[3], 1), nn.Conv2d(ld[3], ld[3], 3, stride=2, padding=1)),
+            ]
+        )
         self.scratch = Scratch(tuple(ld), feature_dim)
         self.head = nn.Sequential(
             nn.Conv2d(feature_dim, feature_dim // 2, 3, padding=1),

@@ -38,7 +38,7 @@ def postprocess(raw: Tensor, cfg: Mast3rConfig) -> dict[str, Tensor]:
     fmap = raw.permute(0, 2, 3, 1)  # [B, H, W, ch] (a view)
     nf = cfg.local_feat_dim
     out = {"pts3d": _depth_act(fmap[..., 0:3], cfg.depth_mode), "conf": _conf_act(fmap[..., 3], cfg.conf_mode)}
-    desc = fmap[..., 4: 4 + nf]
+    desc = fmap[..., 4 : 4 + nf]
     out["desc"] = desc / desc.norm(dim=-1, keepdim=True)  # no epsilon, as the official head
     if cfg.two_confs:
         out["desc_conf"] = _conf_act(fmap[..., 4 + nf], cfg.desc_conf_mode)
@@ -57,8 +57,7 @@ class Mast3rHead(nn.Module):
         self.dpt = DPT(cfg.dpt_hooks, (ed, dd, dd, dd), num_channels=4)
         idim = ed + dd
         self.local_out = cfg.local_feat_dim + int(cfg.two_confs)
-        self.head_local_features = Mlp(idim, int(cfg.hidden_dim_factor * idim),
-                                       self.local_out * cfg.patch_size ** 2)
+        self.head_local_features = Mlp(idim, int(cfg.hidden_dim_factor * idim), self.local_out * cfg.patch_size**2)
 
     def raw(self, tokens: list[Tensor], hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """-> (dpt_raw [B, 4, H, W], local_raw [B, N, (F+1)*p*p]) before activations."""

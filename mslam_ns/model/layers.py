@@ -89,8 +89,9 @@ def grid_positions(gh: int, gw: int, batch: int = 1, device: torch.device | str 
     return torch.stack((ys.reshape(-1), xs.reshape(-1)), -1)[None].expand(batch, -1, -1)
 
 
-def grid_rope_tables(gh: int, gw: int, head_dim: int, base: float, f0: float,
-                     device: torch.device, dtype: torch.dtype) -> RopeTables:
+def grid_rope_tables(
+    gh: int, gw: int, head_dim: int, base: float, f0: float, device: torch.device, dtype: torch.dtype
+) -> RopeTables:
     """Cached tables for the regular (gh x gw) patch grid: cos/sin [N, head_dim] (batch-independent)."""
     key = (gh, gw, head_dim, base, f0, str(device), dtype)
     tab = _ROPE_CACHE.get(key)
@@ -103,8 +104,9 @@ def grid_rope_tables(gh: int, gw: int, head_dim: int, base: float, f0: float,
     return tab
 
 
-def tables_for(pos: Tensor, grid: tuple[int, int], head_dim: int, base: float, f0: float,
-               dtype: torch.dtype) -> RopeTables:
+def tables_for(
+    pos: Tensor, grid: tuple[int, int], head_dim: int, base: float, f0: float, dtype: torch.dtype
+) -> RopeTables:
     """Tables for ``pos`` [B, N, 2]: the cached grid tables when ``pos`` is the regular grid, else computed."""
     gh, gw = grid
     if pos.shape[1] == gh * gw:
@@ -147,8 +149,9 @@ class CrossAttention(nn.Module):
         self.projv = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, mem: Tensor, rope_q: RopeTables | None,
-                rope_k: RopeTables | None) -> Tensor:  # x [B, Nq, C], mem [B, Nk, C]
+    def forward(
+        self, x: Tensor, mem: Tensor, rope_q: RopeTables | None, rope_k: RopeTables | None
+    ) -> Tensor:  # x [B, Nq, C], mem [B, Nk, C]
         B, Nq, C = x.shape
         Nk = mem.shape[1]
         h = self.num_heads

@@ -43,13 +43,16 @@ class Mast3rNet(nn.Module):
         self.patch_embed = PatchEmbed(ed, cfg.patch_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))  # training-only; kept for strict loading
         self.enc_blocks = nn.ModuleList(
-            [EncoderBlock(ed, cfg.enc_num_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth)])
+            [EncoderBlock(ed, cfg.enc_num_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth)]
+        )
         self.enc_norm = layer_norm(ed)
         self.decoder_embed = nn.Linear(ed, dd)
         self.dec_blocks = nn.ModuleList(
-            [DecoderBlock(dd, cfg.dec_num_heads, cfg.mlp_ratio, cfg.norm_im2_in_dec) for _ in range(cfg.dec_depth)])
+            [DecoderBlock(dd, cfg.dec_num_heads, cfg.mlp_ratio, cfg.norm_im2_in_dec) for _ in range(cfg.dec_depth)]
+        )
         self.dec_blocks2 = nn.ModuleList(
-            [DecoderBlock(dd, cfg.dec_num_heads, cfg.mlp_ratio, cfg.norm_im2_in_dec) for _ in range(cfg.dec_depth)])
+            [DecoderBlock(dd, cfg.dec_num_heads, cfg.mlp_ratio, cfg.norm_im2_in_dec) for _ in range(cfg.dec_depth)]
+        )
         self.dec_norm = layer_norm(dd)
         self.downstream_head1 = Mast3rHead(cfg)
         self.downstream_head2 = Mast3rHead(cfg)
@@ -73,8 +76,9 @@ class Mast3rNet(nn.Module):
         gh, gw = H // cfg.patch_size, W // cfg.patch_size
         x = self.patch_embed(img)
         pos = grid_positions(gh, gw, B, img.device).contiguous()
-        rope = grid_rope_tables(gh, gw, cfg.enc_embed_dim // cfg.enc_num_heads, cfg.rope_freq, cfg.rope_f0,
-                                x.device, x.dtype)
+        rope = grid_rope_tables(
+            gh, gw, cfg.enc_embed_dim // cfg.enc_num_heads, cfg.rope_freq, cfg.rope_f0, x.device, x.dtype
+        )
         if trace is not None:
             trace["patch_embed"] = x
             outs = []
@@ -87,8 +91,15 @@ class Mast3rNet(nn.Module):
         return self.enc_norm(x), pos
 
     # ------------------------------------------------------------------------------------------ decoder
-    def decode_tokens(self, feat1: Tensor, pos1: Tensor, feat2: Tensor, pos2: Tensor, grid: tuple[int, int],
-                      trace: dict[str, Tensor] | None = None) -> tuple[list[Tensor], list[Tensor]]:
+    def decode_tokens(
+        self,
+        feat1: Tensor,
+        pos1: Tensor,
+        feat2: Tensor,
+        pos2: Tensor,
+        grid: tuple[int, int],
+        trace: dict[str, Tensor] | None = None,
+    ) -> tuple[list[Tensor], list[Tensor]]:
         """Run both decoder stacks in parallel (layer i of each reads layer i-1 of both).
 
         feat*: [B, N, C_enc], pos*: [B, N, 2]. Returns the head inputs per view:
@@ -102,9 +113,18 @@ class Mast3rNet(nn.Module):
             f1, f2 = self.decoder_embed(feat1), self.decoder_embed(feat2)
         return self._run_decoder(feat1, feat2, f1, f2, pos1, pos2, grid, hd, trace)
 
-    def _run_decoder(self, feat1: Tensor, feat2: Tensor, f1: Tensor, f2: Tensor, pos1: Tensor, pos2: Tensor,
-                     grid: tuple[int, int], hd: int,
-                     trace: dict[str, Tensor] | None) -> tuple[list[Tensor], list[Tensor]]:
+    def _run_decoder(
+        self,
+        feat1: Tensor,
+        feat2: Tensor,
+        f1: Tensor,
+        f2: Tensor,
+        pos1: Tensor,
+        pos2: Tensor,
+        grid: tuple[int, int],
+        hd: int,
+        trace: dict[str, Tensor] | None,
+    ) -> tuple[list[Tensor], list[Tensor]]:
         cfg = self.cfg
         r1 = tables_for(pos1, grid, hd, cfg.rope_freq, cfg.rope_f0, f1.dtype)
         r2 = r1 if pos2 is pos1 else tables_for(pos2, grid, hd, cfg.rope_freq, cfg.rope_f0, f2.dtype)
@@ -118,8 +138,9 @@ class Mast3rNet(nn.Module):
         out1[-1], out2[-1] = self.dec_norm(out1[-1]), self.dec_norm(out2[-1])
         return out1, out2
 
-    def decode(self, feat1: Tensor, pos1: Tensor, feat2: Tensor, pos2: Tensor,
-               shape: tuple[int, int]) -> tuple[Result, Result]:
+    def decode(
+        self, feat1: Tensor, pos1: Tensor, feat2: Tensor, pos2: Tensor, shape: tuple[int, int]
+    ) -> tuple[Result, Result]:
         """Asymmetric pass, image 1 as view 1: (res1 = X^1_1 from head 1, res2 = X^2_1 from head 2).
 
         feat*: [B, N, C_enc], pos*: [B, N, 2], shape = (H, W) of the images.
@@ -129,8 +150,9 @@ class Mast3rNet(nn.Module):
         d1, d2 = self.decode_tokens(feat1, pos1, feat2, pos2, (H // p, W // p))
         return self.downstream_head1(d1, (H, W)), self.downstream_head2(d2, (H, W))
 
-    def decode_symmetric(self, feat_i: Tensor, pos_i: Tensor, feat_j: Tensor, pos_j: Tensor,
-                         shape: tuple[int, int]) -> tuple[tuple[Result, Result], tuple[Result, Result]]:
+    def decode_symmetric(
+        self, feat_i: Tensor, pos_i: Tensor, feat_j: Tensor, pos_j: Tensor, shape: tuple[int, int]
+    ) -> tuple[tuple[Result, Result], tuple[Result, Result]]:
         """Both orderings as ONE batched decoder call: ((res_ii, res_ji), (res_jj, res_ij)).
 
         feat_*: [B, N, C_enc] (results keep batch B per ordering).

@@ -58,8 +58,14 @@ def _resized_size(width: int, height: int, long_edge: int) -> tuple[int, int]:
     return (int(round(width * long_edge / s)), int(round(height * long_edge / s)))
 
 
-def plan_transform(width: int, height: int, size: int = 512, square_ok: bool = False,
-                   patch_size: int = PATCH_SIZE, min_side: int = MIN_FRAME_SIDE) -> ImageTransform:
+def plan_transform(
+    width: int,
+    height: int,
+    size: int = 512,
+    square_ok: bool = False,
+    patch_size: int = PATCH_SIZE,
+    min_side: int = MIN_FRAME_SIDE,
+) -> ImageTransform:
     """The resize + crop ``preprocess_image`` applies to a ``width`` x ``height`` source, without pixels.
 
     Raises ValueError when a side is below ``min_side`` (`MIN_FRAME_SIDE`) or the result would be empty (an
@@ -70,8 +76,10 @@ def plan_transform(width: int, height: int, size: int = 512, square_ok: bool = F
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if min(width, height) < min_side:
-        raise ValueError(f"frames are {width}x{height} pixels, smaller than the minimum of {min_side} per side "
-                         f"(the network would see them enlarged {size / max(width, height):.0f}x)")
+        raise ValueError(
+            f"frames are {width}x{height} pixels, smaller than the minimum of {min_side} per side "
+            f"(the network would see them enlarged {size / max(width, height):.0f}x)"
+        )
     if size == 224:
         long_edge = int(round(224 * max(width / height, height / width)))
     else:
@@ -88,8 +96,10 @@ def plan_transform(width: int, height: int, size: int = 512, square_ok: bool = F
             if (2 * half_h) % patch_size:  # only for half widths that are not multiples of 32 (see above)
                 half_h = (half_h // (patch_size // 2)) * (patch_size // 2)
     if half_w <= 0 or half_h <= 0:
-        raise ValueError(f"a {width}x{height} image is too thin to pre-process at size {size} "
-                         f"(resized to {rw}x{rh}, nothing left after cropping to multiples of {patch_size})")
+        raise ValueError(
+            f"a {width}x{height} image is too thin to pre-process at size {size} "
+            f"(resized to {rw}x{rh}, nothing left after cropping to multiples of {patch_size})"
+        )
     return ImageTransform((width, height), (rw, rh), (cx - half_w, cy - half_h, cx + half_w, cy + half_h))
 
 
@@ -164,8 +174,9 @@ def load_rgb(img: ImageInput) -> Image.Image:
 
 
 # ------------------------------------------------------------------------------------------------- public
-def preprocess_image(img: ImageInput, size: int = 512, square_ok: bool = False, min_side: int = MIN_FRAME_SIDE
-                     ) -> tuple[np.ndarray, ImageTransform]:  # -> [H', W', 3] uint8, transform
+def preprocess_image(
+    img: ImageInput, size: int = 512, square_ok: bool = False, min_side: int = MIN_FRAME_SIDE
+) -> tuple[np.ndarray, ImageTransform]:  # -> [H', W', 3] uint8, transform
     """The official ``load_images`` pre-processing of one image (see the module docstring).
 
     Returns the network image as a C-contiguous uint8 array [H', W', 3] and the ``ImageTransform`` from the

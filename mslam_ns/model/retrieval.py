@@ -42,8 +42,9 @@ class RetrievalOutput:
 class RetrievalHead(nn.Module):
     """Prewhiten -> projector (optional MLP) [+ residual] -> attention -> postwhiten -> top-nfeat."""
 
-    def __init__(self, dim: int, prewhiten: bool, hdims: list[int], residual: bool, postwhiten: bool,
-                 nfeat: int) -> None:
+    def __init__(
+        self, dim: int, prewhiten: bool, hdims: list[int], residual: bool, postwhiten: bool, nfeat: int
+    ) -> None:
         super().__init__()
         self.prewhiten: nn.Module = Whitener(dim) if prewhiten else nn.Identity()
         if hdims:

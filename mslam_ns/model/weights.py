@@ -82,12 +82,27 @@ class WeightFile:
 WEIGHTS: dict[str, WeightFile] = {
     w.name: w
     for w in (
-        WeightFile("mast3r", "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric.pth", 2_754_600_000, None,
-                   "MASt3R ViT-L 512 metric network (the two-view prior)"),
-        WeightFile("retrieval", "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric_retrieval_trainingfree.pth",
-                   8_400_000, None, "retrieval head (whitening) for loop closure"),
-        WeightFile("codebook", "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric_retrieval_codebook.pkl",
-                   268_000_000, None, "retrieval codebook (ASMK centroids) for loop closure"),
+        WeightFile(
+            "mast3r",
+            "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric.pth",
+            2_754_600_000,
+            None,
+            "MASt3R ViT-L 512 metric network (the two-view prior)",
+        ),
+        WeightFile(
+            "retrieval",
+            "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric_retrieval_trainingfree.pth",
+            8_400_000,
+            None,
+            "retrieval head (whitening) for loop closure",
+        ),
+        WeightFile(
+            "codebook",
+            "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric_retrieval_codebook.pkl",
+            268_000_000,
+            None,
+            "retrieval codebook (ASMK centroids) for loop closure",
+        ),
     )
 }
 
@@ -227,8 +242,14 @@ def _progress(label: str, total: int | None, start: int, enabled: bool) -> Itera
             TransferSpeedColumn,
         )
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        ) as bar:
             task = bar.add_task(label, total=total, completed=start)
             yield lambda n: bar.update(task, advance=n)
         return
@@ -243,6 +264,7 @@ def _progress(label: str, total: int | None, start: int, enabled: bool) -> Itera
             if frac >= next_mark[0] or done == total:
                 log.info("  %s: %4.0f%% (%s / %s)", label, 100 * frac, _human(done), _human(total))
                 next_mark[0] = (int(frac * 10) + 1) / 10
+
     log.info("  %s: starting at %s%s", label, _human(start), f" of {_human(total)}" if total else "")
     yield advance
 
@@ -257,8 +279,10 @@ def _check_free_space(folder: Path, needed: int | None) -> None:
         return
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise DownloadError(f"{folder}: not enough free disk space ({_human(free)} free, {_human(needed)} "
-                            f"needed); set ${ENV_CACHE} to another folder")
+        raise DownloadError(
+            f"{folder}: not enough free disk space ({_human(free)} free, {_human(needed)} "
+            f"needed); set ${ENV_CACHE} to another folder"
+        )
 
 
 def download_file(url: str, dest: Path, *, progress: bool = True, label: str | None = None) -> int | None:
@@ -338,8 +362,9 @@ def download_file(url: str, dest: Path, *, progress: bool = True, label: str | N
             last_error = f"received {size} bytes, more than the {total} announced"
             continue
         return total
-    raise DownloadError(f"{url}: download failed after {RETRIES + 1} attempts ({last_error}); "
-                        f"run the command again to resume")
+    raise DownloadError(
+        f"{url}: download failed after {RETRIES + 1} attempts ({last_error}); run the command again to resume"
+    )
 
 
 @contextmanager
@@ -358,8 +383,9 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def fetch(entry: WeightFile, cache_dir: Path | None = None, base_url: str | None = None, *,
-          progress: bool = True) -> Path:
+def fetch(
+    entry: WeightFile, cache_dir: Path | None = None, base_url: str | None = None, *, progress: bool = True
+) -> Path:
     """The cached, verified file for ``entry``: used as is when cached, else downloaded and verified.
 
     A cached file without a verification record is verified once (and replaced when bad). A download that
@@ -398,13 +424,16 @@ def fetch(entry: WeightFile, cache_dir: Path | None = None, base_url: str | None
             part.unlink(missing_ok=True)
             if round_ == 1:
                 log.warning("%s: downloaded file is corrupt (%s); downloading it again", url, problem)
-        raise DownloadError(f"{url}: downloaded file is corrupt twice ({problem}); deleted it. Check the "
-                            f"mirror (${ENV_URL}) or download it by hand and pass --checkpoint PATH")
+        raise DownloadError(
+            f"{url}: downloaded file is corrupt twice ({problem}); deleted it. Check the "
+            f"mirror (${ENV_URL}) or download it by hand and pass --checkpoint PATH"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ public
-def resolve_checkpoint(name: str = "mast3r", checkpoint: Path | None = None, cache_dir: Path | None = None,
-                       download: bool = True) -> Path:
+def resolve_checkpoint(
+    name: str = "mast3r", checkpoint: Path | None = None, cache_dir: Path | None = None, download: bool = True
+) -> Path:
     """The checkpoint file to load.
 
     ``checkpoint`` (a user's ``--checkpoint PATH``) is checked to exist and be readable and is returned as
@@ -428,8 +457,10 @@ def resolve_checkpoint(name: str = "mast3r", checkpoint: Path | None = None, cac
     if is_cached(entry, cache_dir):
         return path
     if not download:
-        raise UserError(f"{path}: checkpoint {name!r} is not downloaded; run `mslam-ns download --name {name}` "
-                        f"or pass --checkpoint PATH")
+        raise UserError(
+            f"{path}: checkpoint {name!r} is not downloaded; run `mslam-ns download --name {name}` "
+            f"or pass --checkpoint PATH"
+        )
     return fetch(entry, cache_dir)
 
 

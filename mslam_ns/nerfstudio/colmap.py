@@ -19,8 +19,15 @@ from mslam_ns.nerfstudio.export import frame_file_name, voxel_downsample, write_
 __all__ = ["write_colmap"]
 
 
-def write_colmap(run: RunDir, source, out: Path, include_lost: bool = False, max_points: int = 500_000,
-                 images: bool = True, progress: Any = None) -> Path:
+def write_colmap(
+    run: RunDir,
+    source,
+    out: Path,
+    include_lost: bool = False,
+    max_points: int = 500_000,
+    images: bool = True,
+    progress: Any = None,
+) -> Path:
     """Write the COLMAP text model of `run` into OUT/sparse/0 (and the frames into OUT/images)."""
     from mslam_ns.errors import UserError
 
@@ -43,16 +50,20 @@ def write_colmap(run: RunDir, source, out: Path, include_lost: bool = False, max
         f.write(f"1 PINHOLE {int(W)} {int(H)} {K[0, 0]:.9g} {K[1, 1]:.9g} {cx:.9g} {cy:.9g}\n")
     q, t = cv.c2w_to_colmap(c2w)
     with atomic_write(model / "images.txt") as f:
-        f.write("# Image list with two lines of data per image:\n"
-                "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n#   POINTS2D[] as (X, Y, POINT3D_ID)\n")
+        f.write(
+            "# Image list with two lines of data per image:\n"
+            "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n#   POINTS2D[] as (X, Y, POINT3D_ID)\n"
+        )
         for i, name in enumerate(names):
             if table.lost[i] and not include_lost:
                 continue
             f.write(f"{i + 1} " + " ".join(f"{v:.12g}" for v in (*q[i], *t[i])) + f" 1 {name}\n\n")
     xyz, rgb, _ = voxel_downsample(run.read_points(), max_points)
     with atomic_write(model / "points3D.txt") as f:
-        f.write("# 3D point list with one line of data per point:\n"
-                "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n")
+        f.write(
+            "# 3D point list with one line of data per point:\n"
+            "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n"
+        )
         for k, (p, c) in enumerate(zip(xyz.tolist(), rgb.tolist()), start=1):
             f.write(f"{k} {p[0]:.7g} {p[1]:.7g} {p[2]:.7g} {c[0]} {c[1]} {c[2]} 0\n")
     return model

@@ -74,8 +74,7 @@ def prepare_dataset(config: MslamDataParserConfig) -> Path:
         from mslam_ns.io.atomic import atomic_output_dir
         from mslam_ns.nerfstudio.export import write_nerfstudio
 
-        key = settings_key({"run": str(data.resolve()), "frames": config.num_frames_target},
-                           input_fingerprint(data))
+        key = settings_key({"run": str(data.resolve()), "frames": config.num_frames_target}, input_fingerprint(data))
         dest = Path(config.cache_dir) / f"run-{key}"
         if not (dest / "transforms.json").is_file():
             run = RunDir(data)
@@ -85,11 +84,20 @@ def prepare_dataset(config: MslamDataParserConfig) -> Path:
     from mslam_ns.commands.options import options_to_dict
     from mslam_ns.nerfstudio.process_data import ProcessMslam, process, run_options
 
-    p = ProcessMslam(data=data, output_dir=Path(), num_frames_target=config.num_frames_target,
-                     prior=config.prior, checkpoint=config.checkpoint, calib=config.calib,
-                     img_size=config.img_size, device=config.device, config=config.slam_config)
-    key = settings_key({**options_to_dict(run_options(p, Path())), "frames": config.num_frames_target},
-                       input_fingerprint(data))
+    p = ProcessMslam(
+        data=data,
+        output_dir=Path(),
+        num_frames_target=config.num_frames_target,
+        prior=config.prior,
+        checkpoint=config.checkpoint,
+        calib=config.calib,
+        img_size=config.img_size,
+        device=config.device,
+        config=config.slam_config,
+    )
+    key = settings_key(
+        {**options_to_dict(run_options(p, Path())), "frames": config.num_frames_target}, input_fingerprint(data)
+    )
     dest = Path(config.cache_dir) / f"{data.stem or 'data'}-{key}"
     if not (dest / "transforms.json").is_file():
         process(replace(p, output_dir=dest, overwrite=True))

@@ -29,9 +29,15 @@ import numpy as np
 from mslam_ns.geometry import conventions as cv
 from mslam_ns.io.rundir import PointCloud, RunDir, write_point_cloud
 
-__all__ = ["write_nerfstudio", "write_images", "voxel_downsample", "voxel_downsample_cloud", "frame_file_name",
-           "TRANSFORMS",
-           "SPARSE_PC"]
+__all__ = [
+    "write_nerfstudio",
+    "write_images",
+    "voxel_downsample",
+    "voxel_downsample_cloud",
+    "frame_file_name",
+    "TRANSFORMS",
+    "SPARSE_PC",
+]
 
 TRANSFORMS = "transforms.json"
 SPARSE_PC = "sparse_pc.ply"
@@ -44,13 +50,14 @@ def frame_file_name(name: str) -> str:
     return base if Path(base).suffix.lower() in _IMAGE_EXTS else base + ".png"
 
 
-def write_images(source, names: list[str], out: Path, num_downscales: int = 0, folder: str = "images",
-                 progress: Any = None) -> tuple[int, int]:
+def write_images(
+    source, names: list[str], out: Path, num_downscales: int = 0, folder: str = "images", progress: Any = None
+) -> tuple[int, int]:
     """Write frame `i` of `source` as OUT/images/<name> (+ images_2/4/8 copies). Returns (width, height)."""
     from PIL import Image
 
     out = Path(out)
-    for d in [folder] + [f"{folder}_{2 ** k}" for k in range(1, num_downscales + 1)]:
+    for d in [folder] + [f"{folder}_{2**k}" for k in range(1, num_downscales + 1)]:
         (out / d).mkdir(parents=True, exist_ok=True)
     size = (0, 0)
     for i in range(len(source)):
@@ -59,7 +66,7 @@ def write_images(source, names: list[str], out: Path, num_downscales: int = 0, f
         fname = names[i]
         img.save(out / folder / fname)
         for k in range(1, num_downscales + 1):
-            f = 2 ** k
+            f = 2**k
             w, h = max(1, round(size[0] / f)), max(1, round(size[1] / f))
             img.resize((w, h), Image.BICUBIC).save(out / f"{folder}_{f}" / fname)
         if progress is not None:
@@ -84,8 +91,13 @@ def voxel_downsample_cloud(pc: PointCloud, max_points: int) -> tuple[PointCloud,
     conf = np.nan_to_num(np.asarray(pc.confidence, dtype=np.float64), nan=0.0)
     kf = np.asarray(pc.keyframe, dtype=np.int32)
     if len(xyz) <= max_points:
-        return PointCloud(xyz.astype(np.float32), rgb.astype(np.uint8), conf.astype(np.float32), kf,
-                          np.full((len(xyz), 2), np.nan, np.float32)), 0.0
+        return PointCloud(
+            xyz.astype(np.float32),
+            rgb.astype(np.uint8),
+            conf.astype(np.float32),
+            kf,
+            np.full((len(xyz), 2), np.nan, np.float32),
+        ), 0.0
     extent = float(np.max(np.percentile(xyz, 99, axis=0) - np.percentile(xyz, 1, axis=0)))
     vs = max(extent, 1e-9) / 2000.0
     while True:
@@ -106,8 +118,13 @@ def voxel_downsample_cloud(pc: PointCloud, max_points: int) -> tuple[PointCloud,
     order = np.lexsort((conf, inv))  # by voxel, then confidence: the last of each voxel is its most confident
     best = np.zeros(m, dtype=np.int64)
     best[inv[order]] = order
-    return PointCloud(P.astype(np.float32), np.clip(np.rint(C), 0, 255).astype(np.uint8), Q.astype(np.float32),
-                      kf[best], np.full((m, 2), np.nan, np.float32)), vs
+    return PointCloud(
+        P.astype(np.float32),
+        np.clip(np.rint(C), 0, 255).astype(np.uint8),
+        Q.astype(np.float32),
+        kf[best],
+        np.full((m, 2), np.nan, np.float32),
+    ), vs
 
 
 def render_depth(X_W: np.ndarray, c2w: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -188,13 +205,27 @@ def write_nerfstudio(
     write_point_cloud(out / SPARSE_PC, cloud)  # x y z red green blue (+ confidence, keyframe: mslam-data)
     cx, cy = cv.principal_point_to_corner_origin(K[0, 2] - left, K[1, 2] - top)
     meta: dict[str, Any] = {
-        "camera_model": "OPENCV", "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": cx, "cy": cy,
-        "w": int(W - left - right), "h": int(H - top - bottom), "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
+        "camera_model": "OPENCV",
+        "fl_x": float(K[0, 0]),
+        "fl_y": float(K[1, 1]),
+        "cx": cx,
+        "cy": cy,
+        "w": int(W - left - right),
+        "h": int(H - top - bottom),
+        "k1": 0.0,
+        "k2": 0.0,
+        "p1": 0.0,
+        "p2": 0.0,
         "applied_transform": cv.APPLIED_TRANSFORM.tolist(),
         "ply_file_path": SPARSE_PC,
         "frames": [],
-        "mslam": {"run": str(run.path.resolve()), "units": "SLAM units (two-view prior; MASt3R ~ metres)",
-                  "voxel_size": voxel, "points": int(len(xyz)), "lost_frames_included": include_lost},
+        "mslam": {
+            "run": str(run.path.resolve()),
+            "units": "SLAM units (two-view prior; MASt3R ~ metres)",
+            "voxel_size": voxel,
+            "points": int(len(xyz)),
+            "lost_frames_included": include_lost,
+        },
     }
     M = cv.to_nerfstudio_c2w(c2w)
     if depth:
@@ -207,8 +238,14 @@ def write_nerfstudio(
         lost = bool(table.lost[i])
         if lost and not include_lost:
             continue
-        fr = {"file_path": f"images/{name}", "transform_matrix": M[i].tolist(), "timestamp": float(table.timestamps[i]),
-              "original_name": table.names[i], "mslam_lost": lost, "mslam_keyframe": bool(table.is_keyframe[i])}
+        fr = {
+            "file_path": f"images/{name}",
+            "transform_matrix": M[i].tolist(),
+            "timestamp": float(table.timestamps[i]),
+            "original_name": table.names[i],
+            "mslam_lost": lost,
+            "mslam_keyframe": bool(table.is_keyframe[i]),
+        }
         if depth:
             from PIL import Image
 
@@ -238,7 +275,7 @@ class _Selected:
 
         img = np.asarray(self.source[int(self.sel[i])].image)
         t, b, l, r = self.crop
-        return SimpleNamespace(image=img[t: img.shape[0] - b, l: img.shape[1] - r])
+        return SimpleNamespace(image=img[t : img.shape[0] - b, l : img.shape[1] - r])
 
 
 def read_transforms(path: Path) -> dict[str, Any]:

@@ -128,8 +128,11 @@ class MslamSplatfactoModel(SplatfactoModel):
         meta: dict[str, Any] = dict(self.kwargs.get("metadata") or {})
         seeded = self.seed_points is not None and not cfg.random_init and self.seed_points[0].shape[0] > 0
         if not seeded and not cfg.random_init:
-            log.warning("no seed points from the dataparser (nerfstudio-data needs --load-3D-points True): "
-                        "random initialisation with %d splats", cfg.num_random)
+            log.warning(
+                "no seed points from the dataparser (nerfstudio-data needs --load-3D-points True): "
+                "random initialisation with %d splats",
+                cfg.num_random,
+            )
         if seeded:
             assert self.seed_points is not None
             means = self.seed_points[0].detach().float().cpu().clone()  # [N, 3]
@@ -158,14 +161,16 @@ class MslamSplatfactoModel(SplatfactoModel):
         else:
             keyframe = torch.full((n,), -1, dtype=torch.long)
 
-        self.gauss_params = torch.nn.ParameterDict({
-            "means": torch.nn.Parameter(means),
-            "scales": torch.nn.Parameter(scales),
-            "quats": torch.nn.Parameter(random_quat_tensor(n)),
-            "features_dc": torch.nn.Parameter(features_dc),
-            "features_rest": torch.nn.Parameter(features_rest),
-            "opacities": torch.nn.Parameter(torch.logit(opa.clamp(1e-4, 1 - 1e-4))[:, None]),
-        })
+        self.gauss_params = torch.nn.ParameterDict(
+            {
+                "means": torch.nn.Parameter(means),
+                "scales": torch.nn.Parameter(scales),
+                "quats": torch.nn.Parameter(random_quat_tensor(n)),
+                "features_dc": torch.nn.Parameter(features_dc),
+                "features_rest": torch.nn.Parameter(features_rest),
+                "opacities": torch.nn.Parameter(torch.logit(opa.clamp(1e-4, 1 - 1e-4))[:, None]),
+            }
+        )
         self.register_buffer("splat_keyframe", keyframe.clone())
         self.camera_optimizer = cfg.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
@@ -262,9 +267,20 @@ class MslamSplatfactoModel(SplatfactoModel):
             colors = torch.sigmoid(colors).squeeze(1)
             sh_degree = None
         kwargs = dict(
-            means=means, quats=quats, scales=torch.exp(scales), opacities=torch.sigmoid(opac).squeeze(-1),
-            colors=colors, viewmats=viewmat, Ks=K, width=W, height=H, near_plane=0.01, far_plane=1e10,
-            render_mode=render_mode, sh_degree=sh_degree, rasterize_mode=self.config.rasterize_mode,
+            means=means,
+            quats=quats,
+            scales=torch.exp(scales),
+            opacities=torch.sigmoid(opac).squeeze(-1),
+            colors=colors,
+            viewmats=viewmat,
+            Ks=K,
+            width=W,
+            height=H,
+            near_plane=0.01,
+            far_plane=1e10,
+            render_mode=render_mode,
+            sh_degree=sh_degree,
+            rasterize_mode=self.config.rasterize_mode,
         )
         if self.use_gsplat(means.device):
             from gsplat.rendering import rasterization
@@ -306,7 +322,8 @@ class MslamSplatfactoModel(SplatfactoModel):
         gt_b = torch.moveaxis(gt, -1, 0)[None]
         pred_b = torch.moveaxis(pred, -1, 0)[None]
         metrics: dict[str, float] = {
-            "psnr": float(self.psnr(gt_b, pred_b).item()), "ssim": float(self.ssim(gt_b, pred_b)),
+            "psnr": float(self.psnr(gt_b, pred_b).item()),
+            "ssim": float(self.ssim(gt_b, pred_b)),
         }
         if self.config.lpips_metric:
             lp = self.lpips(gt_b, pred_b)

@@ -82,8 +82,10 @@ class ProcessMslam:
             print(f"ns-process-data mslam: error: {e}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
-            print("ns-process-data mslam: interrupted (nothing half-written; a rerun reuses finished work)",
-                  file=sys.stderr)
+            print(
+                "ns-process-data mslam: interrupted (nothing half-written; a rerun reuses finished work)",
+                file=sys.stderr,
+            )
             sys.exit(130)
 
 
@@ -95,9 +97,17 @@ def run_options(p: ProcessMslam, out: Path):
     o = load_options(RunOptions, p.config)
     import dataclasses
 
-    o = dataclasses.replace(o, dataset=p.data, out=out, prior=p.prior, checkpoint=p.checkpoint, calib=p.calib,
-                            quiet=not sys.stderr.isatty() and not p.verbose, overwrite=True,
-                            slam=dataclasses.replace(o.slam, **slam))
+    o = dataclasses.replace(
+        o,
+        dataset=p.data,
+        out=out,
+        prior=p.prior,
+        checkpoint=p.checkpoint,
+        calib=p.calib,
+        quiet=not sys.stderr.isatty() and not p.verbose,
+        overwrite=True,
+        slam=dataclasses.replace(o.slam, **slam),
+    )
     return o
 
 
@@ -157,9 +167,18 @@ def process(p: ProcessMslam) -> Path:
                     _link_tree(d, tmp / d.name)
         with Progress(disable=o.quiet) as prog:
             task = prog.add_task("[bold]images", total=n if frames is None else len(frames))
-            write_nerfstudio(RunDir(tmp / RUN_SUBDIR), source, tmp, p.num_downscales, p.include_lost, p.depth,
-                             frames=frames, crop=tuple(p.crop_factor), images=not p.skip_image_processing,
-                             progress=lambda: prog.advance(task))
+            write_nerfstudio(
+                RunDir(tmp / RUN_SUBDIR),
+                source,
+                tmp,
+                p.num_downscales,
+                p.include_lost,
+                p.depth,
+                frames=frames,
+                crop=tuple(p.crop_factor),
+                images=not p.skip_image_processing,
+                progress=lambda: prog.advance(task),
+            )
     print(f"wrote a nerfstudio dataset to {out}/ (train with: ns-train splatfacto --data {out})")
     return out
 

@@ -144,8 +144,10 @@ class SlamRefreshStrategy:
         frame_kf = np.asarray(snap.frame_kf)
         moved_frames = [f for f in range(n_frames_old) if int(frame_kf[f]) in set(moved_kf)]
         S_kf = {k: sim3_to_matrix(snap.T_WC[k]) @ np.linalg.inv(sim3_to_matrix(self.kf_T_WC[k])) for k in moved_kf}
-        S_f = {f: sim3_to_matrix(snap.frame_T_WC[f]) @ np.linalg.inv(sim3_to_matrix(self.frame_T_WC[f]))
-               for f in moved_frames}
+        S_f = {
+            f: sim3_to_matrix(snap.frame_T_WC[f]) @ np.linalg.inv(sim3_to_matrix(self.frame_T_WC[f]))
+            for f in moved_frames
+        }
         self.pending_new_frames = max(0, len(snap.frame_T_WC) - n_frames_old)
         self._record_partial(snap, moved_kf, moved_frames)
         if not moved_kf:
@@ -159,8 +161,12 @@ class SlamRefreshStrategy:
         self._move_splats(to_ns)
         self._reset_camera_opt(moved_train)
         self.n_refreshes += 1
-        log.info("SLAM refresh: %d keyframes moved, %d training cameras, map version %d",
-                 len(moved_kf), len(moved_train), self.version)
+        log.info(
+            "SLAM refresh: %d keyframes moved, %d training cameras, map version %d",
+            len(moved_kf),
+            len(moved_train),
+            self.version,
+        )
         return True
 
     def _record_partial(self, snap: Any, moved_kf: list[int], moved_frames: list[int]) -> None:
@@ -213,8 +219,9 @@ class SlamRefreshStrategy:
                 if i in viewer.original_c2w:
                     M = np.eye(4)
                     M[:3] = viewer.original_c2w[i][:3]
-                    viewer.original_c2w[i] = self._moved_c2w(to_ns_f[self.train_frames[i]],
-                                                             torch.from_numpy(M[:3])).numpy()
+                    viewer.original_c2w[i] = self._moved_c2w(
+                        to_ns_f[self.train_frames[i]], torch.from_numpy(M[:3])
+                    ).numpy()
         return moved_train
 
     @staticmethod

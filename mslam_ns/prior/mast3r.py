@@ -17,8 +17,12 @@ from mslam_ns.prior.base import Encoding, PairPrediction, TwoViewPrior, ViewPred
 
 
 def _view(res: dict[str, Tensor], b: int, desc_dtype: torch.dtype) -> ViewPrediction:
-    return ViewPrediction(X=res["pts3d"][b].float(), C=res["conf"][b].float(),
-                          D=res["desc"][b].to(desc_dtype), Q=res["desc_conf"][b].float())
+    return ViewPrediction(
+        X=res["pts3d"][b].float(),
+        C=res["conf"][b].float(),
+        D=res["desc"][b].to(desc_dtype),
+        Q=res["desc_conf"][b].float(),
+    )
 
 
 class Mast3rPrior(TwoViewPrior):
@@ -32,8 +36,14 @@ class Mast3rPrior(TwoViewPrior):
         batch_symmetric: run both orderings of `decode_symmetric` as one batch-2 call.
     """
 
-    def __init__(self, net: Mast3rNet, retrieval: RetrievalHead | None = None, amp_dtype: torch.dtype | None = None,
-                 desc_dtype: torch.dtype = torch.float32, batch_symmetric: bool = True) -> None:
+    def __init__(
+        self,
+        net: Mast3rNet,
+        retrieval: RetrievalHead | None = None,
+        amp_dtype: torch.dtype | None = None,
+        desc_dtype: torch.dtype = torch.float32,
+        batch_symmetric: bool = True,
+    ) -> None:
         self.net = net.eval()
         self.retrieval = retrieval.eval() if retrieval is not None else None
         self.device = next(net.parameters()).device
@@ -43,8 +53,13 @@ class Mast3rPrior(TwoViewPrior):
         self.desc_dim = net.cfg.local_feat_dim
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, retrieval_path: str | os.PathLike | None = None,
-                        device: torch.device | str = "cpu", **kwargs) -> Mast3rPrior:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        retrieval_path: str | os.PathLike | None = None,
+        device: torch.device | str = "cpu",
+        **kwargs,
+    ) -> Mast3rPrior:
         net = load_mast3r(path, device)
         retr = load_retrieval(retrieval_path, net) if retrieval_path is not None else None
         return cls(net, retr, **kwargs)
@@ -90,8 +105,10 @@ class Mast3rPrior(TwoViewPrior):
         with torch.inference_mode(), self._autocast():
             (r_ii, r_ji), (r_jj, r_ij) = self.net.decode_symmetric(fi, pi, fj, pj, enc_i.shape)
         d = self.desc_dtype
-        return (PairPrediction(_view(r_ii, 0, d), _view(r_ji, 0, d)),
-                PairPrediction(_view(r_jj, 0, d), _view(r_ij, 0, d)))
+        return (
+            PairPrediction(_view(r_ii, 0, d), _view(r_ji, 0, d)),
+            PairPrediction(_view(r_jj, 0, d), _view(r_ij, 0, d)),
+        )
 
     def decode_mono(self, enc_i: Encoding) -> PairPrediction:
         """The (i, i) pass."""

@@ -62,9 +62,25 @@ import numpy as np
 import torch
 
 __all__ = [
-    "OracleNoise", "PRESETS", "get_noise", "growth", "rodrigues", "PairError", "sample_pair_error",
-    "PassRandom", "smooth_field", "window_max", "near_far", "discontinuities", "DepthDiscs", "DepthErrors",
-    "corrupt_depth", "confidence", "preset_table", "camera_error", "perturbed_K",
+    "OracleNoise",
+    "PRESETS",
+    "get_noise",
+    "growth",
+    "rodrigues",
+    "PairError",
+    "sample_pair_error",
+    "PassRandom",
+    "smooth_field",
+    "window_max",
+    "near_far",
+    "discontinuities",
+    "DepthDiscs",
+    "DepthErrors",
+    "corrupt_depth",
+    "confidence",
+    "preset_table",
+    "camera_error",
+    "perturbed_K",
 ]
 
 
@@ -145,9 +161,7 @@ class OracleNoise:
 
 _MAST3R = OracleNoise()
 PRESETS: dict[str, OracleNoise] = {
-    "none": replace(
-        _MAST3R.scaled(0.0), confident_outlier_frac=0.0, disc_blend=False
-    ),
+    "none": replace(_MAST3R.scaled(0.0), confident_outlier_frac=0.0, disc_blend=False),
     "mast3r": _MAST3R,
     "hard": _MAST3R.scaled(2.0),
 }
@@ -201,9 +215,7 @@ class PairError:
         return M
 
 
-def sample_pair_error(
-    noise: OracleNoise, rng: np.random.Generator, baseline: float, median_depth: float
-) -> PairError:
+def sample_pair_error(noise: OracleNoise, rng: np.random.Generator, baseline: float, median_depth: float) -> PairError:
     """Draw the pass scale and the relative Sim(3) error of X^j_i for a pair with the given baseline (m)."""
     g = growth(noise, baseline / max(median_depth, 1e-9))
     phi = rng.normal(size=3) * np.deg2rad(noise.rot_deg) * g / np.sqrt(3.0)
@@ -316,7 +328,9 @@ def near_far(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def discontinuities(
-    z: np.ndarray | torch.Tensor, thresh: float, dilate: int,
+    z: np.ndarray | torch.Tensor,
+    thresh: float,
+    dilate: int,
     near_far_z: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Depth-discontinuity mask [H, W] bool of a positive, hole-free depth z [H, W].
@@ -342,8 +356,9 @@ class DepthDiscs:
     far: torch.Tensor  # [n] float32 3x3-window max depth at them
 
     @staticmethod
-    def of(z: torch.Tensor, disc: np.ndarray | torch.Tensor,
-           near_far_z: tuple[torch.Tensor, torch.Tensor] | None = None) -> DepthDiscs:
+    def of(
+        z: torch.Tensor, disc: np.ndarray | torch.Tensor, near_far_z: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> DepthDiscs:
         zmin, zmax = near_far(z) if near_far_z is None else near_far_z
         idx = torch.as_tensor(disc).reshape(-1).nonzero().reshape(-1)
         return DepthDiscs(idx, zmin.reshape(-1)[idx].contiguous(), zmax.reshape(-1)[idx].contiguous())
@@ -388,8 +403,11 @@ def corrupt_depth(
         log_noise = rng.randn(H, W).mul_(level * noise.depth_noise)
     if level * noise.depth_lowfreq > 0:
         f = smooth_field(rng, H, W)
-        log_noise = f.mul_(level * noise.depth_lowfreq) if log_noise is None else log_noise.add_(
-            f, alpha=level * noise.depth_lowfreq)
+        log_noise = (
+            f.mul_(level * noise.depth_lowfreq)
+            if log_noise is None
+            else log_noise.add_(f, alpha=level * noise.depth_lowfreq)
+        )
     out = torch.zeros(0, dtype=torch.long)
     confident = torch.zeros(0, dtype=torch.bool)
     if level * noise.outlier_frac > 0:
@@ -434,6 +452,7 @@ def confidence(
 
 def preset_table() -> str:
     """The presets as text (for `--help`-style listings and docs)."""
+
     def fmt(v: object) -> str:
         if isinstance(v, float):
             return f"{v:g}"

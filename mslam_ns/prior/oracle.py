@@ -75,7 +75,12 @@ if TYPE_CHECKING:
     from mslam_ns.io.frames import FrameSource
 
 __all__ = [
-    "OraclePrior", "OracleFrame", "nearest_indices", "resample_depth", "fill_depth", "image_descriptors",
+    "OraclePrior",
+    "OracleFrame",
+    "nearest_indices",
+    "resample_depth",
+    "fill_depth",
+    "image_descriptors",
     "texture_energy",
 ]
 
@@ -392,12 +397,13 @@ class OraclePrior(TwoViewPrior):
         self._v = torch.arange(H, dtype=torch.float64)
         self.rays = self._directions(np.eye(3))  # [H, W, 3] float32 K^-1 (u, v, 1), z = 1
         self._kernels = _projection_kernels(self.desc_dim, self.seed)
-        self._retr_kernels = [_whitened_kernels(_RETRIEVAL_PART, self.seed + k)
-                              for k in range(len(_RETRIEVAL_SCALES))]
+        self._retr_kernels = [_whitened_kernels(_RETRIEVAL_PART, self.seed + k) for k in range(len(_RETRIEVAL_SCALES))]
         d = _RETRIEVAL_PART * len(_RETRIEVAL_SCALES)
         g = np.random.default_rng([self.seed, 0x6FF])
-        self._rff = (torch.from_numpy((g.normal(size=(d, d)) / np.sqrt(_RFF_SIGMA2)).astype(np.float32)),
-                     torch.from_numpy(g.uniform(0, 2 * np.pi, size=d).astype(np.float32)))
+        self._rff = (
+            torch.from_numpy((g.normal(size=(d, d)) / np.sqrt(_RFF_SIGMA2)).astype(np.float32)),
+            torch.from_numpy(g.uniform(0, 2 * np.pi, size=d).astype(np.float32)),
+        )
         # frame index -> (its OracleFrame, (D0, Q)); bounded LRU
         self._cache: OrderedDict[int, tuple[OracleFrame, tuple[Tensor, Tensor]]] = OrderedDict()
         self._desc_bank: Tensor | None = None  # [H * W, F] standard normal, made on first use
@@ -450,8 +456,17 @@ class OraclePrior(TwoViewPrior):
             d = source.depth(i)
             return np.zeros((h, w), np.float32) if d is None else d
 
-        return cls(depth, poses, source.intrinsics.K, transform, noise=noise, seed=seed, desc_dim=desc_dim,
-                   device=device, threads=threads)
+        return cls(
+            depth,
+            poses,
+            source.intrinsics.K,
+            transform,
+            noise=noise,
+            seed=seed,
+            desc_dim=desc_dim,
+            device=device,
+            threads=threads,
+        )
 
     # ---------------------------------------------------------------------------------------- threads
     @contextmanager
@@ -515,8 +530,9 @@ class OraclePrior(TwoViewPrior):
         med = float(np.median(filled[valid])) if valid.any() else float(np.median(filled))
         img = image.detach().float().cpu()
         unreliable = torch.from_numpy(disc | ~valid)
-        data = OracleFrame(img, filled, valid, disc, med, zt, unreliable, DepthDiscs.of(zt, disc, nf),
-                           texture_energy(img))
+        data = OracleFrame(
+            img, filled, valid, disc, med, zt, unreliable, DepthDiscs.of(zt, disc, nf), texture_energy(img)
+        )
         self._features(data, index)
         return Encoding(index=int(index), shape=(H, W), data=data)
 
@@ -541,8 +557,9 @@ class OraclePrior(TwoViewPrior):
     def _rng(self, i: int, j: int, kind: int) -> PassRandom:
         return PassRandom([self.seed, int(i), int(j), kind])
 
-    def _directions(self, A: np.ndarray, Kinv: np.ndarray | None = None,
-                    out: Tensor | None = None) -> Tensor:  # [3, 3] -> [H, W, 3]
+    def _directions(
+        self, A: np.ndarray, Kinv: np.ndarray | None = None, out: Tensor | None = None
+    ) -> Tensor:  # [3, 3] -> [H, W, 3]
         """``A K^-1 (u, v, 1)`` (float32) for every pixel (the pixel rays, rotated / scaled by A); ``Kinv``
         replaces the true K^-1 (a view's perturbed pinhole); written into ``out`` when given."""
         B = torch.from_numpy(np.asarray(A, dtype=np.float64) @ (self._Kinv if Kinv is None else Kinv))  # [3, 3]
@@ -604,8 +621,9 @@ class OraclePrior(TwoViewPrior):
         W, H = self.transform.network_size
         return np.linalg.inv(perturbed_K(self.K, err, W, H))
 
-    def _points(self, e: DepthErrors, A: np.ndarray, t: np.ndarray | None = None,
-                Kinv: np.ndarray | None = None) -> Tensor:  # [H, W, 3]
+    def _points(
+        self, e: DepthErrors, A: np.ndarray, t: np.ndarray | None = None, Kinv: np.ndarray | None = None
+    ) -> Tensor:  # [H, W, 3]
         """``z A K^-1 (u, v, 1) + t`` for the corrupted depth z of a view (float32); ``Kinv``: the view's
         perturbed pinhole (None: the true one)."""
         out = self._pool.empty(tuple(self.rays.shape))

@@ -64,8 +64,9 @@ def _direction(p: PairPrediction, cfg: SlamConfig, dev: torch.device) -> EdgeMat
     return EdgeMatches(idx.to(torch.int32), valid, q.float(), frac)
 
 
-def match_pair(prior: TwoViewPrior, enc_i: Any, enc_j: Any, cfg: SlamConfig, dev: torch.device
-               ) -> tuple[EdgeMatches, EdgeMatches, tuple[PairPrediction, PairPrediction]]:
+def match_pair(
+    prior: TwoViewPrior, enc_i: Any, enc_j: Any, cfg: SlamConfig, dev: torch.device
+) -> tuple[EdgeMatches, EdgeMatches, tuple[PairPrediction, PairPrediction]]:
     """Symmetric decode of (i, j) and matching both ways: (edge (i, j), edge (j, i), the two passes)."""
     p_ij, p_ji = prior.decode_symmetric(enc_i, enc_j)
     return _direction(p_ij, cfg, dev), _direction(p_ji, cfg, dev), (p_ij, p_ji)
@@ -89,8 +90,15 @@ class BackendStats:
 class Backend:
     """Keyframe graph + global optimisation over a `SharedMap`."""
 
-    def __init__(self, shared_map: SharedMap, prior: TwoViewPrior, cfg: SlamConfig, mode: str,
-                 K_net: Tensor | None = None, retrieval: Any = None):
+    def __init__(
+        self,
+        shared_map: SharedMap,
+        prior: TwoViewPrior,
+        cfg: SlamConfig,
+        mode: str,
+        K_net: Tensor | None = None,
+        retrieval: Any = None,
+    ):
         """
         Args:
             shared_map: the map (keyframes, edges, poses).
@@ -136,8 +144,13 @@ class Backend:
             return None
         f = self.map.keyframes.raw(kf_id)
         feats = self.prior.retrieval_features(f.enc)
-        return None if feats is None else np.asarray(feats.detach().cpu().float().numpy() if hasattr(feats, "detach")
-                                                     else feats, dtype=np.float32)
+        return (
+            None
+            if feats is None
+            else np.asarray(
+                feats.detach().cpu().float().numpy() if hasattr(feats, "detach") else feats, dtype=np.float32
+            )
+        )
 
     def connect(self, kf_id: int, candidates: list[int], sequential: bool = True) -> int:
         """Verify candidate edges of keyframe `kf_id` and add the accepted ones; returns how many."""
@@ -184,8 +197,9 @@ class Backend:
         q = torch.stack([e[3]["m"].q for e in edges]).to(dev).float()
         hw = self.map.keyframes.raw(0).hw
         K = None if self.K_net is None else self.K_net.to(dev)
-        T, info = optimize_graph(T0.float(), X.float(), C.float(), ii, jj, idx, valid, q, self.mode,
-                                 self.cfg.backend, K=K, img_hw=hw)
+        T, info = optimize_graph(
+            T0.float(), X.float(), C.float(), ii, jj, idx, valid, q, self.mode, self.cfg.backend, K=K, img_hw=hw
+        )
         self.stats.optimisations += 1
         self.stats.iterations += int(info["iterations"])
         if info["failed"] or not bool(torch.isfinite(T).all()):

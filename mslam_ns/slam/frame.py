@@ -66,7 +66,20 @@ class Frame:
 
     def to(self, device: torch.device | str) -> Frame:
         """A shallow copy with the per-pixel tensors on `device` (the encoding is left where it is)."""
-        kw = {f: (getattr(self, f).to(device) if getattr(self, f) is not None else None)
-              for f in self.tensor_fields()}
-        return Frame(self.index, self.timestamp, self.name, kw["image"], self.transform, self.enc,
-                     self.T_WC, kw["X"], kw["C"], self.N, kw["D"], kw["Q"], self.kf_id, self.extra)
+        kw = {f: (getattr(self, f).to(device) if getattr(self, f) is not None else None) for f in self.tensor_fields()}
+        return Frame(
+            self.index,
+            self.timestamp,
+            self.name,
+            kw["image"],
+            self.transform,
+            self.enc,
+            self.T_WC,
+            kw["X"],
+            kw["C"],
+            self.N,
+            kw["D"],
+            kw["Q"],
+            self.kf_id,
+            self.extra,
+        )

@@ -16,8 +16,9 @@ from mslam_ns.slam.frame import Frame
 def pixel_rays(K: Tensor, hw: tuple[int, int]) -> Tensor:  # [HW, 3]
     """Per-pixel rays `K^-1 [u, v, 1]` (z = 1) of an image of size hw = (H, W); pixel index u + W v."""
     H, W = hw
-    v, u = torch.meshgrid(torch.arange(H, dtype=K.dtype, device=K.device),
-                          torch.arange(W, dtype=K.dtype, device=K.device), indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(H, dtype=K.dtype, device=K.device), torch.arange(W, dtype=K.dtype, device=K.device), indexing="ij"
+    )
     uv1 = torch.stack([u, v, torch.ones_like(u)], -1).reshape(-1, 3)  # [HW, 3]
     return uv1 @ torch.linalg.inv(K).T
 

@@ -71,8 +71,7 @@ def umeyama_start(X_dst: Tensor, X_src: Tensor, w: Tensor, max_points: int = 400
 class Relocaliser:
     """Relocalisation against retrieved keyframes (see module doc)."""
 
-    def __init__(self, shared_map: SharedMap, prior: TwoViewPrior, tracker: Tracker, backend: Backend,
-                 cfg: SlamConfig):
+    def __init__(self, shared_map: SharedMap, prior: TwoViewPrior, tracker: Tracker, backend: Backend, cfg: SlamConfig):
         self.map, self.prior, self.tracker, self.backend, self.cfg = shared_map, prior, tracker, backend, cfg
         self.attempts = 0
 
@@ -84,8 +83,9 @@ class Relocaliser:
         if db is None or feats is None or len(db) == 0:
             return None
         self.attempts += 1
-        feats = np.asarray(feats.detach().cpu().float().numpy() if hasattr(feats, "detach") else feats,
-                           dtype=np.float32)
+        feats = np.asarray(
+            feats.detach().cpu().float().numpy() if hasattr(feats, "detach") else feats, dtype=np.float32
+        )
         cands = db.query(feats, self.cfg.retrieval.k, self.cfg.reloc.min_score)
         dev = self.map.device
         best, best_pred, accepted = None, None, []

@@ -61,8 +61,10 @@ def _as_feats(feats: Any) -> np.ndarray:  # [K, F] float32
     if x.ndim != 2:
         raise ValueError(f"RetrievalDatabase: features must be [K, F], got shape {x.shape}")
     if x.shape[1] % 32:
-        raise ValueError(f"RetrievalDatabase: feature dimension {x.shape[1]} is not a multiple of 32 (binary "
-                         "ASMK signatures are packed in 32-bit words)")
+        raise ValueError(
+            f"RetrievalDatabase: feature dimension {x.shape[1]} is not a multiple of 32 (binary "
+            "ASMK signatures are packed in 32-bit words)"
+        )
     if not np.isfinite(x).all():
         raise ValueError("RetrievalDatabase: features contain non-finite values")
     return x
@@ -135,8 +137,9 @@ class RetrievalDatabase:
         with self._lock:
             self._add(int(kf_id), x, None)
 
-    def query_and_add(self, kf_id: int, feats: Any, k: int | None = None,
-                      min_score: float | None = None) -> list[tuple[int, float]]:
+    def query_and_add(
+        self, kf_id: int, feats: Any, k: int | None = None, min_score: float | None = None
+    ) -> list[tuple[int, float]]:
         """`query`, then `add` (the features are quantised once)."""
         x = _as_feats(feats)
         with self._lock:
@@ -154,15 +157,18 @@ class RetrievalDatabase:
 
     def _check_dim(self, x: np.ndarray) -> None:
         if self._codebook is not None and x.shape[1] != self._codebook.centroids.shape[1]:
-            raise ValueError(f"RetrievalDatabase: features are {x.shape[1]}-dimensional, the codebook's words "
-                             f"{self._codebook.centroids.shape[1]}-dimensional")
+            raise ValueError(
+                f"RetrievalDatabase: features are {x.shape[1]}-dimensional, the codebook's words "
+                f"{self._codebook.centroids.shape[1]}-dimensional"
+            )
 
     def _words(self, x: np.ndarray, n: int) -> np.ndarray:  # [K, n] int64 nearest words, nearest first
         n = max(1, min(int(n), self._codebook.size))
         return self._codebook.quantize(x, multiple_assignment=n)[1]
 
-    def _query(self, x: np.ndarray, k: int | None, min_score: float | None
-               ) -> tuple[list[tuple[int, float]], np.ndarray | None]:
+    def _query(
+        self, x: np.ndarray, k: int | None, min_score: float | None
+    ) -> tuple[list[tuple[int, float]], np.ndarray | None]:
         k = self.cfg.k if k is None else int(k)
         thr = self.cfg.min_thresh if min_score is None else float(min_score)
         if self._codebook is None or len(x) == 0:
@@ -216,8 +222,12 @@ class RetrievalDatabase:
         for image, x in enumerate(self._store):
             self._index(image, x, None)
         final = n_words >= self.cfg.codebook_words
-        log.debug("retrieval codebook trained: %d words from %d features of %d keyframes%s", n_words,
-                  len(allf), len(self._store), " (final)" if final else "")
+        log.debug(
+            "retrieval codebook trained: %d words from %d features of %d keyframes%s",
+            n_words,
+            len(allf),
+            len(self._store),
+            " (final)" if final else "",
+        )
         if final:
             self._store = None  # type: ignore[assignment]  # nothing more to train on
-

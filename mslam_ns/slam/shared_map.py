@@ -176,14 +176,18 @@ class SharedMap:
             slot.frame.kf_id = -1
             return slot.frame
 
-    def add_frame(self, timestamp: float, name: str, kf_id: int, T_kf: Tensor, lost: bool = False,
-                  is_keyframe: bool = False) -> int:
+    def add_frame(
+        self, timestamp: float, name: str, kf_id: int, T_kf: Tensor, lost: bool = False, is_keyframe: bool = False
+    ) -> int:
         """Record an input frame relative to keyframe `kf_id`; returns its row."""
         with self.lock:
             if not 0 <= int(kf_id) < len(self._slots):
                 raise IndexError(f"frame record refers to keyframe {kf_id}, map has {len(self._slots)}")
-            self._records.append(FrameRecord(float(timestamp), str(name), int(kf_id), T_kf.detach().clone(),
-                                             bool(lost), bool(is_keyframe)))
+            self._records.append(
+                FrameRecord(
+                    float(timestamp), str(name), int(kf_id), T_kf.detach().clone(), bool(lost), bool(is_keyframe)
+                )
+            )
             row = len(self._records) - 1
             if is_keyframe:
                 self._slots[int(kf_id)].frame_row = row
@@ -297,8 +301,11 @@ class SharedMap:
         """A consistent plain copy. Pointmaps only for keyframes whose points changed after `since`."""
         with self.lock:
             K = len(self._slots)
-            T = (torch.stack([s.frame.T_WC for s in self._slots]).detach().cpu().double().numpy()
-                 if K else np.zeros((0, 8)))
+            T = (
+                torch.stack([s.frame.T_WC for s in self._slots]).detach().cpu().double().numpy()
+                if K
+                else np.zeros((0, 8))
+            )
             kfs: dict[int, KeyframeView] = {}
             if with_points:
                 for s in self._slots:
@@ -306,19 +313,29 @@ class SharedMap:
                         continue
                     f = s.frame
                     kfs[f.kf_id] = KeyframeView(
-                        f.kf_id, s.frame_row, f.timestamp, f.name, f.hw,
+                        f.kf_id,
+                        s.frame_row,
+                        f.timestamp,
+                        f.name,
+                        f.hw,
                         f.image.detach().cpu().numpy().copy(),
                         f.X.detach().cpu().float().numpy().copy(),
-                        f.average_conf().detach().cpu().float().numpy().copy(), s.points_version)
+                        f.average_conf().detach().cpu().float().numpy().copy(),
+                        s.points_version,
+                    )
             recs = self._records
             n = len(recs)
-            rel = torch.stack([r.T_kf for r in recs]).detach().cpu().double() if n else torch.zeros(0, 8,
-                                                                                                     dtype=torch.float64)
+            rel = (
+                torch.stack([r.T_kf for r in recs]).detach().cpu().double()
+                if n
+                else torch.zeros(0, 8, dtype=torch.float64)
+            )
             kf = np.array([r.kf_id for r in recs], dtype=np.int64)
-            T_W = (sim3.mul(torch.as_tensor(T)[torch.as_tensor(kf)], rel).numpy() if n
-                   else np.zeros((0, 8)))
+            T_W = sim3.mul(torch.as_tensor(T)[torch.as_tensor(kf)], rel).numpy() if n else np.zeros((0, 8))
             return MapSnapshot(
-                version=self.version, state=self.state, T_WC=T,
+                version=self.version,
+                state=self.state,
+                T_WC=T,
                 pose_version=np.array([s.pose_version for s in self._slots], dtype=np.int64),
                 points_version=np.array([s.points_version for s in self._slots], dtype=np.int64),
                 keyframe_frame_index=np.array([s.frame_row for s in self._slots], dtype=np.int64),
@@ -326,10 +343,16 @@ class SharedMap:
                 edges=np.array([(e.i, e.j) for e in self._edges], dtype=np.int64).reshape(-1, 2),
                 edge_kind=[e.kind for e in self._edges],
                 frame_timestamps=np.array([r.timestamp for r in recs], dtype=np.float64),
-                frame_names=[r.name for r in recs], frame_kf=kf, frame_T_kf=rel.numpy(), frame_T_WC=T_W,
+                frame_names=[r.name for r in recs],
+                frame_kf=kf,
+                frame_T_kf=rel.numpy(),
+                frame_T_WC=T_W,
                 frame_lost=np.array([r.lost for r in recs], dtype=bool),
                 frame_is_keyframe=np.array([r.is_keyframe for r in recs], dtype=bool),
-                K=None if self._K is None else self._K.copy(), image_size=self._image_size, since=since)
+                K=None if self._K is None else self._K.copy(),
+                image_size=self._image_size,
+                since=since,
+            )
 
 
 class KeyframeAccess:
@@ -403,8 +426,11 @@ class KeyframeAccess:
         with self._m.lock:
             for s in self._m._slots:
                 f = s.frame
-                n = sum(getattr(f, k).numel() * getattr(f, k).element_size()
-                        for k in f.tensor_fields() if getattr(f, k) is not None)
+                n = sum(
+                    getattr(f, k).numel() * getattr(f, k).element_size()
+                    for k in f.tensor_fields()
+                    if getattr(f, k) is not None
+                )
                 if s.on_host and self._m.device.type != "cpu":
                     host += n
                 else:

@@ -51,8 +51,13 @@ def _block_entries(
             rows.append(np.broadcast_to(rr, (k.sum(), 7, 7)).ravel())
             cols.append(np.broadcast_to(cc, (k.sum(), 7, 7)).ravel())
             vals.append(Hn[k, a, :, c, :].ravel())
-    return (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), np.concatenate(b_idx),
-            np.concatenate(b_val))
+    return (
+        np.concatenate(rows),
+        np.concatenate(cols),
+        np.concatenate(vals),
+        np.concatenate(b_idx),
+        np.concatenate(b_val),
+    )
 
 
 def assemble_sparse(
@@ -76,9 +81,7 @@ def assemble_sparse(
     return A, b
 
 
-def assemble(
-    H: Tensor, g: Tensor, ii: Tensor, jj: Tensor, n_poses: int, n_fixed: int
-) -> tuple[Tensor, Tensor]:
+def assemble(H: Tensor, g: Tensor, ii: Tensor, jj: Tensor, n_poses: int, n_fixed: int) -> tuple[Tensor, Tensor]:
     """Dense version of `assemble_sparse` (small problems and tests): A [7M, 7M], b [7M] float64."""
     A, b = assemble_sparse(H, g, ii, jj, n_poses, n_fixed)
     return torch.as_tensor(A.toarray()), torch.as_tensor(b)
@@ -157,14 +160,20 @@ def optimize_graph(
     n_fixed = min(max(int(cfg.fixed_keyframes), 0), N)
 
     def normal_equations(T: Tensor) -> tuple[Tensor, Tensor, float, int]:
-        H, g, cost, count = edge_normal_equations(mode, T, X, C, ii, jj, idx, valid, Q, residual=cfg.residual,
-                                                  K=K, img_hw=img_hw, return_count=True)
+        H, g, cost, count = edge_normal_equations(
+            mode, T, X, C, ii, jj, idx, valid, Q, residual=cfg.residual, K=K, img_hw=img_hw, return_count=True
+        )
         return H, g, float(cost.double().sum()), int(count.sum())
 
     first = normal_equations(Twc)  # validates the inputs even when there is nothing to do
     if ii.numel() == 0 or N - n_fixed <= 0:
-        return Twc, {"iterations": 0, "cost_history": [first[2]], "converged": True, "failed": False,
-                     "reason": "nothing to optimise"}
+        return Twc, {
+            "iterations": 0,
+            "cost_history": [first[2]],
+            "converged": True,
+            "failed": False,
+            "reason": "nothing to optimise",
+        }
 
     def linearize(T: Tensor):
         H, g, c, n = first if T is Twc else normal_equations(T)
@@ -174,8 +183,12 @@ def optimize_graph(
     def retract(T: Tensor, dx: np.ndarray) -> Tensor:
         return pose_retract(T, torch.as_tensor(dx, dtype=T.dtype, device=T.device), n_fixed)
 
-    r = levenberg_marquardt(Twc, linearize, solve_sparse, retract, lambda dx: float(np.linalg.norm(dx)),
-                            cfg.lm)
-    info = {"iterations": r.iterations, "cost_history": r.cost_history, "converged": r.converged,
-            "failed": r.failed, "reason": r.reason}
+    r = levenberg_marquardt(Twc, linearize, solve_sparse, retract, lambda dx: float(np.linalg.norm(dx)), cfg.lm)
+    info = {
+        "iterations": r.iterations,
+        "cost_history": r.cost_history,
+        "converged": r.converged,
+        "failed": r.failed,
+        "reason": r.reason,
+    }
     return r.x, info

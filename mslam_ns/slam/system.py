@@ -216,8 +216,9 @@ class SlamSystem:
         t0 = time.perf_counter()
         enc = self.prior.encode(x, int(raw.index))
         self._tick("prior_encode", t0)
-        return Frame(int(raw.index), float(raw.timestamp), str(raw.name), img_t, tf, enc,
-                     sim3.identity(device=self.device))
+        return Frame(
+            int(raw.index), float(raw.timestamp), str(raw.name), img_t, tf, enc, sim3.identity(device=self.device)
+        )
 
     def _setup(self, tf: Any, image_size: tuple[int, int]) -> None:
         """First frame: image transform, tracker, backend, relocaliser (they need the network size)."""
@@ -233,8 +234,14 @@ class SlamSystem:
             from mslam_ns.slam.backend import Backend
             from mslam_ns.slam.reloc import Relocaliser
 
-            self.backend = Backend(self.map, self.prior, self.cfg, self.cfg.mode, K_net if calib else None,
-                                   retrieval=self._make_retrieval())
+            self.backend = Backend(
+                self.map,
+                self.prior,
+                self.cfg,
+                self.cfg.mode,
+                K_net if calib else None,
+                retrieval=self._make_retrieval(),
+            )
             if self.backend.retrieval is not None:
                 self.reloc = Relocaliser(self.map, self.prior, self.tracker, self.backend, self.cfg)
 
@@ -248,8 +255,9 @@ class SlamSystem:
         codebook = getattr(self.prior, "retrieval_codebook", None)
         return RetrievalDatabase(self.cfg.retrieval, codebook=codebook)
 
-    def _start_keyframe(self, frame: Frame, T_WC: Tensor, reason: str,
-                        anchor: tuple[int, Tensor] | None = None) -> StepResult:
+    def _start_keyframe(
+        self, frame: Frame, T_WC: Tensor, reason: str, anchor: tuple[int, Tensor] | None = None
+    ) -> StepResult:
         """A keyframe from a mono decode (initialisation, restart after loss at `anchor` = (kf, T_CkCf))."""
         t0 = time.perf_counter()
         pred = self.prior.decode_mono(frame.enc)
@@ -272,12 +280,14 @@ class SlamSystem:
         frame.C, frame.N = pred.ii.C.reshape(-1).to(self.device).float(), 1
         frame.D = pred.ii.D.reshape(H * W, -1).to(self.device)
         frame.Q = pred.ii.Q.reshape(-1).to(self.device).float()
-        kf_id = self._add_keyframe(frame, sequential=True, anchor=(self.keyframes.last.kf_id, res.T_kf),
-                                   X_pred=pred.ii.X)
+        kf_id = self._add_keyframe(
+            frame, sequential=True, anchor=(self.keyframes.last.kf_id, res.T_kf), X_pred=pred.ii.X
+        )
         return StepResult(frame.index, self.state, True, kf_id, True, res.n_valid, res.match_frac)
 
-    def _add_keyframe(self, frame: Frame, sequential: bool, anchor: tuple[int, Tensor] | None = None,
-                      X_pred: Tensor | None = None) -> int:
+    def _add_keyframe(
+        self, frame: Frame, sequential: bool, anchor: tuple[int, Tensor] | None = None, X_pred: Tensor | None = None
+    ) -> int:
         """Store a keyframe with its own frame record; hand it to the backend.
 
         `sequential`: the keyframe was tracked from the previous one (a consecutive edge is added).
@@ -286,8 +296,7 @@ class SlamSystem:
         """
         a_id, T_a = anchor if anchor is not None else (-1, None)
         kf_id = self.map.add_keyframe(frame, a_id, T_a)
-        self.map.add_frame(frame.timestamp, frame.name, kf_id, sim3.identity(device=self.device),
-                           is_keyframe=True)
+        self.map.add_frame(frame.timestamp, frame.name, kf_id, sim3.identity(device=self.device), is_keyframe=True)
         self._T_kf, self._idx = sim3.identity(device=self.device), None
         if self.cfg.mode == "rays":
             self._update_intrinsics(frame, X_pred)
@@ -313,8 +322,7 @@ class SlamSystem:
             out.n_matches, out.match_frac = res.n_valid, res.match_frac
             return out
         self.map.add_frame(frame.timestamp, frame.name, kf.kf_id, self._T_kf, lost=True)
-        return StepResult(frame.index, self.state, False, kf.kf_id, False, res.n_valid, res.match_frac,
-                          res.reason)
+        return StepResult(frame.index, self.state, False, kf.kf_id, False, res.n_valid, res.match_frac, res.reason)
 
     def _has_confident_points(self, frame: Frame) -> bool:
         """A restart needs a frame with some confident, matchable prediction (not a black or blurred one)."""
@@ -332,8 +340,7 @@ class SlamSystem:
             return None
         self.relocalisations += 1
         kf_id = self.map.add_keyframe(frame, hit.kf_id, hit.T_kf)
-        self.map.add_frame(frame.timestamp, frame.name, kf_id, sim3.identity(device=self.device),
-                           is_keyframe=True)
+        self.map.add_frame(frame.timestamp, frame.name, kf_id, sim3.identity(device=self.device), is_keyframe=True)
         self.reloc.commit(kf_id, hit)
         self._T_kf, self._idx = sim3.identity(device=self.device), None
         if self.cfg.mode == "rays":
@@ -422,13 +429,21 @@ class SlamSystem:
     def stats(self) -> dict:
         """Counts for reports: keyframes, edges, loop edges, relocalisations, backend statistics."""
         edges = self.map.edges()
-        out = {"keyframes": len(self.keyframes), "edges": len(edges) // 2,
-               "loop_edges": sum(e[2] == "loop" for e in edges) // 2,
-               "reloc_edges": sum(e[2] == "reloc" for e in edges) // 2,
-               "relocalisations": self.relocalisations, "restarts": self.restarts}
+        out = {
+            "keyframes": len(self.keyframes),
+            "edges": len(edges) // 2,
+            "loop_edges": sum(e[2] == "loop" for e in edges) // 2,
+            "reloc_edges": sum(e[2] == "reloc" for e in edges) // 2,
+            "relocalisations": self.relocalisations,
+            "restarts": self.restarts,
+        }
         b = getattr(self.backend, "stats", None)
         if b is not None:
-            out["backend"] = {"optimisations": b.optimisations, "failed_optimisations": b.failed_optimisations,
-                              "iterations": b.iterations, "edges_tried": b.edges_tried,
-                              "timings_s": dict(b.timings)}
+            out["backend"] = {
+                "optimisations": b.optimisations,
+                "failed_optimisations": b.failed_optimisations,
+                "iterations": b.iterations,
+                "edges_tried": b.edges_tried,
+                "timings_s": dict(b.timings),
+            }
         return out

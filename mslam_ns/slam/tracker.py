@@ -53,8 +53,7 @@ class TrackResult:
 class Tracker:
     """Frame-to-keyframe tracking. Stateless apart from its configuration and intrinsics."""
 
-    def __init__(self, cfg: TrackingConfig, matching: MatchingConfig, mode: str = "rays",
-                 K: Tensor | None = None):
+    def __init__(self, cfg: TrackingConfig, matching: MatchingConfig, mode: str = "rays", K: Tensor | None = None):
         """
         Args:
             cfg: tracking parameters.
@@ -96,8 +95,7 @@ class Tracker:
         return X
 
     # ---- tracking -----------------------------------------------------------------------------------
-    def track(self, kf: Frame, pred: PairPrediction, T_init: Tensor, idx_init: Tensor | None = None
-              ) -> TrackResult:
+    def track(self, kf: Frame, pred: PairPrediction, T_init: Tensor, idx_init: Tensor | None = None) -> TrackResult:
         """Track the frame whose decode against keyframe `kf` is `pred` (frame = view 1).
 
         Args:
@@ -113,15 +111,21 @@ class Tracker:
         dev = kf.X.device
         X_ff = self.canonical_points(pred.ii.X.reshape(H * W, 3).to(dev).float(), (H, W))  # [HW, 3]
         X_kf_f = pred.ji.X.to(dev).float()  # [H, W, 3] keyframe pixels in f's camera
-        idx, matched = match(X_ff.reshape(1, H, W, 3), X_kf_f[None], pred.ii.D.to(dev)[None],
-                             pred.ji.D.to(dev)[None],
-                             None if idx_init is None else idx_init.reshape(1, H * W).to(dev), self.matching)
+        idx, matched = match(
+            X_ff.reshape(1, H, W, 3),
+            X_kf_f[None],
+            pred.ii.D.to(dev)[None],
+            pred.ji.D.to(dev)[None],
+            None if idx_init is None else idx_init.reshape(1, H * W).to(dev),
+            self.matching,
+        )
         res = self.track_matches(kf, pred, idx[0].long(), matched[0].bool(), T_init)
         res.timings["match"] = _now() - t0 - res.timings.get("solve", 0.0)
         return res
 
-    def track_matches(self, kf: Frame, pred: PairPrediction, idx: Tensor, matched: Tensor, T_init: Tensor
-                      ) -> TrackResult:
+    def track_matches(
+        self, kf: Frame, pred: PairPrediction, idx: Tensor, matched: Tensor, T_init: Tensor
+    ) -> TrackResult:
         """Steps 3-8 of the tracking given the matches: idx [HW] int64 (frame pixel of every keyframe
         pixel) and matched [HW] bool."""
         cfg = self.cfg
@@ -144,8 +148,15 @@ class Tracker:
         good = matched & (q > rc.Q_conf)
         match_frac = float(good.float().mean())
         unique_frac = float(torch.unique(idx[good]).numel()) / HW
-        res = TrackResult(False, T_init.clone(), n_valid=n_valid, valid_frac=n_valid / HW,
-                          match_frac=match_frac, unique_frac=unique_frac, idx=idx)
+        res = TrackResult(
+            False,
+            T_init.clone(),
+            n_valid=n_valid,
+            valid_frac=n_valid / HW,
+            match_frac=match_frac,
+            unique_frac=unique_frac,
+            idx=idx,
+        )
         if n_valid / HW < cfg.min_match_frac:
             res.reason = "few_matches"
             return res
@@ -199,15 +210,29 @@ class Tracker:
         def linearize(T_f: Tensor):
             """The frame's 7x7 block of the Huber-weighted normal equations, b = -g, cost, count."""
             Twc = torch.stack([I8, T_f.float()])  # [2, 8]
-            H, g, cost, n = edge_normal_equations(self.mode, Twc, X, C, ii, jj, idx_e, valid_e, q_e,
-                                                  residual=self.cfg.residual, K=K, img_hw=hw, return_count=True)
+            H, g, cost, n = edge_normal_equations(
+                self.mode,
+                Twc,
+                X,
+                C,
+                ii,
+                jj,
+                idx_e,
+                valid_e,
+                q_e,
+                residual=self.cfg.residual,
+                K=K,
+                img_hw=hw,
+                return_count=True,
+            )
             return H[0, 7:, 7:], -g[0, 7:], float(cost[0]), int(n[0])
 
         def retract(T_f: Tensor, dx: Tensor) -> Tensor:
             return sim3.normalize(sim3.retract(T_f.double(), dx[0])).float()
 
-        r = levenberg_marquardt(T.float(), linearize, solve_lm, retract, lambda dx: float(dx.norm()),
-                                self.cfg.lm, max_damping=1e6)
+        r = levenberg_marquardt(
+            T.float(), linearize, solve_lm, retract, lambda dx: float(dx.norm()), self.cfg.lm, max_damping=1e6
+        )
         return r.x, r.iterations, r.cost, not r.failed
 
 

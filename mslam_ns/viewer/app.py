@@ -58,12 +58,14 @@ def fill_scene(scene: SlamScene, data: RunData) -> None:
     scene.set_edges(data.edges, data.edge_kind)
     s = data.summary
     if s:
-        scene.set_info(**{k: v for k, v in (("state", s.get("state")), ("restarts", s.get("restarts")))
-                          if v is not None})
+        scene.set_info(
+            **{k: v for k, v in (("state", s.get("state")), ("restarts", s.get("restarts"))) if v is not None}
+        )
 
 
-def serve_run(run_dir: Path, host: str = "127.0.0.1", port: int = 8080,
-              cfg: ViewerConfig | None = None) -> ViewerHandle:
+def serve_run(
+    run_dir: Path, host: str = "127.0.0.1", port: int = 8080, cfg: ViewerConfig | None = None
+) -> ViewerHandle:
     """Serve the viewer of run folder `run_dir` in the background; returns the handle (`url`, `stop()`)."""
     data = load_run(Path(run_dir))
     server, url = open_server(host, port)

@@ -74,8 +74,9 @@ class SnapshotApplier:
             kv = snap.keyframes.get(k)
             if k not in sc.keyframes:
                 row = int(snap.keyframe_frame_index[k]) if hasattr(snap, "keyframe_frame_index") else -1
-                name = kv.name if kv is not None else (snap.frame_names[row] if 0 <= row < len(snap.frame_names)
-                                                       else "")
+                name = (
+                    kv.name if kv is not None else (snap.frame_names[row] if 0 <= row < len(snap.frame_names) else "")
+                )
                 ts = kv.timestamp if kv is not None else float("nan")
                 sc.set_keyframe(k, T[k], name, ts, None if kv is None else thumbnail(kv.rgb))
                 moved = True
@@ -89,8 +90,13 @@ class SnapshotApplier:
             self.pose_version[k] = pv
         for k, kv in snap.keyframes.items():
             s = float(T[k, 7])
-            sc.set_points(f"kf{k}", np.asarray(kv.X, np.float32) * np.float32(s), kv.rgb.reshape(-1, 3),
-                          np.asarray(kv.C, np.float32), parent=k)
+            sc.set_points(
+                f"kf{k}",
+                np.asarray(kv.X, np.float32) * np.float32(s),
+                kv.rgb.reshape(-1, 3),
+                np.asarray(kv.C, np.float32),
+                parent=k,
+            )
             self.scale[k] = s
         n = len(snap.frame_timestamps)
         if moved or n != self.n_frames:
@@ -160,8 +166,13 @@ class LiveViewer(ViewerHandle):
         super().stop()
 
 
-def start_live_viewer(shared_map: Any, host: str = "127.0.0.1", port: int = 8080, max_rate_hz: float = 2.0,
-                      cfg: ViewerConfig | None = None) -> LiveViewer:
+def start_live_viewer(
+    shared_map: Any,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    max_rate_hz: float = 2.0,
+    cfg: ViewerConfig | None = None,
+) -> LiveViewer:
     """Serve the viewer of a running SLAM and keep it updated from `shared_map` in a background thread.
 
     Args:

@@ -101,8 +101,11 @@ def _camera_shape(summary: dict) -> tuple[float | None, float | None]:
     """(vertical fov in radians, aspect) of the original images from summary.json, where it says."""
     intr = summary.get("intrinsics") or {}
     tf = summary.get("image_transform") or {}
-    size = ([intr["width"], intr["height"]] if intr.get("width") and intr.get("height")
-            else tf.get("source_size") or summary.get("image_size"))
+    size = (
+        [intr["width"], intr["height"]]
+        if intr.get("width") and intr.get("height")
+        else tf.get("source_size") or summary.get("image_size")
+    )
     if not size or len(size) != 2:
         return None, None
     w, h = float(size[0]), float(size[1])
@@ -142,8 +145,9 @@ def load_run(run: Path) -> RunData:
             # The keyframe's own frame row: the k-th is_keyframe row, else the frame with the same stamp.
             row = kf_rows[k] if k < len(kf_rows) else int(np.argmin(np.abs(ts - kts[k]))) if n else -1
             name = names[row] if 0 <= row < n else ""
-            keyframes.append(KeyframeInfo(k, float(kts[k]), name, kT[k],
-                                          _load_thumbnail(_find_image(rd, summary, name, k))))
+            keyframes.append(
+                KeyframeInfo(k, float(kts[k]), name, kT[k], _load_thumbnail(_find_image(rd, summary, name, k)))
+            )
     points = np.zeros((0, 3), np.float32)
     colors = np.zeros((0, 3), np.uint8)
     conf = point_kf = None
@@ -154,5 +158,19 @@ def load_run(run: Path) -> RunData:
         point_kf = pc.keyframe.astype(np.int64) if len(pc) and (pc.keyframe >= 0).all() else None
     edges, kinds = rd.read_edges()
     fov, aspect = _camera_shape(summary)
-    return RunData(ts, T, np.asarray(lost, bool), list(names), keyframes, points, colors, conf, point_kf, edges,
-                   kinds, fov, aspect, summary)
+    return RunData(
+        ts,
+        T,
+        np.asarray(lost, bool),
+        list(names),
+        keyframes,
+        points,
+        colors,
+        conf,
+        point_kf,
+        edges,
+        kinds,
+        fov,
+        aspect,
+        summary,
+    )

@@ -28,8 +28,7 @@ __all__ = ["ViewerConfig", "SlamScene", "EDGE_COLORS", "LOST_COLOR", "kf_node"]
 
 log = logging.getLogger(__name__)
 
-EDGE_COLORS: dict[str, tuple[int, int, int]] = {"seq": (60, 120, 230), "loop": (240, 120, 20),
-                                                 "reloc": (170, 60, 200)}
+EDGE_COLORS: dict[str, tuple[int, int, int]] = {"seq": (60, 120, 230), "loop": (240, 120, 20), "reloc": (170, 60, 200)}
 """RGB of each edge kind (unknown kinds are grey)."""
 TRAJECTORY_COLOR = (30, 170, 90)
 LOST_COLOR = (230, 30, 30)
@@ -160,16 +159,22 @@ class SlamScene:
         self.gui_stats = gui.add_markdown(f"**{title}**")
         with gui.add_folder("Points"):
             self.gui_points = gui.add_checkbox("Show points", True)
-            self.gui_conf = gui.add_slider("Confidence >=", 0.0, 10.0, 0.1, float(self.cfg.conf_thresh),
-                                           hint="minimum average confidence of the points shown")
-            self.gui_size = gui.add_slider("Point size", 0.1, 5.0, 0.1, float(self.cfg.point_size),
-                                           hint="relative to the scene's depth")
+            self.gui_conf = gui.add_slider(
+                "Confidence >=",
+                0.0,
+                10.0,
+                0.1,
+                float(self.cfg.conf_thresh),
+                hint="minimum average confidence of the points shown",
+            )
+            self.gui_size = gui.add_slider(
+                "Point size", 0.1, 5.0, 0.1, float(self.cfg.point_size), hint="relative to the scene's depth"
+            )
         with gui.add_folder("Cameras"):
             self.gui_frusta = gui.add_checkbox("Show keyframes", True)
             self.gui_traj = gui.add_checkbox("Show trajectory", True)
             self.gui_edges = gui.add_checkbox("Show graph edges", True)
-            self.gui_follow = gui.add_checkbox("Follow camera", False,
-                                               hint="keep the view behind the newest frame")
+            self.gui_follow = gui.add_checkbox("Follow camera", False, hint="keep the view behind the newest frame")
             self.gui_reset = gui.add_button("Reset view")
         with gui.add_folder("Selected keyframe"):
             self.gui_select = gui.add_dropdown("Keyframe", ("none",))
@@ -187,9 +192,12 @@ class SlamScene:
 
     def _set_visible(self, what: str, on: bool) -> None:
         with self.lock:
-            handles = {"clouds": [c.handle for c in self.clouds.values()],
-                       "frusta": [k.frustum for k in self.keyframes.values()],
-                       "trajectory": self._traj_handles, "edges": self._edge_handles}[what]
+            handles = {
+                "clouds": [c.handle for c in self.clouds.values()],
+                "frusta": [k.frustum for k in self.keyframes.values()],
+                "trajectory": self._traj_handles,
+                "edges": self._edge_handles,
+            }[what]
             for h in handles:
                 if h is not None:
                     h.visible = on
@@ -227,8 +235,14 @@ class SlamScene:
                 self.aspect = float(aspect)
 
     # ---- keyframes ---------------------------------------------------------------------------------
-    def set_keyframe(self, kf_id: int, T_WC: np.ndarray, name: str = "", timestamp: float = float("nan"),
-                     thumbnail: np.ndarray | None = None) -> None:
+    def set_keyframe(
+        self,
+        kf_id: int,
+        T_WC: np.ndarray,
+        name: str = "",
+        timestamp: float = float("nan"),
+        thumbnail: np.ndarray | None = None,
+    ) -> None:
         """Add keyframe `kf_id` (frustum with `thumbnail` [h, w, 3] uint8) or move it to `T_WC` [7 | 8]."""
         T = np.ones(8)
         T[: len(T_WC)] = np.asarray(T_WC, dtype=np.float64)[:8]
@@ -237,8 +251,7 @@ class SlamScene:
             if kf is None:
                 kf = _Keyframe(kf_id, name, float(timestamp), T, thumbnail)
                 self.keyframes[kf_id] = kf
-                kf.frame = self.server.scene.add_frame(kf_node(kf_id), show_axes=False, wxyz=_wxyz(T),
-                                                       position=T[:3])
+                kf.frame = self.server.scene.add_frame(kf_node(kf_id), show_axes=False, wxyz=_wxyz(T), position=T[:3])
                 self._add_frustum(kf, KEYFRAME_COLOR)
                 self._update_select_options()
             else:
@@ -266,8 +279,14 @@ class SlamScene:
     def _add_frustum(self, kf: _Keyframe, color: tuple[int, int, int]) -> None:
         kw = {} if kf.thumbnail is None else {"image": kf.thumbnail, "format": "jpeg", "jpeg_quality": 80}
         kf.frustum = self.server.scene.add_camera_frustum(
-            kf_node(kf.kf_id) + "/frustum", fov=self.fov_y, aspect=self.aspect, scale=self.frustum_scale(),
-            color=color, visible=bool(self.gui_frusta.value), **kw)
+            kf_node(kf.kf_id) + "/frustum",
+            fov=self.fov_y,
+            aspect=self.aspect,
+            scale=self.frustum_scale(),
+            color=color,
+            visible=bool(self.gui_frusta.value),
+            **kw,
+        )
         kf.frustum.on_click(lambda _ev, k=kf.kf_id: self._on_click(k))
         self.stats.frustum_messages += 1
 
@@ -279,8 +298,9 @@ class SlamScene:
             self.select(kf_id)
 
     def _update_select_options(self) -> None:
-        self._label_to_kf = {f"kf {k}" + (f" · {kf.name}" if kf.name else ""): k
-                             for k, kf in sorted(self.keyframes.items())}
+        self._label_to_kf = {
+            f"kf {k}" + (f" · {kf.name}" if kf.name else ""): k for k, kf in sorted(self.keyframes.items())
+        }
         self.gui_select.options = ("none", *self._label_to_kf)
 
     def select(self, kf_id: int | None) -> None:
@@ -301,9 +321,15 @@ class SlamScene:
             self.gui_selected.content = "Click a camera or pick a keyframe."
             return
         T = kf.T_WC
-        lines = [f"**keyframe {kf.kf_id}**", "", f"name: `{kf.name or '-'}`",
-                 f"timestamp: {kf.timestamp:.6f} s", f"position: {T[0]:.4f} {T[1]:.4f} {T[2]:.4f}",
-                 f"quaternion (xyzw): {T[3]:.4f} {T[4]:.4f} {T[5]:.4f} {T[6]:.4f}", f"scale: {T[7]:.4g}"]
+        lines = [
+            f"**keyframe {kf.kf_id}**",
+            "",
+            f"name: `{kf.name or '-'}`",
+            f"timestamp: {kf.timestamp:.6f} s",
+            f"position: {T[0]:.4f} {T[1]:.4f} {T[2]:.4f}",
+            f"quaternion (xyzw): {T[3]:.4f} {T[4]:.4f} {T[5]:.4f} {T[6]:.4f}",
+            f"scale: {T[7]:.4g}",
+        ]
         if kf.thumbnail is not None:
             lines += ["", f"![keyframe {kf.kf_id}]({_jpeg_data_url(kf.thumbnail)})"]
         self.gui_selected.content = "  \n".join(lines)
@@ -313,14 +339,19 @@ class SlamScene:
         return self._selected
 
     # ---- points ------------------------------------------------------------------------------------
-    def set_points(self, key: str, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray | None = None,
-                   parent: int | None = None) -> None:
+    def set_points(
+        self, key: str, xyz: np.ndarray, rgb: np.ndarray, conf: np.ndarray | None = None, parent: int | None = None
+    ) -> None:
         """Set the point cloud `key`: xyz [P, 3] in keyframe `parent`'s frame (scaled) or world (None),
         rgb [P, 3] uint8, conf [P] (None: the threshold does not apply). Sent subsampled and thresholded."""
         cap = self.cfg.max_points_per_keyframe if parent is not None else self.cfg.max_points
         sel = _subsample(len(xyz), cap)
-        cloud = _Cloud(np.ascontiguousarray(xyz[sel], np.float32), np.ascontiguousarray(rgb[sel], np.uint8),
-                       None if conf is None else np.asarray(conf[sel], np.float32), parent)
+        cloud = _Cloud(
+            np.ascontiguousarray(xyz[sel], np.float32),
+            np.ascontiguousarray(rgb[sel], np.uint8),
+            None if conf is None else np.asarray(conf[sel], np.float32),
+            parent,
+        )
         with self.lock:
             old = self.clouds.get(key)
             if old is not None:
@@ -340,9 +371,9 @@ class SlamScene:
                 cloud.handle = None
             cloud.shown = 0
             return
-        cloud.handle = self.server.scene.add_point_cloud(name, cloud.xyz[keep], cloud.rgb[keep],
-                                                         point_size=self.point_size(),
-                                                         visible=bool(self.gui_points.value))
+        cloud.handle = self.server.scene.add_point_cloud(
+            name, cloud.xyz[keep], cloud.rgb[keep], point_size=self.point_size(), visible=bool(self.gui_points.value)
+        )
         cloud.shown = int(keep.sum())
         self.stats.cloud_messages += 1
         if cloud.parent is not None:
@@ -382,14 +413,28 @@ class SlamScene:
             p = p[_subsample(len(p), self.cfg.max_trajectory_points)]
             vis = bool(self.gui_traj.value)
             if len(p) >= 2:
-                self._traj_handles.append(self.server.scene.add_spline_cubic_bezier(
-                    "/trajectory/line", positions=p, control_points=_polyline_controls(p), line_width=2.0,
-                    color=TRAJECTORY_COLOR, visible=vis))
+                self._traj_handles.append(
+                    self.server.scene.add_spline_cubic_bezier(
+                        "/trajectory/line",
+                        positions=p,
+                        control_points=_polyline_controls(p),
+                        line_width=2.0,
+                        color=TRAJECTORY_COLOR,
+                        visible=vis,
+                    )
+                )
             lp = T[ok & lost, :3]
             if len(lp):
-                self._traj_handles.append(self.server.scene.add_point_cloud(
-                    "/trajectory/lost", lp.astype(np.float32), LOST_COLOR, point_size=4 * self.point_size(),
-                    point_shape="circle", visible=vis))
+                self._traj_handles.append(
+                    self.server.scene.add_point_cloud(
+                        "/trajectory/lost",
+                        lp.astype(np.float32),
+                        LOST_COLOR,
+                        point_size=4 * self.point_size(),
+                        point_shape="circle",
+                        visible=vis,
+                    )
+                )
             self.stats.trajectory_messages += 1
             self._update_stats_text()
 
@@ -422,14 +467,22 @@ class SlamScene:
             color = EDGE_COLORS.get(kind, (128, 128, 128))
             if hasattr(scene, "add_line_segments"):  # newer viser
                 pts = np.array([[a, b] for a, b in segs], dtype=np.float32)  # [E, 2, 3]
-                self._edge_handles.append(scene.add_line_segments(f"/edges/{kind}", pts, colors=color,
-                                                                  line_width=2.0, visible=vis))
+                self._edge_handles.append(
+                    scene.add_line_segments(f"/edges/{kind}", pts, colors=color, line_width=2.0, visible=vis)
+                )
             else:
                 for n, (a, b) in enumerate(segs):
                     p = np.stack([a, b])
-                    self._edge_handles.append(scene.add_spline_cubic_bezier(
-                        f"/edges/{kind}/{n:05d}", positions=p, control_points=p, line_width=2.0,
-                        color=color, visible=vis))
+                    self._edge_handles.append(
+                        scene.add_spline_cubic_bezier(
+                            f"/edges/{kind}/{n:05d}",
+                            positions=p,
+                            control_points=p,
+                            line_width=2.0,
+                            color=color,
+                            visible=vis,
+                        )
+                    )
             self.stats.edge_messages += 1
 
     def refresh_edges(self) -> None:
@@ -510,7 +563,9 @@ class SlamScene:
 
     def _update_stats_text(self) -> None:
         n, lost = len(self.frame_positions), int(self.frame_lost.sum())
-        parts = [f"**{len(self.keyframes)}** keyframes, **{n}** frames, **{lost}** lost",
-                 f"{self.points_shown():,} points shown"]
+        parts = [
+            f"**{len(self.keyframes)}** keyframes, **{n}** frames, **{lost}** lost",
+            f"{self.points_shown():,} points shown",
+        ]
         parts += [f"{k}: {v}" for k, v in self.info.items()]
         self.gui_stats.content = "  \n".join(parts)

@@ -14,8 +14,9 @@ EXAMPLES = ROOT / "examples"
 
 
 def _run(name: str, *args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=600,
-                       cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return r
 
@@ -45,7 +46,8 @@ def test_export_and_train(seq, tmp_path):
 
 
 def test_evaluate_ground_truth(tmp_path):
-    r = _run("evaluate_ground_truth.py", str(tmp_path / "w"), "--frames", "16", "--size", "160", "120",
-             "--img-size", "128")
+    r = _run(
+        "evaluate_ground_truth.py", str(tmp_path / "w"), "--frames", "16", "--size", "160", "120", "--img-size", "128"
+    )
     assert "ATE RMSE" in r.stdout
     assert json.loads((tmp_path / "w" / "run" / "eval.json").read_text())["all_frames"]["n_matched"] == 16

@@ -55,13 +55,21 @@ def test_command_modules_do_not_import_each_other():
 
 def test_no_axis_flip_outside_the_conventions_module():
     flip = re.compile(r"diag\(\s*\[\s*1(\.0)?\s*,\s*-1|\[\s*1(\.0)?\s*,\s*-1(\.0)?\s*,\s*-1(\.0)?\s*[,\]]")
-    hits = [name for name, p in _modules()
-            if name != "mslam_ns.geometry.conventions" and flip.search(p.read_text(encoding="utf-8"))]
+    hits = [
+        name
+        for name, p in _modules()
+        if name != "mslam_ns.geometry.conventions" and flip.search(p.read_text(encoding="utf-8"))
+    ]
     assert not hits, hits
 
 
 def test_run_folder_file_names_live_only_in_rundir():
     names = ("trajectory.txt", "keyframes.txt", "frames.txt", "points.ply", "summary.json", "edges.txt")
-    hits = [f"{name}: {n}" for name, p in _modules() if name != "mslam_ns.io.rundir"
-            for n in names if f'"{n}"' in p.read_text(encoding="utf-8")]
+    hits = [
+        f"{name}: {n}"
+        for name, p in _modules()
+        if name != "mslam_ns.io.rundir"
+        for n in names
+        if f'"{n}"' in p.read_text(encoding="utf-8")
+    ]
     assert not hits, hits

@@ -42,8 +42,9 @@ def test_slam_options_repeat_no_default():
 
 
 def test_config_round_trip(tmp_path):
-    o = load_options(RunOptions, None, dataset="x", prior="mast3r", slam={"img_size": 224, "tracking": {"lm": {
-        "max_iters": 7}}})
+    o = load_options(
+        RunOptions, None, dataset="x", prior="mast3r", slam={"img_size": 224, "tracking": {"lm": {"max_iters": 7}}}
+    )
     import yaml
 
     p = tmp_path / "c.yaml"

@@ -25,9 +25,20 @@ def _problem(seed: int = 0):
 
 def _params(G, huber: float) -> _torch_impl.GnParams:
     K = G.K
-    return _torch_impl.GnParams(fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]),
-                                H=G.img_hw[0], W=G.img_hw[1], huber=huber, sigma_ray=0.01, sigma_dist=0.1,
-                                sigma_pixel=1.0, sigma_depth=0.1, sigma_point=0.05)
+    return _torch_impl.GnParams(
+        fx=float(K[0, 0]),
+        fy=float(K[1, 1]),
+        cx=float(K[0, 2]),
+        cy=float(K[1, 2]),
+        H=G.img_hw[0],
+        W=G.img_hw[1],
+        huber=huber,
+        sigma_ray=0.01,
+        sigma_dist=0.1,
+        sigma_pixel=1.0,
+        sigma_depth=0.1,
+        sigma_point=0.05,
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -41,6 +52,7 @@ def test_local_jacobian_matches_autograd(mode: str) -> None:
     _, J, _, ok = _torch_impl.local_residuals(mode, P, Xi, m, p)
     assert bool(ok.all())
     for k in range(P.shape[0]):
+
         def r_of(eps: torch.Tensor, k: int = k) -> torch.Tensor:
             return _torch_impl.local_residuals(mode, sim3.act(sim3.exp(eps), P[k]), Xi[k], m[k], p)[0]
 
@@ -69,8 +81,23 @@ def test_gradient_is_autograd_of_half_robust_cost(mode: str, backend: str, monke
     cost, e = _robust_cost_and_whitened(mode, Twc, X, G, p, dx0)
     assert float((e.abs() > p.huber).double().mean()) > 0.05, "test must exercise the Huber branch"
     (grad,) = torch.autograd.grad(cost, dx0)
-    H, g, c = edge_normal_equations(mode, Twc, X, G.C, G.ii, G.jj, G.idx, G.valid, G.Q, K=G.K, img_hw=G.img_hw,
-                                    huber=1.0, sigma_ray=0.01, sigma_dist=0.1, sigma_depth=0.1)
+    H, g, c = edge_normal_equations(
+        mode,
+        Twc,
+        X,
+        G.C,
+        G.ii,
+        G.jj,
+        G.idx,
+        G.valid,
+        G.Q,
+        K=G.K,
+        img_hw=G.img_hw,
+        huber=1.0,
+        sigma_ray=0.01,
+        sigma_dist=0.1,
+        sigma_depth=0.1,
+    )
     _, b = assemble(H, g, G.ii, G.jj, Twc.shape[0], 0)
     torch.testing.assert_close(-b.reshape(-1, 7), grad, rtol=1e-8, atol=1e-8 * float(grad.abs().max()))
     torch.testing.assert_close(0.5 * c.sum(), cost.detach(), rtol=1e-10, atol=0)
@@ -88,10 +115,26 @@ def test_hessian_is_gauss_newton_of_autograd_jacobian(mode: str, backend: str, m
     def whitened(dx: torch.Tensor) -> torch.Tensor:
         return _robust_cost_and_whitened(mode, Twc, X, G, p, dx.reshape(N, 7))[1].reshape(-1)
 
-    J = torch.autograd.functional.jacobian(whitened, torch.zeros(N * 7, dtype=F64), vectorize=True,
-                                           strategy="forward-mode")
-    H, g, _ = edge_normal_equations(mode, Twc, X, G.C, G.ii, G.jj, G.idx, G.valid, G.Q, K=G.K, img_hw=G.img_hw,
-                                    huber=1e12, sigma_ray=0.01, sigma_dist=0.1, sigma_depth=0.1)
+    J = torch.autograd.functional.jacobian(
+        whitened, torch.zeros(N * 7, dtype=F64), vectorize=True, strategy="forward-mode"
+    )
+    H, g, _ = edge_normal_equations(
+        mode,
+        Twc,
+        X,
+        G.C,
+        G.ii,
+        G.jj,
+        G.idx,
+        G.valid,
+        G.Q,
+        K=G.K,
+        img_hw=G.img_hw,
+        huber=1e12,
+        sigma_ray=0.01,
+        sigma_dist=0.1,
+        sigma_depth=0.1,
+    )
     A, _ = assemble(H, g, G.ii, G.jj, N, 0)
     ref = J.T @ J
     torch.testing.assert_close(A, ref, rtol=1e-8, atol=1e-9 * float(ref.abs().max()))

@@ -33,13 +33,26 @@ def _random_problem(dtype: torch.dtype = torch.float64, E: int = 4, seed: int = 
     Q = 3.0 * torch.rand(E, HW, generator=g, dtype=torch.float64)
     C = 2.0 * torch.rand(N, HW, generator=g, dtype=torch.float64)
     Twc = perturb(G.Twc, 0.1, n_fixed=0, seed=seed + 1)
-    return dict(Twc=Twc.to(dtype), X=X.to(dtype), C=C.to(dtype), ii=ii, jj=jj, idx_ii2jj=idx, valid_match=valid,
-                Q=Q.to(dtype)), G.K, G.img_hw
+    return (
+        dict(
+            Twc=Twc.to(dtype),
+            X=X.to(dtype),
+            C=C.to(dtype),
+            ii=ii,
+            jj=jj,
+            idx_ii2jj=idx,
+            valid_match=valid,
+            Q=Q.to(dtype),
+        ),
+        G.K,
+        G.img_hw,
+    )
 
 
 def _both(mode: str, prob: dict, K, img_hw, **kw):
-    p = _torch_impl.GnParams(fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]),
-                             H=img_hw[0], W=img_hw[1], **kw)
+    p = _torch_impl.GnParams(
+        fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]), H=img_hw[0], W=img_hw[1], **kw
+    )
     args = [prob[k] for k in ("Twc", "X", "C", "ii", "jj", "idx_ii2jj", "valid_match", "Q")]
     twin = _torch_impl._edge_normal_equations(mode, *args, p)
     comp = _compiled_cpu().edge_normal_equations(MODES.index(mode), *args, p.as_list(), img_hw[0], img_hw[1])
@@ -89,8 +102,9 @@ def test_compiled_identity_matches_and_multi_chunk(mode: str, dtype: torch.dtype
     X = G.X + 0.01 * torch.randn(G.X.shape, generator=g, dtype=torch.float64)
     Q = 0.5 + 2.0 * torch.rand(E, HW, generator=g, dtype=torch.float64)
     C = 0.5 + 2.0 * torch.rand(N, HW, generator=g, dtype=torch.float64)
-    prob = dict(Twc=Twc.to(dtype), X=X.to(dtype), C=C.to(dtype), ii=ii, jj=jj, idx_ii2jj=idx, valid_match=valid,
-                Q=Q.to(dtype))
+    prob = dict(
+        Twc=Twc.to(dtype), X=X.to(dtype), C=C.to(dtype), ii=ii, jj=jj, idx_ii2jj=idx, valid_match=valid, Q=Q.to(dtype)
+    )
     (Ht, gt, ct, nt), (Hc, gc, cc, nc) = _both(mode, prob, G.K, G.img_hw, huber=0.5)
     assert int(nt.min()) > HW // 4  # most pixels contribute
     if dtype == torch.float64:
@@ -120,8 +134,9 @@ def test_compiled_matches_twin_zero_huber(mode: str) -> None:
 def test_twin_edge_chunking_matches_single_chunk(monkeypatch) -> None:
     """The twin processes edges in chunks; a one-edge chunk size must give the same result."""
     prob, K, hw = _random_problem(torch.float64)
-    p = _torch_impl.GnParams(fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]),
-                             H=hw[0], W=hw[1])
+    p = _torch_impl.GnParams(
+        fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]), H=hw[0], W=hw[1]
+    )
     args = [prob[k] for k in ("Twc", "X", "C", "ii", "jj", "idx_ii2jj", "valid_match", "Q")]
     ref = _torch_impl._edge_normal_equations("calib", *args, p)
     monkeypatch.setattr(_torch_impl, "_PIXELS_PER_CHUNK", 1)
@@ -137,9 +152,14 @@ def test_all_invalid_and_empty_edges() -> None:
         for t in (Ht, gt, ct, Hc, gc, cc):
             assert torch.count_nonzero(t) == 0
         assert int(nc.sum()) == 0 and int(nt.sum()) == 0
-    empty = dict(prob, ii=prob["ii"][:0], jj=prob["jj"][:0], idx_ii2jj=prob["idx_ii2jj"][:0],
-                 valid_match=prob["valid_match"][:0],
-                 Q=prob["Q"][:0])
+    empty = dict(
+        prob,
+        ii=prob["ii"][:0],
+        jj=prob["jj"][:0],
+        idx_ii2jj=prob["idx_ii2jj"][:0],
+        valid_match=prob["valid_match"][:0],
+        Q=prob["Q"][:0],
+    )
     for mode in MODES:
         H, g, c = edge_normal_equations(mode, **empty, K=K, img_hw=hw)
         assert H.shape == (0, 14, 14) and g.shape == (0, 14) and c.shape == (0,)
@@ -153,8 +173,18 @@ def test_public_api_accepts_non_contiguous_and_mixed_inputs() -> None:
     Xt = prob["X"].transpose(0, 1).contiguous().transpose(0, 1)
     Qt = prob["Q"].t().contiguous().t()
     assert not Xt.is_contiguous() and not Qt.is_contiguous()
-    out = edge_normal_equations("rays", prob["Twc"], Xt, prob["C"], prob["ii"].int(), prob["jj"],
-                                prob["idx_ii2jj"].int(), prob["valid_match"], Qt, C_thresh=0.3)
+    out = edge_normal_equations(
+        "rays",
+        prob["Twc"],
+        Xt,
+        prob["C"],
+        prob["ii"].int(),
+        prob["jj"],
+        prob["idx_ii2jj"].int(),
+        prob["valid_match"],
+        Qt,
+        C_thresh=0.3,
+    )
     for a, b in zip(out, ref):
         torch.testing.assert_close(a, b)
     # Symmetric blocks and the structure J_i = -J_j.
@@ -212,8 +242,9 @@ def test_public_api_rejects_bad_inputs() -> None:
         pose_retract(prob["Twc"], torch.full((prob["Twc"].shape[0], 7), float("nan"), dtype=torch.float64), 1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (its CPU twin: "
-                    "test_compiled_matches_twin_float32)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (its CPU twin: test_compiled_matches_twin_float32)"
+)
 @pytest.mark.parametrize("mode", MODES)
 def test_cuda_matches_twin_float32(mode: str) -> None:
     """The CUDA kernel in float32 (what the tracker runs on a GPU) against the float32 twin and the float64 truth.
@@ -224,8 +255,9 @@ def test_cuda_matches_twin_float32(mode: str) -> None:
     prob, K, hw = _random_problem(torch.float32, seed=3)
     mod = _backend.load("gn", "cuda")
     assert mod is not None, _backend._errors.get(("gn", "cuda"))
-    p = _torch_impl.GnParams(fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]),
-                             H=hw[0], W=hw[1])
+    p = _torch_impl.GnParams(
+        fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]), H=hw[0], W=hw[1]
+    )
     args = [prob[k] for k in ("Twc", "X", "C", "ii", "jj", "idx_ii2jj", "valid_match", "Q")]
     Ht, gt, ct, nt = _torch_impl._edge_normal_equations(mode, *args, p)
     out = mod.edge_normal_equations(MODES.index(mode), *[a.cuda() for a in args], p.as_list(), hw[0], hw[1])
@@ -238,8 +270,9 @@ def test_cuda_matches_twin_float32(mode: str) -> None:
     torch.testing.assert_close(cc, ct, rtol=2e-3, atol=1e-3)
     T = prob["Twc"]
     dx = 0.01 * torch.ones(T.shape[0], 7, dtype=T.dtype)
-    torch.testing.assert_close(pose_retract(T.cuda(), dx.cuda(), 1).cpu(), _torch_impl._pose_retract(T, dx, 1),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        pose_retract(T.cuda(), dx.cuda(), 1).cpu(), _torch_impl._pose_retract(T, dx, 1), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU build and twin run above)")

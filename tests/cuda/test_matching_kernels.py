@@ -70,8 +70,10 @@ def _compare_iproj(mod, rays, tgt, p0):
     close = ((p_c - p_t).abs().amax(-1) < 1e-3).float().mean().item()
     same_conv = (c_c == c_t).float().mean().item()
     same_int = (p_c.long() == p_t.long()).all(-1).float().mean().item()
-    msg = (f"bit-identical {exact:.4f}, within 1e-3 px {close:.4f}, same int pixel {same_int:.4f}, "
-           f"same flag {same_conv:.4f}")
+    msg = (
+        f"bit-identical {exact:.4f}, within 1e-3 px {close:.4f}, same int pixel {same_int:.4f}, "
+        f"same flag {same_conv:.4f}"
+    )
     if EXACT:
         assert exact == 1.0 and same_conv == 1.0, msg
     assert close >= AGREE and same_int >= AGREE and same_conv >= AGREE, msg
@@ -186,8 +188,9 @@ def test_refine_compiled_matches_twin(cpu_mod, dtype, Fd):
     g = torch.Generator().manual_seed(1)
     D_i = _descriptors(B, H, W, Fd, 2).to(dtype)
     D_j = _descriptors(B, 1, 300, Fd, 3).reshape(B, 300, Fd).to(dtype)
-    p = torch.stack([torch.randint(-3, W + 3, (B, 300), generator=g),
-                     torch.randint(-3, H + 3, (B, 300), generator=g)], -1)  # some outside the image
+    p = torch.stack(
+        [torch.randint(-3, W + 3, (B, 300), generator=g), torch.randint(-3, H + 3, (B, 300), generator=g)], -1
+    )  # some outside the image
     out_c = cpu_mod.refine_matches(D_i, D_j, p, 3, 5)
     out_t = _torch_impl._refine_matches(D_i, D_j, p, 3, 5)
     same = (out_c == out_t).all(-1).float().mean().item()
@@ -256,8 +259,7 @@ def test_refine_integer_ties_match_twin_exactly(cpu_mod, radius, dtype):
     g = torch.Generator().manual_seed(11)
     D_i = torch.randint(-1, 2, (B, H, W, Fd), generator=g).to(dtype)
     D_j = torch.randint(-1, 2, (B, N, Fd), generator=g).to(dtype)
-    p = torch.stack([torch.randint(-2, W + 2, (B, N), generator=g),
-                     torch.randint(-2, H + 2, (B, N), generator=g)], -1)
+    p = torch.stack([torch.randint(-2, W + 2, (B, N), generator=g), torch.randint(-2, H + 2, (B, N), generator=g)], -1)
     out_c = cpu_mod.refine_matches(D_i, D_j, p, radius, 3)
     out_t = _torch_impl._refine_matches(D_i, D_j, p, radius, 3)
     assert torch.equal(out_c, out_t)
@@ -286,13 +288,16 @@ def test_noncontiguous_inputs(impl, monkeypatch):
     D_j = D_i.reshape(1, -1, 24)[:, ::2]  # strided
     p = p0.long()[:, ::2]
     assert not (D_j.is_contiguous() or p.is_contiguous())
-    torch.testing.assert_close(refine_matches(D_i.transpose(1, 2).contiguous().transpose(1, 2), D_j, p),
-                               refine_matches(D_i, D_j.contiguous(), p.contiguous()))
+    torch.testing.assert_close(
+        refine_matches(D_i.transpose(1, 2).contiguous().transpose(1, 2), D_j, p),
+        refine_matches(D_i, D_j.contiguous(), p.contiguous()),
+    )
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_inputs_rejected(bad):
     rays, tgt, p0, _ = _iproj_inputs(1, 8, 8, seed=9, noise_px=0.0)
+
     def poisoned(t: torch.Tensor, index: tuple[int, ...]) -> torch.Tensor:
         t = t.clone()
         t[index] = bad

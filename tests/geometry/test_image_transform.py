@@ -44,14 +44,13 @@ def test_pixel_centre_convention_matches_pillow() -> None:
         img_v = Image.fromarray((v * 1.0).astype(np.float32), mode="F").resize(out_wh, Image.Resampling.BILINEAR)
         crop = (3, 2, out_wh[0] - 4, out_wh[1] - 3)
         tf = ImageTransform(src_wh, out_wh, crop)
-        val_u = np.asarray(img_u)[crop[1]:crop[3], crop[0]:crop[2]]
-        val_v = np.asarray(img_v)[crop[1]:crop[3], crop[0]:crop[2]]
+        val_u = np.asarray(img_u)[crop[1] : crop[3], crop[0] : crop[2]]
+        val_v = np.asarray(img_v)[crop[1] : crop[3], crop[0] : crop[2]]
         W, H = tf.network_size
         assert val_u.shape == (H, W)
         i, j = np.meshgrid(np.arange(W), np.arange(H))
         src = tf.to_original(np.stack([i, j], -1).astype(np.float64))  # [H, W, 2]
-        inner = ((src[..., 0] > 2) & (src[..., 0] < src_wh[0] - 3)
-                 & (src[..., 1] > 2) & (src[..., 1] < src_wh[1] - 3))
+        inner = (src[..., 0] > 2) & (src[..., 0] < src_wh[0] - 3) & (src[..., 1] > 2) & (src[..., 1] < src_wh[1] - 3)
         assert inner.sum() > 100
         np.testing.assert_allclose(val_u[inner], src[..., 0][inner], atol=1e-3)
         np.testing.assert_allclose(val_v[inner], src[..., 1][inner], atol=1e-3)

@@ -14,9 +14,7 @@ from mslam_ns.geometry.intrinsics import (
 )
 
 
-def pinhole_pointmap(
-    fx: float, fy: float, cx: float, cy: float, H: int = 48, W: int = 64, seed: int = 0
-) -> np.ndarray:
+def pinhole_pointmap(fx: float, fy: float, cx: float, cy: float, H: int = 48, W: int = 64, seed: int = 0) -> np.ndarray:
     """Back-project a smooth random depth through K: X [H, W, 3] with pixel centres at integers."""
     rng = np.random.default_rng(seed)
     v, u = np.mgrid[0:H, 0:W].astype(np.float64)
@@ -132,8 +130,9 @@ def loop_source(tmp_path_factory):
     from mslam_ns.io.sources import open_source
     from mslam_ns.io.synthetic import generate_sequence
 
-    return open_source(generate_sequence(tmp_path_factory.mktemp("intr") / "s", n_frames=60, width=160,
-                                         height=120, seed=0))
+    return open_source(
+        generate_sequence(tmp_path_factory.mktemp("intr") / "s", n_frames=60, width=160, height=120, seed=0)
+    )
 
 
 @pytest.mark.parametrize("noise, f_tol, pp_tol", [("mast3r", 0.0035, 0.0035), ("hard", 0.007, 0.01)])

@@ -65,8 +65,9 @@ def test_exp_log_roundtrip_and_near_pi() -> None:
     # Rotation angle close to pi: log must still invert exp (quaternion sign handled).
     xi = _random_tangent(50, seed=5)
     xi[:, 3:6] = xi[:, 3:6] / xi[:, 3:6].norm(dim=-1, keepdim=True) * (torch.pi - 1e-6)
-    torch.testing.assert_close(sim3.to_matrix(sim3.exp(sim3.log(sim3.exp(xi)))),
-                               sim3.to_matrix(sim3.exp(xi)), atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(
+        sim3.to_matrix(sim3.exp(sim3.log(sim3.exp(xi)))), sim3.to_matrix(sim3.exp(xi)), atol=1e-9, rtol=1e-9
+    )
 
 
 def test_identity_and_inverse() -> None:
@@ -103,8 +104,9 @@ def test_adjoint_identity() -> None:
     xi = _random_tangent(100, seed=12) * 0.5
     lhs = sim3.mul(sim3.exp(torch.einsum("nij,nj->ni", sim3.adjoint(T), xi)), T)
     torch.testing.assert_close(lhs, sim3.mul(T, sim3.exp(xi)), atol=1e-12, rtol=1e-12)
-    torch.testing.assert_close(sim3.adjoint(T) @ sim3.adjoint_inv(T), torch.eye(7, dtype=F64).expand(100, 7, 7),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        sim3.adjoint(T) @ sim3.adjoint_inv(T), torch.eye(7, dtype=F64).expand(100, 7, 7), atol=1e-12, rtol=0
+    )
 
 
 def test_matrix_roundtrip_and_from_se3() -> None:
@@ -124,8 +126,9 @@ def test_matrix_roundtrip_and_from_se3() -> None:
 def test_retract_is_left_multiplication() -> None:
     T = sim3.exp(_random_tangent(20, seed=14))
     xi = _random_tangent(20, seed=15) * 0.1
-    torch.testing.assert_close(sim3.to_matrix(sim3.retract(T, xi)),
-                               torch.linalg.matrix_exp(_algebra(xi)) @ sim3.to_matrix(T))
+    torch.testing.assert_close(
+        sim3.to_matrix(sim3.retract(T, xi)), torch.linalg.matrix_exp(_algebra(xi)) @ sim3.to_matrix(T)
+    )
 
 
 @pytest.mark.parametrize("at_zero", [True, False])

@@ -59,7 +59,7 @@ def test_image_folder_stride_and_max_frames(tmp_path):
 
 
 def test_image_modes_converted_to_rgb(tmp_path):
-    gray = (np.arange(48, dtype=np.uint8).reshape(6, 8) * 5)
+    gray = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
     Image.fromarray(gray, mode="L").save(tmp_path / "0.png")
     rgba = np.zeros((6, 8, 4), np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, 10
@@ -83,10 +83,13 @@ def test_image_modes_converted_to_rgb(tmp_path):
 
 
 def test_timestamps_from_names():
-    np.testing.assert_allclose(timestamps_from_names(["1305031102.175304", "1305031102.211214"]),
-                               [1305031102.175304, 1305031102.211214])
-    np.testing.assert_allclose(timestamps_from_names(["1403636579763555584", "1403636579813555456"]),
-                               [1403636579.763555584, 1403636579.813555456])
+    np.testing.assert_allclose(
+        timestamps_from_names(["1305031102.175304", "1305031102.211214"]), [1305031102.175304, 1305031102.211214]
+    )
+    np.testing.assert_allclose(
+        timestamps_from_names(["1403636579763555584", "1403636579813555456"]),
+        [1403636579.763555584, 1403636579.813555456],
+    )
     np.testing.assert_allclose(timestamps_from_names(["0001", "0002", "0003"]), [0, 1 / 30, 2 / 30])
     np.testing.assert_allclose(timestamps_from_names(["2.5", "1.5"]), [0, 1 / 30])  # not increasing -> index
 

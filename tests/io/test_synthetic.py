@@ -47,8 +47,9 @@ def test_layout_and_reader(seq):
     assert d.shape == (H, W) and (d > 0).all()  # closed room: every pixel valid
     gt = src.gt_poses
     assert gt.shape == (N, 4, 4) and np.isfinite(gt).all()
-    np.testing.assert_allclose(gt[:, :3, :3] @ np.swapaxes(gt[:, :3, :3], 1, 2),
-                               np.broadcast_to(np.eye(3), (N, 3, 3)), atol=1e-6)
+    np.testing.assert_allclose(
+        gt[:, :3, :3] @ np.swapaxes(gt[:, :3, :3], 1, 2), np.broadcast_to(np.eye(3), (N, 3, 3)), atol=1e-6
+    )
 
 
 def _reprojection_check(src, a, b):
@@ -82,9 +83,14 @@ def _reprojection_check(src, a, b):
     i00, i10, i01, i11 = inv[v0, u0], inv[v0, u0 + 1], inv[v0 + 1, u0], inv[v0 + 1, u0 + 1]
     s = i00 * (1 - fu) * (1 - fv) + i10 * fu * (1 - fv) + i01 * (1 - fu) * fv + i11 * fu * fv
     win = inv[(v0[:, None] + np.arange(-1, 3))[:, :, None], (u0[:, None] + np.arange(-1, 3))[:, None, :]]  # [P, 4, 4]
-    second = np.concatenate([np.diff(win, 2, axis=1).reshape(len(win), -1),
-                             np.diff(win, 2, axis=2).reshape(len(win), -1),
-                             np.diff(np.diff(win, axis=1), axis=2).reshape(len(win), -1)], axis=1)
+    second = np.concatenate(
+        [
+            np.diff(win, 2, axis=1).reshape(len(win), -1),
+            np.diff(win, 2, axis=2).reshape(len(win), -1),
+            np.diff(np.diff(win, axis=1), axis=2).reshape(len(win), -1),
+        ],
+        axis=1,
+    )
     planar = np.abs(second).max(axis=1) < 1e-4
     err = 1.0 / s - z  # > 0: b sees further than the point
     ok = np.abs(err) < 1e-3
@@ -134,7 +140,7 @@ def test_loop_closes_and_pure_rotation_segment():
     # ... after going somewhere else
     assert np.linalg.norm(P[:, :3, 3] - P[0, :3, 3], axis=1).max() > 0.8
     # pure rotation: constant position, real rotation
-    (a, b), = traj.segments["rotation"]
+    ((a, b),) = traj.segments["rotation"]
     assert b - a >= 0.25 * n
     np.testing.assert_allclose(P[a:b, :3, 3], np.broadcast_to(P[a, :3, 3], (b - a, 3)), atol=1e-12)
     assert _rot_angle_deg(P[a, :3, :3].T @ P[a:b, :3, :3]).max() > 10.0

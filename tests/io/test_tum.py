@@ -106,11 +106,15 @@ def test_write_trajectory_is_atomic_on_bad_input(tmp_path):
 
 def test_read_file_list(tmp_path):
     path = tmp_path / "rgb.txt"
-    path.write_text("# color images\n# timestamp filename\n1305031102.175304 rgb/1305031102.175304.png\n"
-                    "1305031102.211214 rgb/1305031102.211214.png\n")
+    path.write_text(
+        "# color images\n# timestamp filename\n1305031102.175304 rgb/1305031102.175304.png\n"
+        "1305031102.211214 rgb/1305031102.211214.png\n"
+    )
     entries = read_file_list(path)
-    assert entries == [(1305031102.175304, ["rgb/1305031102.175304.png"]),
-                       (1305031102.211214, ["rgb/1305031102.211214.png"])]
+    assert entries == [
+        (1305031102.175304, ["rgb/1305031102.175304.png"]),
+        (1305031102.211214, ["rgb/1305031102.211214.png"]),
+    ]
     path.write_text("abc rgb/x.png\n")
     with pytest.raises(UserError, match=r"rgb\.txt: line 1"):
         read_file_list(path)

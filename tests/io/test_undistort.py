@@ -13,11 +13,14 @@ FR1 = Intrinsics(517.3, 516.5, 318.6, 255.3, 640, 480, (0.2624, -0.9531, -0.0054
 
 def test_maps_match_opencv():
     cv2 = pytest.importorskip("cv2", reason="OpenCV is the reference for the distortion model")
-    for intr in (FR1, Intrinsics(458.654, 457.296, 367.215, 248.375, 752, 480,
-                                 (-0.28340811, 0.07395907, 0.00019359, 1.76187114e-05))):
+    for intr in (
+        FR1,
+        Intrinsics(458.654, 457.296, 367.215, 248.375, 752, 480, (-0.28340811, 0.07395907, 0.00019359, 1.76187114e-05)),
+    ):
         und = Undistorter(intr)
-        mx, my = cv2.initUndistortRectifyMap(intr.K, np.array(intr.dist), None, intr.K,
-                                             (intr.width, intr.height), cv2.CV_32FC1)
+        mx, my = cv2.initUndistortRectifyMap(
+            intr.K, np.array(intr.dist), None, intr.K, (intr.width, intr.height), cv2.CV_32FC1
+        )
         np.testing.assert_allclose(und.map_u, mx, atol=2e-3)
         np.testing.assert_allclose(und.map_v, my, atol=2e-3)
         assert und.intrinsics.dist == () and und.intrinsics.fx == intr.fx

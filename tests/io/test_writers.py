@@ -40,9 +40,11 @@ def test_ply_without_colors_and_float_colors(tmp_path):
 
 def test_read_ascii_ply(tmp_path):
     p = tmp_path / "ascii.ply"
-    p.write_text("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\n"
-                 "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
-                 "1 2 3 4 5 6\n7 8 9 10 11 12\n")
+    p.write_text(
+        "ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+        "1 2 3 4 5 6\n7 8 9 10 11 12\n"
+    )
     pts, cols = read_ply(p)
     np.testing.assert_array_equal(pts, [[1, 2, 3], [7, 8, 9]])
     np.testing.assert_array_equal(cols, [[4, 5, 6], [10, 11, 12]])
@@ -61,11 +63,21 @@ class _Info:
 
 
 def test_write_json_converts_numpy_and_nan(tmp_path):
-    obj = {"a": np.float32(1.5), "b": np.arange(3), "c": float("nan"), "d": _Info("x", Path("/tmp/y")),
-           "e": (np.int64(2), np.inf)}
+    obj = {
+        "a": np.float32(1.5),
+        "b": np.arange(3),
+        "c": float("nan"),
+        "d": _Info("x", Path("/tmp/y")),
+        "e": (np.int64(2), np.inf),
+    }
     p = write_json(tmp_path / "summary.json", obj)
-    assert json.loads(p.read_text()) == {"a": 1.5, "b": [0, 1, 2], "c": None, "d": {"name": "x", "path": "/tmp/y"},
-                                         "e": [2, None]}
+    assert json.loads(p.read_text()) == {
+        "a": 1.5,
+        "b": [0, 1, 2],
+        "c": None,
+        "d": {"name": "x", "path": "/tmp/y"},
+        "e": [2, None],
+    }
 
 
 def test_write_json_unserialisable_leaves_old_file(tmp_path):

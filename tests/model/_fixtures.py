@@ -21,8 +21,11 @@ def mast3r_fixture_root() -> Path:
     needed = ("tiny_A/io.npz", "tiny_A/checkpoint.pth", "tiny_A/meta.json", "preprocess/expected.npz")
     missing = [n for n in needed if not (FIXTURE_ROOT / n).is_file()]
     if missing:
-        pytest.fail(f"MASt3R conformance fixtures missing from {FIXTURE_ROOT}: {', '.join(missing)} "
-                    "(they are part of the repository: restore tests/data/mast3r)", pytrace=False)
+        pytest.fail(
+            f"MASt3R conformance fixtures missing from {FIXTURE_ROOT}: {', '.join(missing)} "
+            "(they are part of the repository: restore tests/data/mast3r)",
+            pytrace=False,
+        )
     return FIXTURE_ROOT
 
 

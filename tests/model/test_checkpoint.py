@@ -97,8 +97,9 @@ def test_aliases_dec_blocks2_copy_and_extra_entries(tmp_path, tiny_ckpt):
     got = net.state_dict()
     assert set(got) == set(ref.state_dict())
     assert torch.equal(got["dec_blocks2.3.attn.qkv.weight"], sd["dec_blocks.3.attn.qkv.weight"])
-    assert torch.equal(got["downstream_head2.dpt.scratch.layer_rn.2.weight"],
-                       sd["downstream_head2.dpt.scratch.layer3_rn.weight"])
+    assert torch.equal(
+        got["downstream_head2.dpt.scratch.layer_rn.2.weight"], sd["downstream_head2.dpt.scratch.layer3_rn.weight"]
+    )
     # the aliases share one parameter, as in the official module
     assert net.downstream_head1.dpt.scratch.layer_rn[0] is net.downstream_head1.dpt.scratch.layer1_rn
 

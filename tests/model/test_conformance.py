@@ -35,7 +35,11 @@ def test_fixture_meta_matches_our_config(fixdir):
     cfg = parse_model_string(m["ckpt_args_model"])
     assert list(cfg.dpt_hooks) == m["dpt_hooks"]
     assert (cfg.enc_embed_dim, cfg.dec_embed_dim, cfg.enc_depth, cfg.dec_depth) == (
-        m["enc_embed_dim"], m["dec_embed_dim"], m["enc_depth"], m["dec_depth"])
+        m["enc_embed_dim"],
+        m["dec_embed_dim"],
+        m["enc_depth"],
+        m["dec_depth"],
+    )
     assert cfg.rope_freq == m["rope_freq"] and cfg.local_feat_dim == m["local_feat_dim"]
 
 

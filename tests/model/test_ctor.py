@@ -8,10 +8,12 @@ import pytest
 
 from mslam_ns.model.ctor import CtorError, parse_call, parse_model_string, rewrite_like_official_loader
 
-OFFICIAL = ("AsymmetricMASt3R(pos_embed='RoPE100', patch_embed_cls='ManyAR_PatchEmbed', img_size=(512, 512), "
-            "head_type='catmlp+dpt', output_mode='pts3d+desc24', depth_mode=('exp', -inf, inf), "
-            "conf_mode=('exp', 1, inf), enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, "
-            "dec_depth=12, dec_num_heads=12, two_confs=True, desc_conf_mode=('exp', 0, inf))")
+OFFICIAL = (
+    "AsymmetricMASt3R(pos_embed='RoPE100', patch_embed_cls='ManyAR_PatchEmbed', img_size=(512, 512), "
+    "head_type='catmlp+dpt', output_mode='pts3d+desc24', depth_mode=('exp', -inf, inf), "
+    "conf_mode=('exp', 1, inf), enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, "
+    "dec_depth=12, dec_num_heads=12, two_confs=True, desc_conf_mode=('exp', 0, inf))"
+)
 
 
 def test_parse_call_literals():
@@ -44,31 +46,37 @@ def test_official_loader_rewrite():
     assert parse_model_string(OFFICIAL[:-1] + ", landscape_only=True)") == parse_model_string(OFFICIAL)
 
 
-@pytest.mark.parametrize("bad", [
-    "__import__('os').system('echo hi')",
-    "AsymmetricMASt3R(enc_depth=__import__('os').system('echo hi'))",
-    "AsymmetricMASt3R(enc_depth=open('x'))",
-    "AsymmetricMASt3R(enc_depth=foo)",
-    "AsymmetricMASt3R(enc_depth=2); import os",
-    "AsymmetricMASt3R(enc_depth=1+1)",
-    "AsymmetricMASt3R(**{'a': 1})",
-    "AsymmetricMASt3R(enc_depth=2",
-    "AsymmetricMASt3R(enc_depth=2, enc_depth=3)",
-    "AsymmetricMASt3R(x=f'{1}')",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "__import__('os').system('echo hi')",
+        "AsymmetricMASt3R(enc_depth=__import__('os').system('echo hi'))",
+        "AsymmetricMASt3R(enc_depth=open('x'))",
+        "AsymmetricMASt3R(enc_depth=foo)",
+        "AsymmetricMASt3R(enc_depth=2); import os",
+        "AsymmetricMASt3R(enc_depth=1+1)",
+        "AsymmetricMASt3R(**{'a': 1})",
+        "AsymmetricMASt3R(enc_depth=2",
+        "AsymmetricMASt3R(enc_depth=2, enc_depth=3)",
+        "AsymmetricMASt3R(x=f'{1}')",
+    ],
+)
 def test_non_literal_constructs_are_refused(bad):
     with pytest.raises(CtorError):
         parse_model_string(bad)
 
 
-@pytest.mark.parametrize("bad,what", [
-    (OFFICIAL.replace("AsymmetricMASt3R", "AsymmetricCroCo3DStereo"), "unknown model class"),
-    (OFFICIAL.replace("catmlp+dpt", "linear"), "head_type"),
-    (OFFICIAL.replace("RoPE100", "cosine"), "pos_embed"),
-    (OFFICIAL.replace("pts3d+desc24", "pts3d"), "output_mode"),
-    (OFFICIAL.replace("dec_depth=12", "dec_depth=8"), "dec_depth"),
-    (OFFICIAL[:-1] + ", wpose=False)", "wpose"),
-])
+@pytest.mark.parametrize(
+    "bad,what",
+    [
+        (OFFICIAL.replace("AsymmetricMASt3R", "AsymmetricCroCo3DStereo"), "unknown model class"),
+        (OFFICIAL.replace("catmlp+dpt", "linear"), "head_type"),
+        (OFFICIAL.replace("RoPE100", "cosine"), "pos_embed"),
+        (OFFICIAL.replace("pts3d+desc24", "pts3d"), "output_mode"),
+        (OFFICIAL.replace("dec_depth=12", "dec_depth=8"), "dec_depth"),
+        (OFFICIAL[:-1] + ", wpose=False)", "wpose"),
+    ],
+)
 def test_unsupported_options_are_refused_with_a_reason(bad, what):
     with pytest.raises(CtorError, match=what):
         parse_model_string(bad)

@@ -102,8 +102,9 @@ def test_grayscale_alpha_palette_sixteen_bit(tmp_path: Path) -> None:
     # palette image -> its colours
     pal = Image.fromarray(rgb).quantize(64)
     pal.save(tmp_path / "p.png")
-    np.testing.assert_array_equal(preprocess_image(tmp_path / "p.png")[0],
-                                  preprocess_image(np.asarray(pal.convert("RGB")))[0])
+    np.testing.assert_array_equal(
+        preprocess_image(tmp_path / "p.png")[0], preprocess_image(np.asarray(pal.convert("RGB")))[0]
+    )
     # floats in [0, 1] (MASt3R-SLAM's frames): truncating conversion to uint8
     np.testing.assert_array_equal(preprocess_image((rgb.astype(np.float64) + 0.25) / 255)[0], ref_rgb)
     assert tf_rgb == plan_transform(200, 150)
@@ -134,8 +135,11 @@ def test_bad_files_are_one_line_user_errors(tmp_path: Path) -> None:
 def test_frames_below_the_minimum_size_are_refused(tmp_path: Path) -> None:
     """A 16x12 frame would be enlarged 32x: refused with one line naming the file, for files and arrays."""
     Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(tmp_path / "tiny.png")
-    with pytest.raises(UserError, match=r"tiny\.png: frames are 16x12 pixels, smaller than the minimum of "
-                                        rf"{MIN_FRAME_SIDE} per side \(the network would see them enlarged 32x\)"):
+    with pytest.raises(
+        UserError,
+        match=r"tiny\.png: frames are 16x12 pixels, smaller than the minimum of "
+        rf"{MIN_FRAME_SIDE} per side \(the network would see them enlarged 32x\)",
+    ):
         preprocess_image(tmp_path / "tiny.png")
     with pytest.raises(ValueError, match="16x12"):  # arrays too (an ImageSizeError is both)
         preprocess_image(np.zeros((12, 16, 3), np.uint8))

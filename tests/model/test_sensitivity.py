@@ -41,11 +41,15 @@ def tiny():
     return d, reference(d)
 
 
-@pytest.mark.parametrize("attr,value", [
-    ((layers, "LN_EPS"), 1e-5),  # PyTorch's default eps: moves outputs by ~1e-4
-    ((layers, "GELU_APPROX"), "tanh"),  # tanh GELU: ~5e-4
-    ((dpt, "ALIGN_CORNERS"), False),  # DPT upsampling: O(1)
-], ids=["layernorm_eps_1e-5", "gelu_tanh", "dpt_align_corners_false"])
+@pytest.mark.parametrize(
+    "attr,value",
+    [
+        ((layers, "LN_EPS"), 1e-5),  # PyTorch's default eps: moves outputs by ~1e-4
+        ((layers, "GELU_APPROX"), "tanh"),  # tanh GELU: ~5e-4
+        ((dpt, "ALIGN_CORNERS"), False),  # DPT upsampling: O(1)
+    ],
+    ids=["layernorm_eps_1e-5", "gelu_tanh", "dpt_align_corners_false"],
+)
 def test_deliberate_mistake_is_caught(tiny, monkeypatch, attr, value):
     d, ref = tiny
     module, name = attr

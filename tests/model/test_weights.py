@@ -108,8 +108,11 @@ class _Server(ThreadingHTTPServer):
         self.retried = threading.Event()  # set by the second request for a file (a client retry)
         self.requests: list[tuple[str, str | None]] = []
         self.mode = "normal"
-        self.files = {W.WEIGHTS["mast3r"].filename: CKPT, W.WEIGHTS["retrieval"].filename: CKPT,
-                      W.WEIGHTS["codebook"].filename: CODEBOOK}
+        self.files = {
+            W.WEIGHTS["mast3r"].filename: CKPT,
+            W.WEIGHTS["retrieval"].filename: CKPT,
+            W.WEIGHTS["codebook"].filename: CODEBOOK,
+        }
 
     @property
     def url(self) -> str:
@@ -160,8 +163,9 @@ def test_download_logs_licence_and_caches(server: _Server, tmp_path: Path, caplo
     assert server.gets() == [None]
 
 
-def test_env_var_cache_dir_and_explicit_dir_wins(server: _Server, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_var_cache_dir_and_explicit_dir_wins(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(W.ENV_CACHE, str(tmp_path / "env"))
     assert W.checkpoint_dir() == tmp_path / "env"
     p = W.resolve_checkpoint()
@@ -189,8 +193,9 @@ def test_interrupted_download_resumes_with_range(server: _Server, tmp_path: Path
     assert 0 < offset < len(CKPT)
 
 
-def test_stalled_transfer_times_out_and_resumes(server: _Server, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stalled_transfer_times_out_and_resumes(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server.mode = "stall_once"
     # The server stalls after the first third until the client comes back, so the only clock is the client's
     # read time-out; the first bytes arrive with the headers, so every byte before the stall is kept.
@@ -232,14 +237,16 @@ def test_corrupt_download_is_refetched_once(server: _Server, tmp_path: Path, cap
     p = W.resolve_checkpoint(cache_dir=tmp_path)
     _assert_good_cache(p)
     assert len(server.gets()) == 2
-    assert any("downloaded file is corrupt" in r.getMessage() and r.levelno == logging.WARNING
-               for r in caplog.records)
+    assert any("downloaded file is corrupt" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
 
 
 def test_corrupt_twice_is_a_clear_error_and_leaves_nothing(server: _Server, tmp_path: Path) -> None:
     server.mode = "corrupt"
-    with pytest.raises(W.DownloadError, match=r"http://127\.0\.0\.1:\d+/.*metric\.pth: downloaded file is "
-                                              r"corrupt twice .*CRC"):
+    with pytest.raises(
+        W.DownloadError,
+        match=r"http://127\.0\.0\.1:\d+/.*metric\.pth: downloaded file is "
+        r"corrupt twice .*CRC",
+    ):
         W.resolve_checkpoint(cache_dir=tmp_path)
     assert len(server.gets()) == 2
     assert not (tmp_path / MAST3R.filename).exists()

@@ -22,18 +22,25 @@ from mslam_ns.io.writers import write_ply
 
 def _T_to_matrix(T: np.ndarray) -> np.ndarray:  # [7] tx ty tz qx qy qz qw -> [4, 4]
     x, y, z, w = T[3:7] / np.linalg.norm(T[3:7])
-    R = np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    R = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
     M = np.eye(4)
     M[:3, :3], M[:3, 3] = R, T[:3]
     return M
 
 
 def write_ns_dataset(
-    out: Path, frames: int = 24, width: int = 64, height: int = 48, seed: int = 0, kf_every: int = 4,
+    out: Path,
+    frames: int = 24,
+    width: int = 64,
+    height: int = 48,
+    seed: int = 0,
+    kf_every: int = 4,
     stride: int = 3,
 ) -> dict:
     """Write the folder; return facts (n_points, keyframe ids per frame, T_WC matrices [F, 4, 4] OpenCV)."""
@@ -66,9 +73,19 @@ def write_ns_dataset(
     np.savez(out / "points_meta.npz", keyframe=np.concatenate(kfs), confidence=np.concatenate(confs))
     tf = {
         # The renderer puts pixel u's centre at u; nerfstudio/gsplat at u + 0.5: shift the principal point.
-        "camera_model": "OPENCV", "fl_x": intr.fx, "fl_y": intr.fy, "cx": intr.cx + 0.5, "cy": intr.cy + 0.5,
-        "w": width, "h": height, "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
-        "frames": tf_frames, "ply_file_path": "points.ply",
+        "camera_model": "OPENCV",
+        "fl_x": intr.fx,
+        "fl_y": intr.fy,
+        "cx": intr.cx + 0.5,
+        "cy": intr.cy + 0.5,
+        "w": width,
+        "h": height,
+        "k1": 0.0,
+        "k2": 0.0,
+        "p1": 0.0,
+        "p2": 0.0,
+        "frames": tf_frames,
+        "ply_file_path": "points.ply",
     }
     (out / "transforms.json").write_text(json.dumps(tf, indent=2))
     return {"n_points": len(xyz), "T_WC": np.stack(mats), "frame_kf": np.arange(frames) // kf_every}

@@ -28,8 +28,10 @@ def test_registered_through_the_entry_point():
 
 def test_entry_point_module_is_light():
     """nerfstudio imports it at the start of every ns-* command: no SLAM, model, kernels or open3d."""
-    code = ("import sys, mslam_ns.nerfstudio.dataparser; heavy = [m for m in sys.modules if m.startswith("
-            "('mslam_ns.slam', 'mslam_ns.model', 'mslam_ns.cuda', 'mslam_ns.prior', 'open3d'))]; print(heavy)")
+    code = (
+        "import sys, mslam_ns.nerfstudio.dataparser; heavy = [m for m in sys.modules if m.startswith("
+        "('mslam_ns.slam', 'mslam_ns.model', 'mslam_ns.cuda', 'mslam_ns.prior', 'open3d'))]; print(heavy)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
@@ -103,8 +105,13 @@ def test_ns_train_offers_mslam_data():
     import os
 
     ns_train = Path(sys.executable).parent / "ns-train"
-    r = subprocess.run([str(ns_train), "splatfacto", "mslam-data", "--help"], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "COLUMNS": "200"})
+    r = subprocess.run(
+        [str(ns_train), "splatfacto", "mslam-data", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert r.returncode == 0, r.stderr
     for flag in ("--prior", "--slam-config", "--cache-dir", "--orientation-method", "--auto-scale-poses"):
         assert flag in r.stdout, flag

@@ -31,16 +31,49 @@ def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export")
     seq = generate_sequence(root / "seq", FRAMES, W, H, seed=3)
     out = root / "run"
-    assert main(["run", str(seq), "--out", str(out), "--prior", "oracle", "--img-size", str(IMG_SIZE),
-                 "--calib", str(seq / "calibration.txt"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(seq),
+                "--out",
+                str(out),
+                "--prior",
+                "oracle",
+                "--img-size",
+                str(IMG_SIZE),
+                "--calib",
+                str(seq / "calibration.txt"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def ns_export(run_dir) -> Path:
     out = run_dir.parent / "ns"
-    assert main(["export", str(run_dir), "--format", "nerfstudio", "--out", str(out), "--num-downscales", "2",
-                 "--depth", "--max-points", str(MAX_POINTS), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(run_dir),
+                "--format",
+                "nerfstudio",
+                "--out",
+                str(out),
+                "--num-downscales",
+                "2",
+                "--depth",
+                "--max-points",
+                str(MAX_POINTS),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -73,8 +106,9 @@ def test_transforms_json_layout(ns_export, run_dir):
     table = RunDir(run_dir).read_frames()
     tracked = [n for n, lost in zip(table.names, table.lost) if not lost]
     assert [f["original_name"] for f in meta["frames"]] == tracked
-    assert all((ns_export / f["file_path"]).is_file() and (ns_export / f["depth_file_path"]).is_file()
-               for f in meta["frames"])
+    assert all(
+        (ns_export / f["file_path"]).is_file() and (ns_export / f["depth_file_path"]).is_file() for f in meta["frames"]
+    )
     assert (meta["w"], meta["h"], meta["camera_model"]) == (W, H, "OPENCV")
     for d in (2, 4):
         from PIL import Image
@@ -99,10 +133,11 @@ def test_nerfstudio_cameras_reproject_seed_points(ns_export, run_dir, orientatio
     from mslam_ns.nerfstudio.export import frame_file_name
 
     if parser == "nerfstudio-data" and orientation == "pca" and _nerfstudio_pca_bug_hits(ns_export, center):
-        pytest.xfail("nerfstudio 1.1.5 bug: auto_orient_and_center_poses(pca) flips poses[1:3], not rows 1:3 "
-                     "(mslam-data works around it; checked by the mslam-data case)")
-    outs = _parse(ns_export, parser, orientation_method=orientation, center_method=center,
-                  auto_scale_poses=auto_scale)
+        pytest.xfail(
+            "nerfstudio 1.1.5 bug: auto_orient_and_center_poses(pca) flips poses[1:3], not rows 1:3 "
+            "(mslam-data works around it; checked by the mslam-data case)"
+        )
+    outs = _parse(ns_export, parser, orientation_method=orientation, center_method=center, auto_scale_poses=auto_scale)
     rd = RunDir(run_dir)
     pc, table = rd.read_points(), rd.read_frames()
     T = outs.dataparser_transform.double().numpy()  # [3, 4] our world -> output (with applied_transform)
@@ -201,8 +236,9 @@ def test_tum_and_ply_exports(run_dir):
 
     for fmt, files in (("tum", ["keyframes.txt", "trajectory.txt"]), ("ply", ["points.ply"])):
         out = run_dir.parent / fmt
-        assert main(["export", str(run_dir), "--format", fmt, "--out", str(out), "--max-points", "5000",
-                     "--quiet"]) == 0
+        assert (
+            main(["export", str(run_dir), "--format", fmt, "--out", str(out), "--max-points", "5000", "--quiet"]) == 0
+        )
         assert sorted(p.name for p in out.iterdir()) == files
     xyz, rgb = read_ply(run_dir.parent / "ply" / "points.ply")
     assert 1000 < len(xyz) <= 5000 and rgb is not None
@@ -225,8 +261,11 @@ def test_export_bad_input_is_one_line(run_dir, tmp_path, capsys, case):
     else:
         src = tmp_path / "copy"
         shutil.copytree(run_dir, src)
-        cfg = (src / "config.yaml").read_text().replace(str(Path(json.loads(
-            (run_dir / "summary.json").read_text())["dataset"])), str(tmp_path / "gone"))
+        cfg = (
+            (src / "config.yaml")
+            .read_text()
+            .replace(str(Path(json.loads((run_dir / "summary.json").read_text())["dataset"])), str(tmp_path / "gone"))
+        )
         (src / "config.yaml").write_text(cfg)
     rc = main(["export", str(src), "--format", "nerfstudio", "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -107,8 +107,9 @@ def test_seeding_from_slam_points(dataset):
     assert float(s.max() / s.median()) <= m.config.init_scale_clamp[1] + 1e-4
     # Colours from the points' RGB (SH DC).
     rgb = m.features_dc.detach() * 0.28209479177387814 + 0.5
-    torch.testing.assert_close(rgb, pipe.datamanager.train_dataparser_outputs.metadata["points3D_rgb"].float() / 255,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        rgb, pipe.datamanager.train_dataparser_outputs.metadata["points3D_rgb"].float() / 255, atol=1e-5, rtol=0
+    )
 
 
 def test_train_steps_on_cpu_and_eval_metrics(dataset):
@@ -141,8 +142,13 @@ def test_keyframe_ids_follow_densification(dataset):
     # Refine early and often so split / duplicate / prune run within a few steps (the strategy pauses
     # refinement for num_train_data + refine_every steps after its step-0 opacity reset: refines at 18, 21).
     cfg, pipe = _pipeline(
-        data, {"points3D_keyframe": kf}, warmup_length=2, refine_every=3, densify_grad_thresh=1e-7,
-        cull_alpha_thresh=0.45, densify_size_thresh=0.05,
+        data,
+        {"points3D_keyframe": kf},
+        warmup_length=2,
+        refine_every=3,
+        densify_grad_thresh=1e-7,
+        cull_alpha_thresh=0.45,
+        densify_size_thresh=0.05,
     )
     means0 = pipe.model.means.detach().clone()
     _train(cfg, pipe, 22)

@@ -55,17 +55,31 @@ def test_help_lists_stock_subcommands_and_mslam():
         assert name in r.stdout
     r = _ns("mslam", "--help")
     assert r.returncode == 0
-    for flag in ("--data", "--output-dir", "--num-frames-target", "--num-downscales", "--crop-factor",
-                 "--skip-image-processing", "--verbose", "--prior", "--checkpoint", "--calib", "--img-size",
-                 "--device", "--mode"):
+    for flag in (
+        "--data",
+        "--output-dir",
+        "--num-frames-target",
+        "--num-downscales",
+        "--crop-factor",
+        "--skip-image-processing",
+        "--verbose",
+        "--prior",
+        "--checkpoint",
+        "--calib",
+        "--img-size",
+        "--device",
+        "--mode",
+    ):
         assert flag in r.stdout, flag
 
 
 def test_without_the_hook_nerfstudio_is_untouched():
     """What `pip uninstall mslam_ns` leaves: the same module without our finder has the stock union only."""
-    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, '__name__', '') != "
-            "'_ProcessDataHook']; import nerfstudio.scripts.process_data as m, typing; "
-            "print([typing.get_args(a)[1].name for a in typing.get_args(m.Commands)])")
+    code = (
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, '__name__', '') != "
+        "'_ProcessDataHook']; import nerfstudio.scripts.process_data as m, typing; "
+        "print([typing.get_args(a)[1].name for a in typing.get_args(m.Commands)])"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     names = eval(r.stdout.strip().splitlines()[-1])

@@ -60,10 +60,15 @@ def test_early_termination_matches_dense():
     means = torch.zeros(n, 3, dtype=torch.float64)
     means[:, 2] = torch.linspace(2.0, 4.0, n, dtype=torch.float64)
     scr = project(
-        means, torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64).expand(n, 4),
-        torch.full((n, 3), 0.3, dtype=torch.float64), torch.full((n,), 0.95, dtype=torch.float64),
-        torch.eye(4, dtype=torch.float64)[None], torch.tensor([[[40.0, 0, 32], [0, 40, 24], [0, 0, 1]]],
-                                                              dtype=torch.float64), 64, 48)
+        means,
+        torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64).expand(n, 4),
+        torch.full((n, 3), 0.3, dtype=torch.float64),
+        torch.full((n,), 0.95, dtype=torch.float64),
+        torch.eye(4, dtype=torch.float64)[None],
+        torch.tensor([[[40.0, 0, 32], [0, 40, 24], [0, 0, 1]]], dtype=torch.float64),
+        64,
+        48,
+    )
     colors = torch.rand(n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     args = (scr.means2d[0], scr.conics[0], scr.opacities[0], colors, scr.radii[0], scr.depths[0], 64, 48)
     rgb_t, a_t = composite(*args)

@@ -32,9 +32,13 @@ def _mat_to_sim3(M: np.ndarray) -> torch.Tensor:  # [4, 4] rigid -> [8] (s = 1)
 
 def _correction(seed: int, scale: float) -> torch.Tensor:  # [8] a known Sim(3) world correction
     g = torch.Generator().manual_seed(seed)
-    xi = torch.cat([torch.randn(3, generator=g, dtype=torch.float64) * 0.05,
-                    torch.randn(3, generator=g, dtype=torch.float64) * 0.04,
-                    torch.tensor([math.log(scale)], dtype=torch.float64)])
+    xi = torch.cat(
+        [
+            torch.randn(3, generator=g, dtype=torch.float64) * 0.05,
+            torch.randn(3, generator=g, dtype=torch.float64) * 0.04,
+            torch.tensor([math.log(scale)], dtype=torch.float64),
+        ]
+    )
     return sim3.exp(xi)
 
 
@@ -47,8 +51,18 @@ def _build_map(facts: dict, names: list[str]):
     T_WC = [_mat_to_sim3(M) for M in facts["T_WC"]]
     n = len(T_WC)
     for k in range(0, n, KF_EVERY):
-        f = Frame(index=k, timestamp=float(k), name=names[k], image=torch.zeros(4, 4, 3, dtype=torch.uint8),
-                  transform=None, enc=None, T_WC=T_WC[k].clone(), X=torch.zeros(16, 3), C=torch.ones(16), N=1)
+        f = Frame(
+            index=k,
+            timestamp=float(k),
+            name=names[k],
+            image=torch.zeros(4, 4, 3, dtype=torch.uint8),
+            transform=None,
+            enc=None,
+            T_WC=T_WC[k].clone(),
+            X=torch.zeros(16, 3),
+            C=torch.ones(16),
+            N=1,
+        )
         m.add_keyframe(f)
     for i in range(n):
         kf = i // KF_EVERY
@@ -124,8 +138,10 @@ def test_loop_closure_moves_exactly_the_affected_cameras_and_splats(setup):
     assert not refresh.step_pre_forward(0)  # no change yet: nothing to do
 
     dm = pipe.datamanager
-    cams = {id(c): (c, c.camera_to_worlds.clone()) for c in (dm.train_dataset.cameras, dm.train_cameras,
-                                                               dm.eval_dataset.cameras)}
+    cams = {
+        id(c): (c, c.camera_to_worlds.clone())
+        for c in (dm.train_dataset.cameras, dm.train_cameras, dm.eval_dataset.cameras)
+    }
     params0 = {k: v.detach().clone() for k, v in model.gauss_params.items()}
     adj0 = model.camera_optimizer.pose_adjustment.detach().clone()
     snap0 = smap.snapshot(with_points=False)
@@ -136,15 +152,18 @@ def test_loop_closure_moves_exactly_the_affected_cameras_and_splats(setup):
     assert refresh.step_pre_forward(1)
 
     # Cameras: every copy nerfstudio holds; moved ones land on the new SLAM pose, the others do not move.
-    for cam_set, rows in ((dm.train_dataset.cameras, refresh.train_frames), (dm.eval_dataset.cameras,
-                                                                              refresh.eval_frames)):
+    for cam_set, rows in (
+        (dm.train_dataset.cameras, refresh.train_frames),
+        (dm.eval_dataset.cameras, refresh.eval_frames),
+    ):
         before = cams[id(cam_set)][1]
         for i, f in enumerate(rows):
             kf = int(snap0.frame_kf[f])
             if kf in moved:
                 new_pose = sim3.mul(moved[kf], torch.as_tensor(snap0.frame_T_WC[f]))
-                torch.testing.assert_close(cam_set.camera_to_worlds[i].double(), _expected_c2w(pipe, new_pose)[:3],
-                                           atol=2e-5, rtol=0)
+                torch.testing.assert_close(
+                    cam_set.camera_to_worlds[i].double(), _expected_c2w(pipe, new_pose)[:3], atol=2e-5, rtol=0
+                )
             else:
                 assert torch.equal(cam_set.camera_to_worlds[i], before[i])
     assert torch.equal(dm.train_cameras.camera_to_worlds, dm.train_dataset.cameras.camera_to_worlds)
@@ -162,13 +181,15 @@ def test_loop_closure_moves_exactly_the_affected_cameras_and_splats(setup):
             continue
         sig, R, t = _ns_sim(pipe, moved[k])
         Rt = torch.from_numpy(R).float()
-        torch.testing.assert_close(p["means"][rows], sig * params0["means"][rows] @ Rt.T + torch.from_numpy(t).float(),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            p["means"][rows], sig * params0["means"][rows] @ Rt.T + torch.from_numpy(t).float(), atol=1e-5, rtol=1e-5
+        )
         torch.testing.assert_close(p["scales"][rows], params0["scales"][rows] + float(np.log(sig)), atol=1e-6, rtol=0)
         from gsplat.cuda._torch_impl import _quat_to_rotmat
 
-        torch.testing.assert_close(_quat_to_rotmat(p["quats"][rows]), Rt @ _quat_to_rotmat(params0["quats"][rows]),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            _quat_to_rotmat(p["quats"][rows]), Rt @ _quat_to_rotmat(params0["quats"][rows]), atol=1e-5, rtol=0
+        )
         for name in ("features_dc", "features_rest", "opacities"):
             assert torch.equal(p[name][rows], params0[name][rows])
 
@@ -227,5 +248,6 @@ def test_live_writer_ends_on_final_poses(setup):
     assert refresh.version == final.version and refresh.n_refreshes >= 1
     cams = pipe.datamanager.train_dataset.cameras.camera_to_worlds
     for i, f in enumerate(refresh.train_frames):
-        torch.testing.assert_close(cams[i].double(), _expected_c2w(pipe, torch.as_tensor(final.frame_T_WC[f]))[:3],
-                                   atol=5e-5, rtol=0)
+        torch.testing.assert_close(
+            cams[i].double(), _expected_c2w(pipe, torch.as_tensor(final.frame_T_WC[f]))[:3], atol=5e-5, rtol=0
+        )

@@ -30,16 +30,46 @@ def _run(args: list[str], log: Path) -> None:
 
 def _train_eval(data: Path, out: Path, name: str, extra: list[str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    _run([
-        str(BIN / "ns-train"), "mslam-splatfacto", "--machine.device-type", "cpu", "--vis", "tensorboard",
-        "--max-num-iterations", str(STEPS), "--steps-per-save", str(STEPS), "--steps-per-eval-image", "100000",
-        "--steps-per-eval-all-images", "100000", "--output-dir", str(out), "--experiment-name", name,
-        "--timestamp", "run", "--pipeline.model.num-downscales", "0", "--pipeline.model.sh-degree", "1",
-        *extra, "nerfstudio-data", "--data", str(data), "--load-3D-points", "True",
-    ], out / f"{name}_train.log")
+    _run(
+        [
+            str(BIN / "ns-train"),
+            "mslam-splatfacto",
+            "--machine.device-type",
+            "cpu",
+            "--vis",
+            "tensorboard",
+            "--max-num-iterations",
+            str(STEPS),
+            "--steps-per-save",
+            str(STEPS),
+            "--steps-per-eval-image",
+            "100000",
+            "--steps-per-eval-all-images",
+            "100000",
+            "--output-dir",
+            str(out),
+            "--experiment-name",
+            name,
+            "--timestamp",
+            "run",
+            "--pipeline.model.num-downscales",
+            "0",
+            "--pipeline.model.sh-degree",
+            "1",
+            *extra,
+            "nerfstudio-data",
+            "--data",
+            str(data),
+            "--load-3D-points",
+            "True",
+        ],
+        out / f"{name}_train.log",
+    )
     cfg = out / name / "mslam-splatfacto" / "run" / "config.yml"
-    _run([str(BIN / "ns-eval"), "--load-config", str(cfg), "--output-path", str(out / f"{name}.json")],
-         out / f"{name}_eval.log")
+    _run(
+        [str(BIN / "ns-eval"), "--load-config", str(cfg), "--output-path", str(out / f"{name}.json")],
+        out / f"{name}_eval.log",
+    )
     return json.loads((out / f"{name}.json").read_text())["results"]
 
 
@@ -49,10 +79,19 @@ def test_seeded_beats_random_init(tmp_path):
     n = facts["n_points"]
     seeded = _train_eval(tmp_path / "data", tmp_path / "out", "seeded", [])
     # Random init with the same number of splats, in a cube around the (auto-scaled, ~unit) camera region.
-    rand = _train_eval(tmp_path / "data", tmp_path / "out", "random", [
-        "--pipeline.model.random-init", "True", "--pipeline.model.num-random", str(n),
-        "--pipeline.model.random-scale", "2.0",
-    ])
+    rand = _train_eval(
+        tmp_path / "data",
+        tmp_path / "out",
+        "random",
+        [
+            "--pipeline.model.random-init",
+            "True",
+            "--pipeline.model.num-random",
+            str(n),
+            "--pipeline.model.random-scale",
+            "2.0",
+        ],
+    )
     print(f"PSNR seeded {seeded['psnr']:.2f} random {rand['psnr']:.2f}; SSIM {seeded['ssim']:.3f} / {rand['ssim']:.3f}")
     assert seeded["psnr"] > rand["psnr"] + 3.0  # measured: see the README table
     assert seeded["ssim"] > rand["ssim"]

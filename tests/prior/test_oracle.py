@@ -183,16 +183,18 @@ def pair_measurements(noise: OracleNoise, n_frames: int = 8, seed: int = 0):
             zj = ((back - T[:3, 3]) @ T[:3, :3])[:, 2]
             log_ji = np.log(zj / depths[j].reshape(-1))
             baseline = float(np.linalg.norm(T[:3, 3]))
-            rows.append(dict(
-                g=growth(noise, baseline / float(np.median(depths[i]))),
-                baseline=baseline,
-                pass_scale=pass_scale,
-                rel_scale=s / pass_scale,
-                rot_deg=float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1)))),
-                trans=float(np.linalg.norm(t)) / (pass_scale * G),
-                log_ii=log_ii - np.median(log_ii),
-                log_ji=log_ji,
-            ))
+            rows.append(
+                dict(
+                    g=growth(noise, baseline / float(np.median(depths[i]))),
+                    baseline=baseline,
+                    pass_scale=pass_scale,
+                    rel_scale=s / pass_scale,
+                    rot_deg=float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1)))),
+                    trans=float(np.linalg.norm(t)) / (pass_scale * G),
+                    log_ii=log_ii - np.median(log_ii),
+                    log_ji=log_ji,
+                )
+            )
     return rows
 
 
@@ -204,8 +206,7 @@ def test_mast3r_pair_errors_in_documented_ranges() -> None:
     Sim(3) fit itself would add noise of the order of the translation error (scale and depth-translation
     are nearly degenerate for a narrow field of view).
     """
-    nz = replace(PRESETS["mast3r"], depth_lowfreq=0.0, depth_noise=0.0, outlier_frac=0.0, focal_sigma=0.0,
-                 pp_sigma=0.0)
+    nz = replace(PRESETS["mast3r"], depth_lowfreq=0.0, depth_noise=0.0, outlier_frac=0.0, focal_sigma=0.0, pp_sigma=0.0)
     rows = pair_measurements(nz)
     g = np.array([r["g"] for r in rows])
     assert g.min() > 0.5  # the test's baselines are in the regime where the measurement is clean
@@ -269,8 +270,16 @@ def test_mast3r_camera_errors_are_a_perturbed_pinhole_per_pass() -> None:
 
 def test_hard_roughly_doubles_mast3r() -> None:
     m, h = PRESETS["mast3r"], PRESETS["hard"]
-    for f in ("rot_deg", "trans_frac", "rel_scale_sigma", "pass_scale_sigma", "depth_noise", "outlier_frac",
-              "focal_sigma", "pp_sigma"):
+    for f in (
+        "rot_deg",
+        "trans_frac",
+        "rel_scale_sigma",
+        "pass_scale_sigma",
+        "depth_noise",
+        "outlier_frac",
+        "focal_sigma",
+        "pp_sigma",
+    ):
         assert getattr(h, f) == pytest.approx(2 * getattr(m, f))
     n = PRESETS["none"]
     assert n.rot_deg == n.depth_noise == n.outlier_frac == n.desc_noise == n.focal_sigma == n.pp_sigma == 0.0
@@ -381,11 +390,13 @@ def test_decode_mono_gives_the_same_pointmap_twice() -> None:
 
 
 def test_retrieval_features_find_revisited_places() -> None:
-    poses = np.stack([
-        look_at(np.array([-1.0, 0.0, 1.3]), 0.0),
-        look_at(np.array([-1.1, -0.1, 1.25]), 0.1),  # the same place again
-        look_at(np.array([-1.0, 0.0, 1.3]), np.pi),  # facing the other way
-    ])
+    poses = np.stack(
+        [
+            look_at(np.array([-1.0, 0.0, 1.3]), 0.0),
+            look_at(np.array([-1.1, -0.1, 1.25]), 0.1),  # the same place again
+            look_at(np.array([-1.0, 0.0, 1.3]), np.pi),  # facing the other way
+        ]
+    )
     rgbs, depths, K = room_views(poses, size=(160, 120))
     Hh, Ww = depths[0].shape
     pr = OraclePrior(lambda i: depths[i], poses, K, identity(Ww, Hh), noise="mast3r")

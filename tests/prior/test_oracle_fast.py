@@ -77,15 +77,23 @@ def test_descriptors_and_energy_match_convolution_definitions() -> None:
     kc = O._projection_kernels(24, 1, n_scales=1)
     dense_c = _descriptors_ref(img, kc, dilations=(4,), blur_passes=3).reshape(-1, 24)[idx]
     torch.testing.assert_close(O._descriptors_at(O._blur(img, 3), kc, (4,), idx), dense_c, atol=2e-5, rtol=0)
-    torch.testing.assert_close(O._descriptors_at(O._blur(img, 1), k, (1, 3), idx), D.reshape(-1, 24)[idx],
-                               atol=2e-5, rtol=0)
+    torch.testing.assert_close(
+        O._descriptors_at(O._blur(img, 1), k, (1, 3), idx), D.reshape(-1, 24)[idx], atol=2e-5, rtol=0
+    )
 
 
 def _prior(n: int, threads=1, H=H, W=W, images=None):
     depths = [smooth_depth(H, W, s) for s in range(n)]
     depths[1][:, W // 2 :] *= 1.5  # a discontinuity (flying pixels)
-    pr = O.OraclePrior(lambda i: depths[i], random_poses(n, seed=0), pinhole(W, H), ImageTransform.identity(W, H),
-                       noise="mast3r", seed=3, threads=threads)
+    pr = O.OraclePrior(
+        lambda i: depths[i],
+        random_poses(n, seed=0),
+        pinhole(W, H),
+        ImageTransform.identity(W, H),
+        noise="mast3r",
+        seed=3,
+        threads=threads,
+    )
     images = [random_image(H, W, i) for i in range(n)] if images is None else images
     return pr, [pr.encode(images[i], i) for i in range(n)]
 

@@ -49,10 +49,13 @@ def _ate(system, src, frontend: bool = False, keep=None):
     return r.rmse_percent_of_path, r.rot_median_deg
 
 
-@pytest.mark.parametrize("noise,mode,bound_pct,bound_deg,min_cut", [
-    ("mast3r", "rays", 1.2, 1.4, 2.5),   # measured 0.82% / 0.90 deg, frontend 2.26% / 2.8 deg (cut 2.8x)
-    ("hard", "calib", 0.55, 2.0, 4.0),   # measured 0.35% / 1.53 deg, frontend 2.07% / 6.4 deg (cut 5.9x)
-])
+@pytest.mark.parametrize(
+    "noise,mode,bound_pct,bound_deg,min_cut",
+    [
+        ("mast3r", "rays", 1.2, 1.4, 2.5),  # measured 0.82% / 0.90 deg, frontend 2.26% / 2.8 deg (cut 2.8x)
+        ("hard", "calib", 0.55, 2.0, 4.0),  # measured 0.35% / 1.53 deg, frontend 2.07% / 6.4 deg (cut 5.9x)
+    ],
+)
 def test_backend_closes_the_loop_and_cuts_drift(loop2, noise, mode, bound_pct, bound_deg, min_cut):
     system, src = _run(loop2, noise, mode)
     st = system.stats()
@@ -98,7 +101,7 @@ def test_relocalises_after_a_cut_into_the_same_map(loop2, tmp_path):
     st = system.stats()
     assert st["reloc_edges"] >= 1
     lost = system.trajectory.lost_mask().numpy()
-    assert lost[list(cut)].all() and not lost[cut.stop:].any()  # relocalised on the first frame back
+    assert lost[list(cut)].all() and not lost[cut.stop :].any()  # relocalised on the first frame back
     keep = ~lost
     err, rot = _ate(system, src, keep=keep)
     assert err < 1.3 and rot < 3.2, (err, rot)  # measured 0.88% / 2.3 deg (frames after the cut included)

@@ -70,8 +70,12 @@ def test_match_batch_equals_single(scene):
     other = two_view_scene(H, W, angle_deg=-3.0, baseline=0.1)
     D0, Dj0 = _descriptors(scene, seed=1)
     D1, Dj1 = _descriptors(other, seed=2)
-    idx, valid = match(torch.stack([scene.X_i, other.X_i]), torch.stack([scene.X_ji, other.X_ji]),
-                       torch.stack([D0, D1]).half(), torch.stack([Dj0, Dj1]).half())
+    idx, valid = match(
+        torch.stack([scene.X_i, other.X_i]),
+        torch.stack([scene.X_ji, other.X_ji]),
+        torch.stack([D0, D1]).half(),
+        torch.stack([Dj0, Dj1]).half(),
+    )
     for b, (s, Di, Dj) in enumerate(((scene, D0, Dj0), (other, D1, Dj1))):
         i1, v1 = match(s.X_i[None], s.X_ji[None], Di[None].half(), Dj[None].half())
         torch.testing.assert_close(idx[b], i1[0])

@@ -99,8 +99,21 @@ def _jump_poses() -> np.ndarray:  # [N_A + N_B, 4, 4] T_WC
 def test_restart_after_loss_tracks_again_and_counts_are_right(tmp_path: Path) -> None:
     seq = generate_sequence(tmp_path / "seq", N_A + N_B, W, H, 0, poses=_jump_poses())
     out = tmp_path / "out"
-    rc = main(["run", str(seq), "--out", str(out), "--img-size", str(IMG), "--max-lost", str(MAX_LOST),
-               "--oracle-noise", "none", "--quiet"])
+    rc = main(
+        [
+            "run",
+            str(seq),
+            "--out",
+            str(out),
+            "--img-size",
+            str(IMG),
+            "--max-lost",
+            str(MAX_LOST),
+            "--oracle-noise",
+            "none",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     run = RunDir(out)
     frames = run.read_frames()
@@ -109,7 +122,7 @@ def test_restart_after_loss_tracks_again_and_counts_are_right(tmp_path: Path) ->
     is_kf = np.asarray(frames.is_keyframe, dtype=bool)
     # the first MAX_LOST - 1 frames of segment B are lost; the next one restarts the map as a keyframe
     expected_lost = np.zeros(N_A + N_B, dtype=bool)
-    expected_lost[N_A:N_A + MAX_LOST - 1] = True
+    expected_lost[N_A : N_A + MAX_LOST - 1] = True
     assert lost.tolist() == expected_lost.tolist()
     restart = N_A + MAX_LOST - 1
     assert is_kf[restart] and not lost[restart:].any()  # every frame after the restart tracks
@@ -126,8 +139,10 @@ def test_restart_after_loss_tracks_again_and_counts_are_right(tmp_path: Path) ->
     after = slice(restart, None)
     res = ate(ts[after], est[after], gt_ts, gt)
     before = ate(ts[:N_A], est[:N_A], gt_ts, gt)
-    print(f"ATE before the jump {before.rmse:.4f} m of {before.path_length:.3f} m, after the restart "
-          f"{res.rmse:.4f} m of {res.path_length:.3f} m")
+    print(
+        f"ATE before the jump {before.rmse:.4f} m of {before.path_length:.3f} m, after the restart "
+        f"{res.rmse:.4f} m of {res.path_length:.3f} m"
+    )
     # measured: 4.3 mm of a 0.21 m path before the jump, 15.8 mm of 0.19 m (8.4%) after the restart
     assert before.rmse < 0.03 * before.path_length, f"segment before the jump: ATE {before.rmse:.4f} m"
     assert res.rmse < 0.125 * res.path_length, f"segment after the restart: ATE {res.rmse:.4f} m"

@@ -167,7 +167,6 @@ def test_multi_lap_trajectory_revisits_the_first_lap_from_nearby() -> None:
         make_trajectory(10, "spiral")
 
 
-
 W, H = 256, 192
 N = 120  # loop2: lap 1 = frames 0..68 (with the pure-rotation pan), lap 2 = 69..119
 
@@ -178,8 +177,9 @@ def loop2(tmp_path_factory):
     from mslam_ns.io.synthetic import generate_sequence
     from mslam_ns.prior.oracle import OraclePrior
 
-    seq = generate_sequence(tmp_path_factory.mktemp("loop2") / "s", n_frames=N, width=W, height=H, seed=0,
-                            trajectory="loop2")
+    seq = generate_sequence(
+        tmp_path_factory.mktemp("loop2") / "s", n_frames=N, width=W, height=H, seed=0, trajectory="loop2"
+    )
     src = open_source(seq)
     prior = OraclePrior.from_source(src, size=W, noise="mast3r")
     return src, prior

@@ -23,8 +23,23 @@ def _read_tum(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module", params=["rays", "calib"])
 def run_out(request, synthetic_seq, tmp_path_factory) -> tuple[str, Path]:
     out = tmp_path_factory.mktemp(f"run_{request.param}") / "out"
-    rc = main(["run", str(synthetic_seq), "--out", str(out), "--prior", "oracle", "--oracle-noise", "mast3r",
-               "--img-size", str(IMG_SIZE), "--mode", request.param, "--quiet"])
+    rc = main(
+        [
+            "run",
+            str(synthetic_seq),
+            "--out",
+            str(out),
+            "--prior",
+            "oracle",
+            "--oracle-noise",
+            "mast3r",
+            "--img-size",
+            str(IMG_SIZE),
+            "--mode",
+            request.param,
+            "--quiet",
+        ]
+    )
     assert rc == 0
     return request.param, out
 
@@ -104,8 +119,10 @@ def test_points_land_on_their_own_pixels_with_their_colours(run_out, synthetic_s
         ij = np.rint(np.asarray(tf.to_network(pc.uv[sel].astype(np.float64)))).astype(int)
         np.testing.assert_array_equal(pc.rgb[sel], net[ij[:, 1], ij[:, 0]])
     e = np.concatenate(errs)
-    print(f"[{mode}] reprojection of keyframe points onto their pixels: median {np.median(e):.3f} px, "
-          f"99% {np.percentile(e, 99):.3f} px")
+    print(
+        f"[{mode}] reprojection of keyframe points onto their pixels: median {np.median(e):.3f} px, "
+        f"99% {np.percentile(e, 99):.3f} px"
+    )
     assert np.median(e) < PIXEL_BOUND[mode][0] and np.percentile(e, 99) < PIXEL_BOUND[mode][1]
 
 
@@ -168,8 +185,21 @@ def test_run_with_distorted_calibration_undistorts_frames(synthetic_seq, tmp_pat
     calib = tmp_path / "calib.txt"
     calib.write_text(f"{lines[0]}\n{lines[1]} 0.02 -0.01 0.0 0.0\n")
     out = tmp_path / "out"
-    rc = main(["run", str(synthetic_seq), "--out", str(out), "--calib", str(calib), "--img-size", str(IMG_SIZE),
-               "--max-frames", "8", "--quiet"])
+    rc = main(
+        [
+            "run",
+            str(synthetic_seq),
+            "--out",
+            str(out),
+            "--calib",
+            str(calib),
+            "--img-size",
+            str(IMG_SIZE),
+            "--max-frames",
+            "8",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["undistorted"] is True
@@ -180,8 +210,22 @@ def test_run_with_distorted_calibration_undistorts_frames(synthetic_seq, tmp_pat
 def test_demo_generates_runs_and_evaluates(tmp_path, capsys):
     # the README's main job, at a small size: sequence + SLAM + ATE, all written atomically into OUT
     out = tmp_path / "demo"
-    rc = main(["demo", "--out", str(out), "--frames", "24", "--width", "160", "--height", "120",
-               "--img-size", str(IMG_SIZE), "--quiet"])
+    rc = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--frames",
+            "24",
+            "--width",
+            "160",
+            "--height",
+            "120",
+            "--img-size",
+            str(IMG_SIZE),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     ev = json.loads((out / "eval.json").read_text())
     assert ev["all_frames"]["n_matched"] == 24
@@ -220,11 +264,29 @@ def test_every_slam_config_field_from_flags_and_config_file(synthetic_seq, tmp_p
     from mslam_ns.config import SlamConfig
 
     cfg = tmp_path / "preset.yaml"
-    cfg.write_text("img_size: 96\ntracking: {residual: {huber: 2.5}}\nmatching:\n  refine: false\nmax_frames: 6\n"
-                   "backend: {lm: {max_iters: 4}}\n")
+    cfg.write_text(
+        "img_size: 96\ntracking: {residual: {huber: 2.5}}\nmatching:\n  refine: false\nmax_frames: 6\n"
+        "backend: {lm: {max_iters: 4}}\n"
+    )
     out = tmp_path / "out"
-    assert main(["run", str(synthetic_seq), "--config", str(cfg), "--out", str(out), "--img-size", str(IMG_SIZE),
-                 "--backend.lm.delta-norm", "1e-7", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(synthetic_seq),
+                "--config",
+                str(cfg),
+                "--out",
+                str(out),
+                "--img-size",
+                str(IMG_SIZE),
+                "--backend.lm.delta-norm",
+                "1e-7",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())["config"]
     assert s["img_size"] == IMG_SIZE  # the flag beats the file
     assert s["tracking"]["residual"]["huber"] == 2.5 and s["matching"]["refine"] is False
@@ -243,9 +305,16 @@ def test_every_slam_config_field_from_flags_and_config_file(synthetic_seq, tmp_p
     assert "--tracking.residual.huber" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("text,needle", [("img_size: [1]\n", "img_size"), ("no_such_option: 1\n", "no_such_option"),
-                                         ("tracking: {nope: 1}\n", "nope"), ("- a\n", "mapping"),
-                                         ("mode: sideways\n", "mode")])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("img_size: [1]\n", "img_size"),
+        ("no_such_option: 1\n", "no_such_option"),
+        ("tracking: {nope: 1}\n", "nope"),
+        ("- a\n", "mapping"),
+        ("mode: sideways\n", "mode"),
+    ],
+)
 def test_bad_config_file_is_one_line(synthetic_seq, tmp_path, capsys, text, needle):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
@@ -275,8 +344,25 @@ def test_run_with_live_viewer(synthetic_seq, tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "out"
-    assert main(["run", str(synthetic_seq), "--out", str(out), "--img-size", str(IMG_SIZE), "--max-frames", "6",
-                 "--view", "--port", str(port), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(synthetic_seq),
+                "--out",
+                str(out),
+                "--img-size",
+                str(IMG_SIZE),
+                "--max-frames",
+                "6",
+                "--view",
+                "--port",
+                str(port),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "live viewer at http://" in err and "127.0.0.1" in err
     import yaml
@@ -316,8 +402,20 @@ def test_interrupt_mid_run_leaves_the_old_out_untouched(synthetic_seq, tmp_path,
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("earlier run")
-    rc = main(["run", str(synthetic_seq), "--out", str(out), "--img-size", str(IMG_SIZE), "--max-frames", "8",
-               "--overwrite", "--quiet"])
+    rc = main(
+        [
+            "run",
+            str(synthetic_seq),
+            "--out",
+            str(out),
+            "--img-size",
+            str(IMG_SIZE),
+            "--max-frames",
+            "8",
+            "--overwrite",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 130 and err == ["mslam-ns: interrupted"]
     assert [p.name for p in out.iterdir()] == ["old.txt"] and (out / "old.txt").read_text() == "earlier run"

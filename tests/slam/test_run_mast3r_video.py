@@ -51,8 +51,21 @@ def test_video_through_mast3r_prior(tmp_path):
     video = tmp_path / "clip.mp4"
     _write_room_video(video, n, pts_ms=pts_ms)
     out = tmp_path / "out"
-    rc = main(["run", str(video), "--out", str(out), "--prior", "mast3r", "--checkpoint", str(ckpt),
-               "--img-size", "96", "--quiet"])
+    rc = main(
+        [
+            "run",
+            str(video),
+            "--out",
+            str(out),
+            "--prior",
+            "mast3r",
+            "--checkpoint",
+            str(ckpt),
+            "--img-size",
+            "96",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     rows = [l.split() for l in (out / "trajectory.txt").read_text().splitlines() if not l.startswith("#")]
     assert len(rows) == n  # every frame gets a pose, tracked or not
@@ -61,6 +74,5 @@ def test_video_through_mast3r_prior(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["prior"] == "mast3r" and summary["frames"] == n and summary["keyframes"] >= 1
     assert summary["image_transform"]["source_size"] == [128, 96]
-    names = [l.split(maxsplit=4)[4] for l in (out / "frames.txt").read_text().splitlines()
-             if not l.startswith("#")]
+    names = [l.split(maxsplit=4)[4] for l in (out / "frames.txt").read_text().splitlines() if not l.startswith("#")]
     assert names[0].startswith("frame_") and len(set(names)) == n

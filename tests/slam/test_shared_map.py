@@ -15,11 +15,20 @@ from mslam_ns.slam.shared_map import SharedMap
 
 def _kf(i: int, H: int = 2, W: int = 3, T: torch.Tensor | None = None) -> Frame:
     g = torch.Generator().manual_seed(i)
-    return Frame(i, 0.1 * i, f"{i:06d}.png", torch.randint(0, 255, (H, W, 3), dtype=torch.uint8, generator=g),
-                 None, Encoding(i, (H, W)), sim3.identity() if T is None else T,
-                 X=torch.rand(H * W, 3, generator=g) + torch.tensor([0.0, 0.0, 1.0]),
-                 C=torch.full((H * W,), 2.0), N=1, D=torch.randn(H * W, 4, generator=g),
-                 Q=torch.ones(H * W))
+    return Frame(
+        i,
+        0.1 * i,
+        f"{i:06d}.png",
+        torch.randint(0, 255, (H, W, 3), dtype=torch.uint8, generator=g),
+        None,
+        Encoding(i, (H, W)),
+        sim3.identity() if T is None else T,
+        X=torch.rand(H * W, 3, generator=g) + torch.tensor([0.0, 0.0, 1.0]),
+        C=torch.full((H * W,), 2.0),
+        N=1,
+        D=torch.randn(H * W, 4, generator=g),
+        Q=torch.ones(H * W),
+    )
 
 
 def _random_sim3(g: torch.Generator, n: int = 1) -> torch.Tensor:
@@ -93,17 +102,21 @@ def test_trajectory_recomposes_after_moving_a_keyframe():
     before = traj.poses()
     # Each frame = keyframe pose * relative pose, checked with 4x4 matrices.
     M = sim3.to_matrix(before.double())
-    torch.testing.assert_close(M[2], sim3.to_matrix(T1.double()) @ sim3.to_matrix(rel[1].double()),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        M[2], sim3.to_matrix(T1.double()) @ sim3.to_matrix(rel[1].double()), atol=1e-5, rtol=1e-5
+    )
     # Move keyframe 1: its frames follow, keyframe 0's frames do not.
     T1_new = sim3.mul(_random_sim3(g)[0].float(), T1)
     store.set_poses(T1_new[None], [1])
     after = traj.poses()
     torch.testing.assert_close(after[:2], before[:2])
     assert (after[2:, :3] - before[2:, :3]).norm() > 1e-3
-    torch.testing.assert_close(sim3.to_matrix(after[3].double()),
-                               sim3.to_matrix(T1_new.double()) @ sim3.to_matrix(rel[2].double()),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        sim3.to_matrix(after[3].double()),
+        sim3.to_matrix(T1_new.double()) @ sim3.to_matrix(rel[2].double()),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     assert traj.lost_mask().tolist() == [False, False, False, True]
     assert traj.keyframe_mask().tolist() == [True, False, False, False]
     assert traj.names() == ["a", "b", "c", "d"]
@@ -122,7 +135,7 @@ def test_weighted_fusion_and_ray_constraint():
     K = torch.tensor([[100.0, 0, 1.5], [0, 90.0, 1.0], [0, 0, 1]], dtype=torch.float64)
     rays = pixel_rays(K, (2, 3))
     Xc = constrain_to_rays(torch.rand(6, 3, dtype=torch.float64) + 1, rays)
-    uv = (Xc @ K.T)
+    uv = Xc @ K.T
     uv = uv[:, :2] / uv[:, 2:]
     v, u = torch.meshgrid(torch.arange(2.0), torch.arange(3.0), indexing="ij")
     torch.testing.assert_close(uv, torch.stack([u, v], -1).reshape(-1, 2).double())

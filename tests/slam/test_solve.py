@@ -41,10 +41,11 @@ def test_assemble_matches_dense_loop() -> None:
     for e in range(E):
         nodes = (int(ii[e]), int(jj[e]))
         for a in range(2):
-            b_ref[7 * nodes[a]:7 * nodes[a] + 7] -= g[e, 7 * a:7 * a + 7]
+            b_ref[7 * nodes[a] : 7 * nodes[a] + 7] -= g[e, 7 * a : 7 * a + 7]
             for c in range(2):
-                A_ref[7 * nodes[a]:7 * nodes[a] + 7, 7 * nodes[c]:7 * nodes[c] + 7] += \
-                    H[e, 7 * a:7 * a + 7, 7 * c:7 * c + 7]
+                A_ref[7 * nodes[a] : 7 * nodes[a] + 7, 7 * nodes[c] : 7 * nodes[c] + 7] += H[
+                    e, 7 * a : 7 * a + 7, 7 * c : 7 * c + 7
+                ]
     k = 7 * n_fixed
     torch.testing.assert_close(A, A_ref[k:, k:])
     torch.testing.assert_close(b, b_ref[k:])
@@ -119,8 +120,7 @@ def test_degenerate_inputs_do_not_crash() -> None:
     # Empty edge list / single keyframe: unchanged.
     T, info = optimize_graph(T0, G.X, G.C, G.ii[:0], G.jj[:0], G.idx[:0], G.valid[:0], G.Q[:0], "rays", cfg)
     assert torch.equal(T, T0) and info["iterations"] == 0 and not info["failed"]
-    T, info = optimize_graph(T0[:1], G.X[:1], G.C[:1], G.ii[:0], G.jj[:0], G.idx[:0], G.valid[:0], G.Q[:0], "rays",
-                             cfg)
+    T, info = optimize_graph(T0[:1], G.X[:1], G.C[:1], G.ii[:0], G.jj[:0], G.idx[:0], G.valid[:0], G.Q[:0], "rays", cfg)
     assert torch.equal(T, T0[:1]) and not info["failed"]
 
 

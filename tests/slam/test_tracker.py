@@ -51,8 +51,11 @@ def _pose_errors(res, src, j: int, global_scale: float) -> tuple[float, float, f
     gt = _gt_relative(src, 0, j)
     t_gt = global_scale * gt[:3, 3]
     assert np.linalg.norm(t_gt) > 0.01  # the pair has a real baseline
-    return (_rot_angle_deg((T[:3, :3] / s).T @ gt[:3, :3]),
-            float(np.linalg.norm(T[:3, 3] / s - t_gt) / np.linalg.norm(t_gt)), abs(s - 1.0))
+    return (
+        _rot_angle_deg((T[:3, :3] / s).T @ gt[:3, :3]),
+        float(np.linalg.norm(T[:3, 3] / s - t_gt) / np.linalg.norm(t_gt)),
+        abs(s - 1.0),
+    )
 
 
 @pytest.mark.parametrize("mode", ["rays", "calib"])

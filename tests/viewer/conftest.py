@@ -22,8 +22,12 @@ def _find_or_install_chromium() -> str | None:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
         # Same step as scripts/setup.sh, for a machine set up before it had it.
-        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
-                       shell=True, capture_output=True, timeout=900)
+        subprocess.run(
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
+            shell=True,
+            capture_output=True,
+            timeout=900,
+        )
         exe = shutil.which("chromium")
     return exe
 
@@ -32,13 +36,20 @@ def _find_or_install_chromium() -> str | None:
 def chromium() -> str:
     exe = _find_or_install_chromium()
     if exe is None:
-        pytest.skip("headless Chromium is not installed and cannot be installed here "
-                    "(needs root and apt-get: `apt-get install chromium`)")
+        pytest.skip(
+            "headless Chromium is not installed and cannot be installed here "
+            "(needs root and apt-get: `apt-get install chromium`)"
+        )
     return exe
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
-                  "--window-size=1200,800"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--enable-unsafe-swiftshader",
+    "--use-angle=swiftshader",
+    "--window-size=1200,800",
+]
 
 
 class Browser:
@@ -51,9 +62,12 @@ class Browser:
     def __init__(self, chromium: str, profile: Path):
         import re
 
-        self.proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                                      "--remote-debugging-port=0", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         port = None
         for _ in range(200):
             line = self.proc.stderr.readline()

@@ -54,9 +54,15 @@ def make_run_dir(root: Path, per_keyframe_points: bool = True) -> Path:
     write_tum_trajectory(rd.file(rd.TRAJECTORY), ts, T)
     write_tum_trajectory(rd.file(rd.KEYFRAMES), ts[kf_rows], T[kf_rows])
     kf_of = np.searchsorted(kf_rows, np.arange(N_FRAMES), side="right") - 1
-    rd.write_frames(FrameTable(ts, kf_of.astype(np.int64), np.isin(np.arange(N_FRAMES), kf_rows),
-                               np.isin(np.arange(N_FRAMES), LOST_FRAMES),
-                               [f"frame {i:03d}.png" for i in range(N_FRAMES)]))
+    rd.write_frames(
+        FrameTable(
+            ts,
+            kf_of.astype(np.int64),
+            np.isin(np.arange(N_FRAMES), kf_rows),
+            np.isin(np.arange(N_FRAMES), LOST_FRAMES),
+            [f"frame {i:03d}.png" for i in range(N_FRAMES)],
+        )
+    )
     rd.write_thumbnails({k: image(k) for k in range(N_KEYFRAMES)})
     xyz, rgb, conf, kfs = [], [], [], []
     for k, row in enumerate(kf_rows):
@@ -67,12 +73,25 @@ def make_run_dir(root: Path, per_keyframe_points: bool = True) -> Path:
         conf.append(C)
         kfs.append(np.full(len(X), k if per_keyframe_points else -1, np.int32))
     n = sum(len(x) for x in xyz)
-    rd.write_points(PointCloud(np.concatenate(xyz).astype(np.float32), np.concatenate(rgb), np.concatenate(conf),
-                               np.concatenate(kfs), np.zeros((n, 2), np.float32)))
+    rd.write_points(
+        PointCloud(
+            np.concatenate(xyz).astype(np.float32),
+            np.concatenate(rgb),
+            np.concatenate(conf),
+            np.concatenate(kfs),
+            np.zeros((n, 2), np.float32),
+        )
+    )
     rd.write_edges(np.array([(i, j) for i, j, _ in EDGES]), [k for _, _, k in EDGES])
-    summary = {"frames": N_FRAMES, "keyframes": N_KEYFRAMES, "lost_frames": len(LOST_FRAMES), "state": "tracking",
-               "restarts": 0, "intrinsics": {"fx": 50.0, "fy": 50.0, "cx": 32.0, "cy": 24.0},
-               "image_transform": {"source_size": [64, 48]}}
+    summary = {
+        "frames": N_FRAMES,
+        "keyframes": N_KEYFRAMES,
+        "lost_frames": len(LOST_FRAMES),
+        "state": "tracking",
+        "restarts": 0,
+        "intrinsics": {"fx": 50.0, "fy": 50.0, "cx": 32.0, "cy": 24.0},
+        "image_transform": {"source_size": [64, 48]},
+    }
     rd.file(rd.SUMMARY).write_text(json.dumps(summary))
     return root
 
@@ -85,9 +104,18 @@ def shared_map_frame(k: int, T_WC: np.ndarray, hw: tuple[int, int] = HW):
 
     n = hw[0] * hw[1]
     X, C = keyframe_points(k, n)
-    return Frame(index=k, timestamp=0.1 * k, name=f"kf{k}.png", image=torch.as_tensor(image(k, hw)), transform=None,
-                 enc=None, T_WC=torch.as_tensor(T_WC, dtype=torch.float32), X=torch.as_tensor(X),
-                 C=torch.as_tensor(C), N=1)
+    return Frame(
+        index=k,
+        timestamp=0.1 * k,
+        name=f"kf{k}.png",
+        image=torch.as_tensor(image(k, hw)),
+        transform=None,
+        enc=None,
+        T_WC=torch.as_tensor(T_WC, dtype=torch.float32),
+        X=torch.as_tensor(X),
+        C=torch.as_tensor(C),
+        N=1,
+    )
 
 
 def sim3_row(T7: np.ndarray, s: float = 1.0) -> np.ndarray:  # [7] -> [8]

@@ -61,7 +61,7 @@ def test_only_changed_keyframes_are_resent(live):
     with m.edit_points(2) as f:  # fusion into keyframe 2
         f.X += 0.01
     assert h.wait_until_current()
-    assert h.scene.stats.clouds_sent_for[len(sent):] == [2]
+    assert h.scene.stats.clouds_sent_for[len(sent) :] == [2]
     # A backend update that moves every keyframe (same scale) moves nodes and re-sends no points.
     before, moves = len(h.scene.stats.clouds_sent_for), h.scene.stats.pose_updates
     T = m.keyframes.poses().clone()

@@ -133,6 +133,7 @@ def test_view_command_prints_the_url(run_dir: Path, capsys, monkeypatch):
 
 def test_both_directions_of_an_edge_are_drawn_once(served):
     sc = served.scene
-    sc.set_edges([[0, 1], [1, 0], [1, 2], [2, 1], [2, 0], [0, 2], [3, 3]], ["seq", "seq", "seq", "seq", "loop",
-                                                                            "loop", "seq"])
+    sc.set_edges(
+        [[0, 1], [1, 0], [1, 2], [2, 1], [2, 0], [0, 2], [3, 3]], ["seq", "seq", "seq", "seq", "loop", "loop", "seq"]
+    )
     assert sc.edge_count() == {"seq": 2, "loop": 1}

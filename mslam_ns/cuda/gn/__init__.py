@@ -44,8 +44,17 @@ def _shape(name: str, t: Tensor, shape: Sequence[int | None]) -> None:
 
 
 def _prepare(
-    mode: str, Twc: Tensor, X: Tensor, C: Tensor, ii: Tensor, jj: Tensor, idx: Tensor, valid: Tensor, Q: Tensor,
-    K: Tensor | None, img_hw: tuple[int, int] | None,
+    mode: str,
+    Twc: Tensor,
+    X: Tensor,
+    C: Tensor,
+    ii: Tensor,
+    jj: Tensor,
+    idx: Tensor,
+    valid: Tensor,
+    Q: Tensor,
+    K: Tensor | None,
+    img_hw: tuple[int, int] | None,
 ) -> tuple[Tensor, ...]:
     """Validate shapes, dtypes, devices, ranges and finiteness; return contiguous tensors in X's dtype."""
     if mode not in _MODE_ID:
@@ -63,8 +72,15 @@ def _prepare(
     _shape("valid_match", valid, (E, HW))
     _shape("Q", Q, (E, HW))
     dev = X.device
-    for name, t in (("Twc", Twc), ("C", C), ("ii", ii), ("jj", jj), ("idx_ii2jj", idx), ("valid_match", valid),
-                    ("Q", Q)):
+    for name, t in (
+        ("Twc", Twc),
+        ("C", C),
+        ("ii", ii),
+        ("jj", jj),
+        ("idx_ii2jj", idx),
+        ("valid_match", valid),
+        ("Q", Q),
+    ):
         if t.device != dev:
             _fail(f"{name} is on {t.device} but X is on {dev}")
     for name, t in (("ii", ii), ("jj", jj), ("idx_ii2jj", idx)):
@@ -141,11 +157,11 @@ def edge_normal_equations(
 _KERNEL_NAMES = {"C_thresh": "C_conf", "Q_thresh": "Q_conf", "z_eps": "depth_eps"}
 
 
-def kernel_params(residual: ResidualConfig | None, K: Tensor | None, img_hw: tuple[int, int] | None, HW: int,
-                  **overrides: float) -> GnParams:
+def kernel_params(
+    residual: ResidualConfig | None, K: Tensor | None, img_hw: tuple[int, int] | None, HW: int, **overrides: float
+) -> GnParams:
     """The ONE mapping from a `ResidualConfig` (+ intrinsics, image size) to the kernels' `GnParams`."""
-    rc = dataclasses.replace(residual or ResidualConfig(),
-                             **{_KERNEL_NAMES.get(k, k): v for k, v in overrides.items()})
+    rc = dataclasses.replace(residual or ResidualConfig(), **{_KERNEL_NAMES.get(k, k): v for k, v in overrides.items()})
     for name in ("sigma_ray", "sigma_dist", "sigma_pixel", "sigma_depth", "sigma_point", "huber"):
         val = getattr(rc, name)
         if not val > 0:
@@ -155,8 +171,24 @@ def kernel_params(residual: ResidualConfig | None, K: Tensor | None, img_hw: tup
     cx = cy = 0.0
     if K is not None:
         fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
-    return GnParams(rc.sigma_ray, rc.sigma_dist, rc.sigma_pixel, rc.sigma_depth, rc.sigma_point, rc.C_conf,
-                    rc.Q_conf, rc.huber, fx, fy, cx, cy, rc.depth_eps, float(rc.pixel_border), H, W)
+    return GnParams(
+        rc.sigma_ray,
+        rc.sigma_dist,
+        rc.sigma_pixel,
+        rc.sigma_depth,
+        rc.sigma_point,
+        rc.C_conf,
+        rc.Q_conf,
+        rc.huber,
+        fx,
+        fy,
+        cx,
+        cy,
+        rc.depth_eps,
+        float(rc.pixel_border),
+        H,
+        W,
+    )
 
 
 def pose_retract(

@@ -36,8 +36,14 @@ class SyntheticGraph:
 
 
 def make_graph(
-    n: int = 6, h: int = 8, w: int = 16, seed: int = 0, dtype: torch.dtype = torch.float64, rot: float = 0.2,
-    trans: float = 0.3, log_scale: float = 0.2,
+    n: int = 6,
+    h: int = 8,
+    w: int = 16,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    rot: float = 0.2,
+    trans: float = 0.3,
+    log_scale: float = 0.2,
 ) -> SyntheticGraph:
     """Ring graph of `n` keyframes with images of (2h, w) pixels (see module docstring)."""
     g = torch.Generator().manual_seed(seed)
@@ -69,8 +75,7 @@ def make_graph(
         valid[e, :hw] = True
     C = 1.0 + torch.rand(n, HW, generator=g, dtype=torch.float64)
     Q = 2.0 + torch.rand(n, HW, generator=g, dtype=torch.float64)
-    return SyntheticGraph(Twc.to(dtype), X.to(dtype), C.to(dtype), ii, jj, idx, valid, Q.to(dtype), K.to(dtype),
-                          (H, W))
+    return SyntheticGraph(Twc.to(dtype), X.to(dtype), C.to(dtype), ii, jj, idx, valid, Q.to(dtype), K.to(dtype), (H, W))
 
 
 def perturb(Twc: Tensor, scale: float, n_fixed: int = 1, seed: int = 1) -> Tensor:

@@ -44,9 +44,22 @@ class GnParams:
 
     def as_list(self) -> list[float]:
         """The 14 floats in the order of gn.h `make_params`."""
-        return [self.sigma_ray, self.sigma_dist, self.sigma_pixel, self.sigma_depth, self.sigma_point,
-                self.C_thresh, self.Q_thresh, self.huber, self.fx, self.fy, self.cx, self.cy, self.z_eps,
-                self.border]
+        return [
+            self.sigma_ray,
+            self.sigma_dist,
+            self.sigma_pixel,
+            self.sigma_depth,
+            self.sigma_point,
+            self.C_thresh,
+            self.Q_thresh,
+            self.huber,
+            self.fx,
+            self.fy,
+            self.cx,
+            self.cy,
+            self.z_eps,
+            self.border,
+        ]
 
 
 def local_residuals(
@@ -70,8 +83,10 @@ def local_residuals(
         d = P / nP_s
         r = torch.cat([d - Xi / nX_s, nP - nX], dim=-1)
         eye = torch.eye(3, dtype=dt, device=P.device)
-        J_ray = torch.cat([(eye - d[..., :, None] * d[..., None, :]) / nP_s[..., None],
-                           -sim3.hat(d), torch.zeros_like(d)[..., None]], dim=-1)  # [..., 3, 7]
+        J_ray = torch.cat(
+            [(eye - d[..., :, None] * d[..., None, :]) / nP_s[..., None], -sim3.hat(d), torch.zeros_like(d)[..., None]],
+            dim=-1,
+        )  # [..., 3, 7]
         J_dist = torch.cat([d, torch.zeros_like(d), nP], dim=-1)[..., None, :]  # [..., 1, 7]
         J = torch.cat([J_ray, J_dist], dim=-2)
         isig = torch.tensor([1 / p.sigma_ray] * 3 + [1 / p.sigma_dist], dtype=dt, device=P.device)
@@ -204,6 +219,7 @@ def _pose_retract(Twc: Tensor, dx: Tensor, n_fixed: int) -> Tensor:
     free = dx if dx.shape[0] == N - n_fixed else dx[n_fixed:]
     out = Twc.clone()
     if N > n_fixed:
-        out[n_fixed:] = sim3.normalize(sim3.retract(Twc[n_fixed:].to(torch.float64),
-                                                    free.to(torch.float64))).to(Twc.dtype)
+        out[n_fixed:] = sim3.normalize(sim3.retract(Twc[n_fixed:].to(torch.float64), free.to(torch.float64))).to(
+            Twc.dtype
+        )
     return out

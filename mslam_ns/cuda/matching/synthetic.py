@@ -47,8 +47,9 @@ def _cast(origin: Tensor, dirs: Tensor, plane: tuple[Tensor, float], sphere: tup
     return origin + t[:, None] * dirs
 
 
-def two_view_scene(H: int = 48, W: int = 64, focal: float | None = None, angle_deg: float = 3.0,
-                   baseline: float = 0.15) -> TwoViewScene:
+def two_view_scene(
+    H: int = 48, W: int = 64, focal: float | None = None, angle_deg: float = 3.0, baseline: float = 0.15
+) -> TwoViewScene:
     """Build the scene; view j = view i rotated by angle_deg and moved by `baseline` (network units ~ m)."""
     f = focal if focal is not None else 0.8 * W
     K = torch.tensor([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]], dtype=torch.float64)

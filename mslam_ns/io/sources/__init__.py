@@ -21,8 +21,14 @@ from mslam_ns.io.sources.tum_rgbd import TumRgbdSource
 from mslam_ns.io.sources.video import VIDEO_EXTS, VideoSource
 
 __all__ = [
-    "open_source", "detect_kind", "VideoSource", "ImageFolderSource", "TumRgbdSource", "EurocSource",
-    "SevenScenesSource", "VIDEO_EXTS",
+    "open_source",
+    "detect_kind",
+    "VideoSource",
+    "ImageFolderSource",
+    "TumRgbdSource",
+    "EurocSource",
+    "SevenScenesSource",
+    "VIDEO_EXTS",
 ]
 
 

@@ -67,6 +67,7 @@ class ImageFolderSource(FrameSource):
     def _read_image(self, k: int) -> np.ndarray:  # [H, W, 3] uint8
         img = read_rgb(self._files[k])
         if (img.shape[1], img.shape[0]) != self._size:  # header lied (e.g. EXIF-less odd formats)
-            raise UserError(f"{self._files[k]}: image is {img.shape[1]}x{img.shape[0]}, expected "
-                             f"{self._size[0]}x{self._size[1]}")
+            raise UserError(
+                f"{self._files[k]}: image is {img.shape[1]}x{img.shape[0]}, expected {self._size[0]}x{self._size[1]}"
+            )
         return img

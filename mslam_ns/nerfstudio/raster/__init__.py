@@ -60,8 +60,18 @@ def rasterize(
     if render_mode not in ("RGB", "D", "ED", "RGB+D", "RGB+ED"):
         raise ValueError(f"render_mode must be RGB, D, ED, RGB+D or RGB+ED, not {render_mode!r}")
     proj = project(
-        means, quats, scales, opacities, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
-        far_plane=far_plane, antialiased=rasterize_mode == "antialiased",
+        means,
+        quats,
+        scales,
+        opacities,
+        viewmats,
+        Ks,
+        width,
+        height,
+        eps2d=eps2d,
+        near_plane=near_plane,
+        far_plane=far_plane,
+        antialiased=rasterize_mode == "antialiased",
     )
     C = viewmats.shape[0]
     if render_mode in ("D", "ED"):
@@ -73,8 +83,15 @@ def rasterize(
     renders, alphas = [], []
     for c in range(C):
         rgb, acc = composite(
-            proj.means2d[c], proj.conics[c], proj.opacities[c], feats[c], proj.radii[c], proj.depths[c],
-            width, height, max_pairs=max_pairs,
+            proj.means2d[c],
+            proj.conics[c],
+            proj.opacities[c],
+            feats[c],
+            proj.radii[c],
+            proj.depths[c],
+            width,
+            height,
+            max_pairs=max_pairs,
         )
         renders.append(rgb)
         alphas.append(acc)
@@ -88,8 +105,15 @@ def rasterize(
         elif render_mode == "RGB":
             render = render + (1 - alpha) * bg
     info = {
-        "radii": proj.radii, "means2d": proj.means2d, "depths": proj.depths, "conics": proj.conics,
-        "opacities": proj.opacities, "width": width, "height": height, "n_cameras": C,
-        "camera_ids": None, "gaussian_ids": None,
+        "radii": proj.radii,
+        "means2d": proj.means2d,
+        "depths": proj.depths,
+        "conics": proj.conics,
+        "opacities": proj.opacities,
+        "width": width,
+        "height": height,
+        "n_cameras": C,
+        "camera_ids": None,
+        "gaussian_ids": None,
     }
     return render, alpha, info

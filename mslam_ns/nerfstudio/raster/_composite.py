@@ -31,7 +31,10 @@ T_MIN = 1e-4
 
 
 def _footprints(
-    means2d: Tensor, radii: Tensor, width: int, height: int  # [M, 2], [M] (visible, depth order)
+    means2d: Tensor,
+    radii: Tensor,
+    width: int,
+    height: int,  # [M, 2], [M] (visible, depth order)
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Pixel boxes x0 [M], y0 [M], nx [M], ny [M] (pixels whose centre is within the footprint square)."""
     m = means2d.detach()
