@@ -99,10 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mslam-ns: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, permissions...: outputs are written atomically, so nothing is half-done
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"mslam-ns: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 
 def entrypoint() -> None:
+    import logging
+
+    # Library code logs through `logging` (quiet inside ns-train); the command line shows INFO and above.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("faiss", "faiss.loader", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     sys.exit(main())
 
 

@@ -70,6 +70,12 @@ class RunOptions:
     """Intrinsics file; with it the default mode is calibrated."""
     checkpoint: Path | None = None
     """MASt3R checkpoint (for --prior mast3r; default: the cached download)."""
+    retrieval_checkpoint: Path | None = None
+    """MASt3R retrieval head for loop closure / relocalisation (default: the cached download, unless
+    --checkpoint is given: then no retrieval unless this is given too)."""
+    codebook: Path | None = None
+    """ASMK codebook of the retrieval features (default: the cached download with the default retrieval
+    head; otherwise a codebook is trained from the sequence's own features)."""
     stride: int = 1
     """Use every n-th frame."""
     max_frames: int | None = None

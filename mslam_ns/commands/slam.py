@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import numpy as np
 from mslam_ns.config import SlamConfig
 from mslam_ns.errors import UserError
 from mslam_ns.io.rundir import FrameTable, PointCloud, RunDir, RunRecord
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "open_dataset",
@@ -54,8 +57,22 @@ def open_dataset(dataset: Path, stride: int = 1, max_frames: int | None = None, 
     return undistorted(source)  # the SLAM works on pinhole images: lens distortion is removed here
 
 
-def make_prior(source, prior: str, oracle_noise: str, img_size: int, seed: int, checkpoint: Path | None, device: str):
-    """The two-view prior chosen on the command line."""
+def make_prior(
+    source,
+    prior: str,
+    oracle_noise: str,
+    img_size: int,
+    seed: int,
+    checkpoint: Path | None,
+    device: str,
+    retrieval_checkpoint: Path | None = None,
+    codebook: Path | None = None,
+):
+    """The two-view prior chosen on the command line.
+
+    MASt3R: the network, plus its retrieval head and codebook (loop closure, relocalisation): the given files,
+    else the cached downloads when the network is the default one too; a custom `checkpoint` without a
+    `retrieval_checkpoint` runs without retrieval (consecutive edges only), with a warning."""
     if prior == "oracle":
         from mslam_ns.prior.oracle import OraclePrior
 
@@ -75,8 +92,23 @@ def make_prior(source, prior: str, oracle_noise: str, img_size: int, seed: int, 
             from mslam_ns.prior.mast3r import Mast3rPrior
         except ImportError as e:
             raise UserError(f"mast3r prior unavailable: {e}") from None
-        path = resolve_checkpoint("mast3r", checkpoint)
-        return Mast3rPrior(load_mast3r(path, device=device))
+        net = load_mast3r(resolve_checkpoint("mast3r", checkpoint), device=device)
+        default_files = checkpoint is None and retrieval_checkpoint is None
+        if retrieval_checkpoint is None and not default_files:
+            log.warning("no --retrieval-checkpoint for this --checkpoint: no loop closure, no relocalisation")
+            return Mast3rPrior(net)
+        from mslam_ns.model import load_retrieval
+        from mslam_ns.model.codebook import load_codebook
+
+        head = load_retrieval(resolve_checkpoint("retrieval", retrieval_checkpoint), net)
+        prior_obj = Mast3rPrior(net, head)
+        cb = codebook if codebook is not None else (resolve_checkpoint("codebook") if default_files else None)
+        if cb is not None:
+            import torch
+
+            dim = int(prior_obj.retrieval_features(prior_obj.encode(torch.zeros(3, 32, 32), 0)).shape[-1])
+            prior_obj.retrieval_codebook = load_codebook(resolve_checkpoint("codebook", cb), dim=dim)
+        return prior_obj
     raise UserError(f"unknown prior {prior!r}")
 
 
@@ -369,7 +401,17 @@ def execute_run(o, out: Path, extra_summary: dict | None = None, replace: bool |
     source = open_dataset(o.dataset, o.stride, o.max_frames, o.calib)
     mode, K = resolve_mode(o.slam.mode, o.calib, source)
     cfg = to_slam_config(o.slam, mode)
-    prior_obj = make_prior(source, o.prior, o.oracle_noise, cfg.img_size, o.seed, o.checkpoint, cfg.device)
+    prior_obj = make_prior(
+        source,
+        o.prior,
+        o.oracle_noise,
+        cfg.img_size,
+        o.seed,
+        o.checkpoint,
+        cfg.device,
+        o.retrieval_checkpoint,
+        o.codebook,
+    )
     system, summary = run_slam(
         source,
         prior_obj,

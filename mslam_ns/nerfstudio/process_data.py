@@ -70,6 +70,8 @@ class ProcessMslam:
     """Also write frames whose tracking failed."""
     depth: bool = False
     """Also write per-frame depth maps rendered from the fused points."""
+    max_points: int = 500_000
+    """Voxel down-sample the seed points (sparse_pc.ply) to at most this many."""
     overwrite: bool = False
     """Replace a non-empty output folder that is not an earlier output of this command."""
 
@@ -134,8 +136,8 @@ def process(p: ProcessMslam) -> Path:
     out = Path(p.output_dir)
     if not Path(p.data).exists():
         raise UserError(f"{p.data}: no such file or folder")
-    if p.num_frames_target < 1 or p.num_downscales < 0:
-        raise UserError("--num-frames-target must be >= 1 and --num-downscales >= 0")
+    if p.num_frames_target < 1 or p.num_downscales < 0 or p.max_points < 1:
+        raise UserError("--num-frames-target and --max-points must be >= 1, --num-downscales >= 0")
     earlier = RunDir(out / RUN_SUBDIR)
     ours = out.is_dir() and (earlier.path / RunDir.SUMMARY).is_file()
     check_out(out, p.overwrite or ours)
@@ -178,6 +180,7 @@ def process(p: ProcessMslam) -> Path:
                 crop=tuple(p.crop_factor),
                 images=not p.skip_image_processing,
                 progress=lambda: prog.advance(task),
+                max_points=p.max_points,
             )
     print(f"wrote a nerfstudio dataset to {out}/ (train with: ns-train splatfacto --data {out})")
     return out

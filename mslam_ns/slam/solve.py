@@ -82,9 +82,23 @@ def assemble_sparse(
 
 
 def assemble(H: Tensor, g: Tensor, ii: Tensor, jj: Tensor, n_poses: int, n_fixed: int) -> tuple[Tensor, Tensor]:
-    """Dense version of `assemble_sparse` (small problems and tests): A [7M, 7M], b [7M] float64."""
-    A, b = assemble_sparse(H, g, ii, jj, n_poses, n_fixed)
-    return torch.as_tensor(A.toarray()), torch.as_tensor(b)
+    """Dense version of `assemble_sparse` (tests, and machines without scipy): A [7M, 7M], b [7M] float64."""
+    M = max(0, n_poses - n_fixed)
+    A = np.zeros((7 * M, 7 * M))
+    b = np.zeros(7 * M)
+    if M and H.shape[0]:
+        rows, cols, vals, bi, bv = _block_entries(H, g, ii, jj, n_fixed)
+        np.add.at(A, (rows, cols), vals)
+        np.add.at(b, bi, bv)
+    return torch.as_tensor(A), torch.as_tensor(b)
+
+
+def _have_scipy() -> bool:
+    try:
+        import scipy.sparse.linalg  # noqa: F401
+    except ImportError:  # e.g. a bare GPU machine: the dense Cholesky (fine up to a few hundred keyframes)
+        return False
+    return True
 
 
 def solve_sparse(A: Any, b: np.ndarray, damping: float) -> np.ndarray | None:
@@ -148,6 +162,7 @@ def optimize_graph(
     cfg: BackendConfig,
     K: Tensor | None = None,  # [3, 3] network pixels (calib)
     img_hw: tuple[int, int] | None = None,  # (H, W) (calib)
+    sparse: bool | None = None,  # block-sparse SuperLU (default when scipy is there) or dense Cholesky
 ) -> tuple[Tensor, dict[str, Any]]:
     """Levenberg-Marquardt (`mslam_ns.slam.lm`) over the free keyframe poses.
 
@@ -175,15 +190,23 @@ def optimize_graph(
             "reason": "nothing to optimise",
         }
 
+    sparse = _have_scipy() if sparse is None else sparse
+
     def linearize(T: Tensor):
         H, g, c, n = first if T is Twc else normal_equations(T)
-        A, b = assemble_sparse(H, g, ii, jj, N, n_fixed)
+        A, b = assemble_sparse(H, g, ii, jj, N, n_fixed) if sparse else assemble(H, g, ii, jj, N, n_fixed)
         return A, b, c, n
+
+    def solve(A, b, damping: float):
+        if sparse:
+            return solve_sparse(A, b, damping)
+        dx = solve_lm(A, b, damping)
+        return None if dx is None else dx.numpy()
 
     def retract(T: Tensor, dx: np.ndarray) -> Tensor:
         return pose_retract(T, torch.as_tensor(dx, dtype=T.dtype, device=T.device), n_fixed)
 
-    r = levenberg_marquardt(Twc, linearize, solve_sparse, retract, lambda dx: float(np.linalg.norm(dx)), cfg.lm)
+    r = levenberg_marquardt(Twc, linearize, solve, retract, lambda dx: float(np.linalg.norm(dx)), cfg.lm)
     info = {
         "iterations": r.iterations,
         "cost_history": r.cost_history,

@@ -435,6 +435,7 @@ class SlamSystem:
             "loop_edges": sum(e[2] == "loop" for e in edges) // 2,
             "reloc_edges": sum(e[2] == "reloc" for e in edges) // 2,
             "relocalisations": self.relocalisations,
+            "retrieval": getattr(self.backend, "retrieval", None) is not None,
             "restarts": self.restarts,
         }
         b = getattr(self.backend, "stats", None)

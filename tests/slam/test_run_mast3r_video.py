@@ -61,6 +61,8 @@ def test_video_through_mast3r_prior(tmp_path):
             "mast3r",
             "--checkpoint",
             str(ckpt),
+            "--retrieval-checkpoint",
+            str(ckpt.parent / "retrieval.pth"),
             "--img-size",
             "96",
             "--quiet",
@@ -73,6 +75,7 @@ def test_video_through_mast3r_prior(tmp_path):
     assert np.isfinite(np.array(rows, dtype=np.float64)).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["prior"] == "mast3r" and summary["frames"] == n and summary["keyframes"] >= 1
+    assert summary["graph"]["retrieval"] is True  # the retrieval head feeds the keyframe database
     assert summary["image_transform"]["source_size"] == [128, 96]
     names = [l.split(maxsplit=4)[4] for l in (out / "frames.txt").read_text().splitlines() if not l.startswith("#")]
     assert names[0].startswith("frame_") and len(set(names)) == n

@@ -130,3 +130,12 @@ def test_nan_inputs_are_rejected() -> None:
     X[1, 0, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         optimize_graph(G.Twc, X, G.C, G.ii, G.jj, G.idx, G.valid, G.Q, "rays", BackendConfig())
+
+
+def test_sparse_and_dense_solvers_agree() -> None:
+    G = make_graph(n=6, h=8, w=16, seed=8)
+    T0 = perturb(G.Twc, 0.05, n_fixed=1, seed=5)
+    Ts, info_s = _run(G, T0, "rays", _cfg(8), sparse=True)
+    Td, info_d = _run(G, T0, "rays", _cfg(8), sparse=False)
+    assert info_s["iterations"] == info_d["iterations"] and not info_s["failed"]
+    torch.testing.assert_close(Ts, Td, atol=1e-9, rtol=0)

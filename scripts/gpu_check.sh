@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The ONE prepared check for a GPU machine (lent now and then, for minutes; budget: under 8 minutes).
+# Worst case 9 minutes (the step limits add up to 560 s), typically less. There: torch with CUDA, nvcc, numpy, pytest; no nerfstudio, no tyro, no package registry. From the
+# repository root:   bash scripts/gpu_check.sh [OUT_DIR]
+#  1. builds the CUDA (and CPU) kernels for THIS GPU's architecture only;
+#  2. runs the CUDA tests: kernels vs their PyTorch twins (float32 and float64), the keyframe store on CUDA,
+#     a SLAM run on CUDA against the same run on CPU;
+#  3. prints GPU timings: network encoder / decoder per pair in fp32 and bf16, IPM + refinement per pair,
+#     GN per edge, tracking frames/s with the oracle prior and with the full random-weight network.
+# Every step has its own time limit and the script goes on after a failure; the summary at the end says
+# which steps passed. Output also goes to OUT_DIR/gpu_check.log (default: $OUT or ./gpu_check_out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-gpu_check_out}}
+mkdir -p "$OUT_DIR"
+exec > >(tee "$OUT_DIR/gpu_check.log") 2>&1
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export MSLAM_NS_CACHE=${MSLAM_NS_CACHE:-$PWD/.gpu_cache}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+declare -A status
+
+step() {  # step NAME SECONDS CMD...
+  local name=$1 secs=$2
+  shift 2
+  echo "=== $name (limit ${secs}s) ==="
+  local t0=$SECONDS
+  if timeout "$secs" "$@"; then status[$name]="ok ($((SECONDS - t0))s)"; else status[$name]="FAILED rc=$? ($((SECONDS - t0))s)"; fi
+}
+
+echo "=== environment ==="
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+$PY - <<'EOF'
+import importlib, torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device:", torch.cuda.is_available() and torch.cuda.get_device_name())
+for m in ("numpy", "scipy", "PIL", "yaml", "pytest", "asmk", "av"):
+    try:
+        mod = importlib.import_module(m)
+        print(f"  {m} {getattr(mod, '__version__', '')}")
+    except ImportError:
+        print(f"  {m}: missing")
+EOF
+CAP=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null || echo "")
+if [ -z "$CAP" ]; then
+  echo "no CUDA device: only the CPU parts run (this checks the script itself)"
+else
+  export TORCH_CUDA_ARCH_LIST="$CAP"  # this GPU only: every extra architecture multiplies the build time
+  NVCC=$(command -v nvcc || true)
+  [ -n "$NVCC" ] && export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$NVCC")")")}
+  echo "building for sm_${CAP/./} with CUDA_HOME=${CUDA_HOME:-?}"
+fi
+
+step build 200 $PY - <<'EOF'
+import time, torch
+from mslam_ns.cuda import _backend
+devs = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ok = True
+for dev in devs:
+    for name in ("matching", "gn"):
+        t = time.perf_counter()
+        mod = _backend.get(name, torch.device(dev))
+        print(f"  {name:8s} {dev:4s}: {'built' if mod is not None else 'NOT BUILT (twin fallback)'} in {time.perf_counter() - t:.0f} s")
+        ok &= mod is not None
+raise SystemExit(0 if ok else 1)
+EOF
+
+step cuda_tests 120 $PY -m pytest -q -x -p no:cacheprovider \
+  tests/cuda/test_matching_kernels.py tests/cuda/test_gn_kernels.py tests/cuda/test_gn_jacobians.py \
+  tests/slam/test_shared_map.py tests/slam/test_cuda_slam.py
+
+step timings_kernels_and_slam 120 $PY benchmarks/bench_gpu.py --frames 40
+
+if [ -n "$CAP" ]; then
+  step network_fp32 60 $PY benchmarks/bench_network.py --device cuda --amp none --repeats 3 --skip-unbatched
+  step network_bf16 60 $PY benchmarks/bench_network.py --device cuda --amp bf16 --repeats 3 --skip-unbatched
+else
+  step network_smoke 60 $PY benchmarks/bench_network.py --smoke --repeats 1 --skip-unbatched
+fi
+
+echo "=== summary ==="
+for k in build cuda_tests timings_kernels_and_slam network_fp32 network_bf16 network_smoke; do
+  [ -n "${status[$k]:-}" ] && echo "  $k: ${status[$k]}"
+done
