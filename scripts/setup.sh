@@ -17,6 +17,9 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
   "$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
 fi
 "$VENV/bin/python" -m pip install -q -e ".[dev,video,nerfstudio,viewer]"
+# The editable build leaves a stale mslam_ns.egg-info in the checkout; run from here, importlib.metadata
+# would find it before the installed dist-info (hiding entry points and the recorded .pth hook).
+rm -rf mslam_ns.egg-info
 # open3d (used by nerfstudio's point-cloud loading) needs libusb; install it where we may.
 if ! ldconfig -p 2>/dev/null | grep -q libusb-1.0 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq libusb-1.0-0) >/dev/null 2>&1 || echo "note: could not install libusb-1.0-0"
