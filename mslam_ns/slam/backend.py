@@ -127,7 +127,9 @@ class Backend:
         added = self.connect(kf_id, cands, sequential)
         self.stats.tick("edges", t1)
         if added:
-            self.optimise()
+            # Keyframes 0..kf_id: later ones (made meanwhile, backend thread) have no edges yet and follow
+            # the correction of the keyframe they were placed from (`_write_poses`).
+            self.optimise(n_keyframes=kf_id + 1)
 
     def _candidates(self, kf_id: int, sequential: bool) -> list[int]:
         out = [kf_id - 1] if sequential and kf_id > 0 else []
@@ -177,16 +179,17 @@ class Backend:
         return len(edges) // 2
 
     # ---- global optimisation ------------------------------------------------------------------------
-    def optimise(self) -> dict:
-        """LM over all keyframe poses with all edges; writes the poses back unless it failed."""
+    def optimise(self, n_keyframes: int | None = None) -> dict:
+        """LM over the poses of keyframes 0..n_keyframes-1 (all by default) with their edges; writes the poses
+        back unless it failed."""
         from mslam_ns.slam.solve import optimize_graph
 
         t0 = time.perf_counter()
         with self.map.lock:
-            n = self.map.num_keyframes()
-            edges = self.map.edges()
-            T0 = self.map.keyframes.poses().clone()
-            X, C = self.map.keyframes.pointmaps()
+            n = self.map.num_keyframes() if n_keyframes is None else min(int(n_keyframes), self.map.num_keyframes())
+            edges = [e for e in self.map.edges() if e[0] < n and e[1] < n]
+            T0 = self.map.keyframes.poses(list(range(n))).clone()
+            X, C = self.map.keyframes.pointmaps(list(range(n)))
         if not edges or n < 2:
             return {"reason": "nothing to optimise"}
         dev = X.device

@@ -295,8 +295,11 @@ class SlamSystem:
         `X_pred`: [H, W, 3] the prior's own pointmap of the keyframe (intrinsics estimation in rays mode).
         """
         a_id, T_a = anchor if anchor is not None else (-1, None)
-        kf_id = self.map.add_keyframe(frame, a_id, T_a)
-        self.map.add_frame(frame.timestamp, frame.name, kf_id, sim3.identity(device=self.device), is_keyframe=True)
+        with self.map.lock:  # the anchor's pose may be moved by a backend thread: read it and add atomically
+            if anchor is not None:
+                frame.T_WC = sim3.mul(self.keyframes.raw(a_id).T_WC, T_a.to(frame.T_WC))
+            kf_id = self.map.add_keyframe(frame, a_id, T_a)
+            self.map.add_frame(frame.timestamp, frame.name, kf_id, sim3.identity(device=self.device), is_keyframe=True)
         self._T_kf, self._idx = sim3.identity(device=self.device), None
         if self.cfg.mode == "rays":
             self._update_intrinsics(frame, X_pred)

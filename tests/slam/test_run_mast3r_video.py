@@ -79,3 +79,39 @@ def test_video_through_mast3r_prior(tmp_path):
     assert summary["image_transform"]["source_size"] == [128, 96]
     names = [l.split(maxsplit=4)[4] for l in (out / "frames.txt").read_text().splitlines() if not l.startswith("#")]
     assert names[0].startswith("frame_") and len(set(names)) == n
+
+
+@pytest.mark.parametrize("kind", ["wrong_shape", "code_pickle", "not_a_checkpoint"])
+def test_bad_codebook_or_retrieval_checkpoint_is_one_line(tmp_path, capsys, kind):
+    """A codebook of the wrong shape, a pickle that would run code, or a retrieval checkpoint that is not one:
+    one line naming the file, exit 2, no output folder, nothing run from the file."""
+    import pickle
+
+    ckpt = _tiny_checkpoint()
+    video = tmp_path / "clip.mp4"
+    _write_room_video(video, 3, pts_ms=[0, 33, 66])
+    retrieval, codebook = ckpt.parent / "retrieval.pth", tmp_path / "codebook.pkl"
+    marker = tmp_path / "ran"
+    if kind == "wrong_shape":
+        np.save(tmp_path / "codebook.npy", np.zeros((16, 7), np.float32))  # features are 64-d
+        codebook = tmp_path / "codebook.npy"
+    elif kind == "code_pickle":
+
+        class Evil:
+            def __reduce__(self):
+                return (open, (str(marker), "w"))
+
+        codebook.write_bytes(pickle.dumps(Evil()))
+    else:
+        retrieval = tmp_path / "retrieval.pth"
+        retrieval.write_bytes(b"not a checkpoint at all" * 10)
+    out = tmp_path / "out"
+    args = ["run", str(video), "--out", str(out), "--prior", "mast3r", "--checkpoint", str(ckpt)]
+    args += ["--retrieval-checkpoint", str(retrieval), "--img-size", "96", "--quiet"]
+    if kind != "not_a_checkpoint":
+        args += ["--codebook", str(codebook)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    bad = retrieval if kind == "not_a_checkpoint" else codebook
+    assert len(err) == 1 and str(bad) in err[0], err
+    assert not out.exists() and not marker.exists()
