@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -141,18 +140,11 @@ class Backend:
                     out.append(int(c))
         return out
 
-    def retrieval_features(self, kf_id: int) -> np.ndarray | None:
+    def retrieval_features(self, kf_id: int) -> Tensor | None:
+        """Keyframe `kf_id`'s retrieval features [K, F] (the database converts them), or None."""
         if self.retrieval is None:
             return None
-        f = self.map.keyframes.raw(kf_id)
-        feats = self.prior.retrieval_features(f.enc)
-        return (
-            None
-            if feats is None
-            else np.asarray(
-                feats.detach().cpu().float().numpy() if hasattr(feats, "detach") else feats, dtype=np.float32
-            )
-        )
+        return self.prior.retrieval_features(self.map.keyframes.raw(kf_id).enc)
 
     def connect(self, kf_id: int, candidates: list[int], sequential: bool = True) -> int:
         """Verify candidate edges of keyframe `kf_id` and add the accepted ones; returns how many."""

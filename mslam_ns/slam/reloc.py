@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -83,9 +82,6 @@ class Relocaliser:
         if db is None or feats is None or len(db) == 0:
             return None
         self.attempts += 1
-        feats = np.asarray(
-            feats.detach().cpu().float().numpy() if hasattr(feats, "detach") else feats, dtype=np.float32
-        )
         cands = db.query(feats, self.cfg.retrieval.k, self.cfg.reloc.min_score)
         dev = self.map.device
         best, best_pred, accepted = None, None, []
