@@ -147,6 +147,22 @@ class RelocConfig:
 
 
 @dataclass
+class MotionFilterConfig:
+    """Which frames are worth a network decode (cheap, before the encoder); the frames in between are posed
+    by interpolation on Sim(3) between their tracked neighbours and flagged `interpolated` in frames.txt."""
+
+    enabled: Literal["auto", "on", "off"] = "auto"
+    """'auto': on when the SLAM runs on the CPU, off on a GPU (where every frame can be decoded)."""
+    min_motion: float = 0.01
+    """Decode a frame once its estimated mean image motion since the last decoded frame reaches this fraction
+    of the image width (a photometric estimate on small blurred grey thumbnails, see `slam/motion.py`)."""
+    max_skip: int = 5
+    """Never skip more than this many frames in a row."""
+    thumb_width: int = 96
+    """Width in pixels of the thumbnails the motion is estimated on."""
+
+
+@dataclass
 class SlamConfig:
     """The whole SLAM system."""
 
@@ -168,3 +184,4 @@ class SlamConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     reloc: RelocConfig = field(default_factory=RelocConfig)
+    motion_filter: MotionFilterConfig = field(default_factory=MotionFilterConfig)

@@ -203,5 +203,5 @@ def test_names_with_spaces_survive_into_frames_txt(tmp_path) -> None:
     frames = RunDir(out).read_frames()
     assert list(frames.names) == names
     rows = [ln for ln in (out / "frames.txt").read_text().splitlines() if ln and not ln.startswith("#")]
-    assert [r.split(maxsplit=4)[4] for r in rows] == names  # the name is the last field, spaces kept
+    assert [r.split(maxsplit=5)[5] for r in rows] == names  # the name is the last field, spaces kept
     assert os.path.isfile(out / "trajectory.txt")

@@ -196,12 +196,17 @@ def run_slam(
 
 
 def _drive(system, source, quiet: bool):
-    cfg = system.cfg
     prog, cb = _progress(len(source), quiet)
     t0 = time.perf_counter()
     with prog:
         system.run(source, progress=lambda r: cb(system, r))
-    wall = time.perf_counter() - t0
+    return system, run_summary(system, source, time.perf_counter() - t0)
+
+
+def run_summary(system, source, wall: float) -> dict:
+    """summary.json's counts, timings, intrinsics, image transform, graph statistics and configuration of the
+    frames `system` has processed so far (`wall`: seconds they took)."""
+    cfg = system.cfg
     tm = dict(system.timings)
     prior_s = tm.get("prior_encode", 0.0) + tm.get("decode", 0.0)
     track_s = tm.get("track", 0.0)
@@ -209,10 +214,11 @@ def _drive(system, source, quiet: bool):
     n = len(snap.frame_timestamps)
     K_est = system.intrinsics()
     W, H = source.image_size
-    summary = {
+    return {
         "frames": n,
         "keyframes": int(len(snap.T_WC)),
         "lost_frames": int(np.asarray(snap.frame_lost).sum()),
+        "interpolated_frames": int(np.asarray(snap.frame_interpolated).sum()),
         "restarts": system.restarts,
         "state": getattr(system.state, "value", system.state),
         "timings_s": {"total": wall, "prior": prior_s, "tracking": track_s, **{k: v for k, v in sorted(tm.items())}},
@@ -234,7 +240,6 @@ def _drive(system, source, quiet: bool):
         "graph": system.stats(),
         "config": dataclasses.asdict(cfg),
     }
-    return system, summary
 
 
 def _snapshot(system, with_points: bool = True):
@@ -290,9 +295,10 @@ def keyframe_points(snap, transform, conf_thresh: float) -> PointCloud:
     )
 
 
-def record_run(system, summary: dict, conf_thresh: float, config: dict | None = None) -> RunRecord:
-    """The finished system as a `RunRecord` (what `RunDir.write` writes)."""
-    snap = _snapshot(system, with_points=True)
+def record_run(system, summary: dict, conf_thresh: float, config: dict | None = None, snap=None) -> RunRecord:
+    """The finished system (or its map snapshot `snap`, taken with points) as a `RunRecord` (what
+    `RunDir.write` writes)."""
+    snap = _snapshot(system, with_points=True) if snap is None else snap
     kf_ts = _keyframe_timestamps(snap, system)
     table = FrameTable(
         np.asarray(snap.frame_timestamps, dtype=np.float64),
@@ -300,6 +306,7 @@ def record_run(system, summary: dict, conf_thresh: float, config: dict | None = 
         np.asarray(snap.frame_is_keyframe, dtype=bool),
         np.asarray(snap.frame_lost, dtype=bool),
         list(snap.frame_names),
+        np.asarray(snap.frame_interpolated, dtype=bool),
     )
     return RunRecord(
         frames=table,

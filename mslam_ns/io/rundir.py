@@ -5,7 +5,9 @@ read and write a run through this class. Layout:
 
     trajectory.txt    TUM rows (T_WC, OpenCV axes) of EVERY input frame, original timestamps
     keyframes.txt     TUM rows of the keyframes only
-    frames.txt        per input frame, trajectory.txt's order: timestamp keyframe_id is_keyframe lost name
+    frames.txt        per input frame, trajectory.txt's order: timestamp keyframe_id is_keyframe lost
+                      interpolated name (interpolated = skipped by the motion filter, posed between its
+                      tracked neighbours; files without that column are read too)
                       (the name last, so that names with spaces stay one field)
     points.ply        fused confident points in the world frame: x y z (float), red green blue (uchar),
                       confidence (float, average C / N), keyframe (int), u v (float: the source pixel in
@@ -80,6 +82,10 @@ class PointCloud:
         return PointCloud(self.xyz[m], self.rgb[m], self.confidence[m], self.keyframe[m], self.uv[m])
 
 
+FRAMES_COLUMNS = "timestamp keyframe_id is_keyframe lost interpolated name"
+FRAMES_V1 = "timestamp keyframe_id is_keyframe lost name"  # before the motion filter
+
+
 @dataclass
 class FrameTable:
     """frames.txt: one row per input frame."""
@@ -89,6 +95,12 @@ class FrameTable:
     is_keyframe: np.ndarray  # [N] bool
     lost: np.ndarray  # [N] bool
     names: list[str]
+    interpolated: np.ndarray | None = None
+    """[N] bool: skipped by the motion filter, posed by interpolation between tracked neighbours (None: none)."""
+
+    def interpolated_mask(self) -> np.ndarray:
+        n = len(self.names)
+        return np.zeros(n, dtype=bool) if self.interpolated is None else np.asarray(self.interpolated, dtype=bool)
 
 
 @dataclass
@@ -178,11 +190,17 @@ class RunDir:
 
     def write_frames(self, t: FrameTable) -> None:
         with atomic_write(self.file(self.FRAMES)) as f:
-            f.write("# timestamp keyframe_id is_keyframe lost name\n")
-            for ts, k, iskf, ls, name in zip(
-                t.timestamps.tolist(), t.kf_ids.tolist(), t.is_keyframe.tolist(), t.lost.tolist(), t.names
-            ):
-                f.write(f"{ts:.6f} {k} {int(iskf)} {int(ls)} {name}\n")
+            f.write(f"# {FRAMES_COLUMNS}\n")
+            rows = zip(
+                t.timestamps.tolist(),
+                t.kf_ids.tolist(),
+                t.is_keyframe.tolist(),
+                t.lost.tolist(),
+                t.interpolated_mask().tolist(),
+                t.names,
+            )
+            for ts, k, iskf, ls, ip, name in rows:
+                f.write(f"{ts:.6f} {k} {int(iskf)} {int(ls)} {int(ip)} {name}\n")
 
     def write_points(self, pc: PointCloud) -> None:
         write_point_cloud(self.file(self.POINTS), pc)
@@ -233,31 +251,36 @@ class RunDir:
 
     def read_frames(self) -> FrameTable:
         path = self.file(self.FRAMES)
-        ts, kf, iskf, lost, names = [], [], [], [], []
+        ts, kf, iskf, lost, interp, names = [], [], [], [], [], []
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except OSError as e:
             raise _user_error(f"{path}: cannot read ({e.strerror or e})") from None
+        # runs written before the motion filter have no 'interpolated' column
+        cols = FRAMES_COLUMNS if any(ln.startswith("#") and "interpolated" in ln for ln in lines[:1]) else FRAMES_V1
+        ncol = len(cols.split())
         for n, line in enumerate(lines, start=1):
             if not line.strip() or line.startswith("#"):
                 continue
-            parts = line.split(" ", 4)
-            if len(parts) != 5:
-                raise _user_error(f"{path}: line {n}: expected 'timestamp keyframe_id is_keyframe lost name'")
+            parts = line.split(" ", ncol - 1)
+            if len(parts) != ncol:
+                raise _user_error(f"{path}: line {n}: expected '{cols}'")
             try:
                 ts.append(float(parts[0]))
                 kf.append(int(parts[1]))
                 iskf.append(parts[2] == "1")
                 lost.append(parts[3] == "1")
+                interp.append(ncol == 6 and parts[4] == "1")
             except ValueError:
                 raise _user_error(f"{path}: line {n}: not a number") from None
-            names.append(parts[4])
+            names.append(parts[-1])
         return FrameTable(
             np.asarray(ts, dtype=np.float64),
             np.asarray(kf, dtype=np.int64),
             np.asarray(iskf, dtype=bool),
             np.asarray(lost, dtype=bool),
             names,
+            np.asarray(interp, dtype=bool),
         )
 
     def read_points(self) -> PointCloud:

@@ -53,6 +53,11 @@ class MslamDataParserConfig(NerfstudioDataParserConfig):
     """Approximate number of frames in the dataset made from a video / folder."""
     cache_dir: Path = field(default_factory=_default_cache)
     """Where datasets made from videos / folders / run folders are kept (env MSLAM_NS_CACHE)."""
+    live: bool = False
+    """Start training while the SLAM is still running (`mslam_ns.nerfstudio.live`): frames join the training
+    set as the SLAM poses them and cameras and splats follow the backend; the finished result is cached."""
+    live_warmup_frames: int = 30
+    """Live: frames the SLAM tracks before training starts (also needs 2 keyframes and intrinsics)."""
 
 
 def prepare_dataset(config: MslamDataParserConfig) -> Path:
@@ -81,9 +86,21 @@ def prepare_dataset(config: MslamDataParserConfig) -> Path:
             with atomic_output_dir(dest, replace=True) as tmp:
                 write_nerfstudio(run, open_run_source(run), tmp, num_downscales=3)
         return dest
-    from mslam_ns.commands.options import options_to_dict
-    from mslam_ns.nerfstudio.process_data import ProcessMslam, process, run_options
+    from mslam_ns.nerfstudio.process_data import process
 
+    p, key, dest = _slam_plan(config)
+    if not (dest / "transforms.json").is_file():
+        process(replace(p, output_dir=dest, overwrite=True))
+    return dest
+
+
+def _slam_plan(config: MslamDataParserConfig):
+    """(ProcessMslam options, settings key, cache folder) of the SLAM behind a video / folder / dataset."""
+    from mslam_ns.commands.options import options_to_dict
+    from mslam_ns.commands.slam import input_fingerprint, settings_key
+    from mslam_ns.nerfstudio.process_data import ProcessMslam, run_options
+
+    data = Path(config.data)
     p = ProcessMslam(
         data=data,
         output_dir=Path(),
@@ -98,10 +115,40 @@ def prepare_dataset(config: MslamDataParserConfig) -> Path:
     key = settings_key(
         {**options_to_dict(run_options(p, Path())), "frames": config.num_frames_target}, input_fingerprint(data)
     )
-    dest = Path(config.cache_dir) / f"{data.stem or 'data'}-{key}"
-    if not (dest / "transforms.json").is_file():
-        process(replace(p, output_dir=dest, overwrite=True))
-    return dest
+    return p, key, Path(config.cache_dir) / f"{data.stem or 'data'}-{key}"
+
+
+def _needs_slam(data: Path) -> bool:
+    from mslam_ns.io.rundir import RunDir
+
+    is_dataset = (data.suffix == ".json" and data.is_file()) or (data / "transforms.json").is_file()
+    return data.exists() and not is_dataset and not RunDir.is_run(data)
+
+
+def prepare_live(config: MslamDataParserConfig):
+    """(dataset folder, `LiveSlam` or None): with the SLAM started in the background and its warm-up state
+    written as a dataset; None (and the usual dataset) when there is nothing to run or the cache has it."""
+    import numpy as np
+
+    from mslam_ns.commands.slam import open_dataset
+    from mslam_ns.nerfstudio.live import LiveSlam
+    from mslam_ns.nerfstudio.process_data import run_options
+
+    data = Path(config.data)
+    if not _needs_slam(data):
+        return prepare_dataset(config), None
+    p, key, dest = _slam_plan(config)
+    if (dest / "transforms.json").is_file():
+        return dest, None  # finished earlier: nothing to run
+    o = run_options(p, dest)
+    n = len(open_dataset(Path(p.data), o.stride, o.max_frames, o.calib))
+    frames = None
+    if p.num_frames_target < n:
+        frames = np.unique(np.linspace(0, n - 1, p.num_frames_target).round().astype(int))
+    live = LiveSlam(o, config.live_warmup_frames, frames, p.num_downscales, p.max_points, dest, key).start()
+    live.wait_warmup()
+    folder = live.write_warmup_dataset(Path(config.cache_dir) / f"{dest.name}-live")
+    return folder, live
 
 
 def _consistent_orient(orig):
@@ -133,8 +180,14 @@ class MslamDataParser(Nerfstudio):
 
         from mslam_ns.errors import UserError
 
+        live = None
         try:
-            folder = prepare_dataset(self.config)
+            if self.config.live:
+                if getattr(self, "_live", None) is None:  # one session for the train and eval splits
+                    self._live = prepare_live(self.config)
+                folder, live = self._live
+            else:
+                folder = prepare_dataset(self.config)
         except UserError as e:
             raise ValueError(str(e)) from None  # nerfstudio's commands print ValueError as one line
         original, orig_orient = self.config.data, camera_utils.auto_orient_and_center_poses
@@ -146,6 +199,8 @@ class MslamDataParser(Nerfstudio):
             self.config.data = original
             camera_utils.auto_orient_and_center_poses = orig_orient
         _add_point_attributes(out.metadata, folder)
+        if live is not None:
+            out.metadata["mslam_live"] = live
         return out
 
 

@@ -187,6 +187,7 @@ def write_nerfstudio(
         raise UserError(f"{run.path}: the run has no intrinsics (too few keyframes to estimate them)")
     K, (W, H) = intr
     names = [frame_file_name(n) for n in table.names]
+    interp = table.interpolated_mask()
     if len(set(names)) != len(names):  # e.g. EuRoC cam0/cam1 with the same base names: keep them apart
         names = [f"{i:06d}_{n}" for i, n in enumerate(names)]
     sel = np.arange(len(names)) if frames is None else np.unique(np.asarray(frames, dtype=np.int64))
@@ -245,6 +246,7 @@ def write_nerfstudio(
             "original_name": table.names[i],
             "mslam_lost": lost,
             "mslam_keyframe": bool(table.is_keyframe[i]),
+            "mslam_interpolated": bool(interp[i]),
         }
         if depth:
             from PIL import Image

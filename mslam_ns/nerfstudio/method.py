@@ -29,16 +29,37 @@ from mslam_ns.nerfstudio.model import MslamSplatfactoModelConfig
 
 
 class MslamDatamanager(FullImageDatamanager[InputDataset]):
-    """Full-image datamanager that never pins memory without a CUDA driver.
+    """Full-image datamanager that never pins memory without a CUDA driver, and that samples only the
+    training images the SLAM has posed (live mode, `set_train_ready`).
 
     nerfstudio switches ``cache_images`` to "cpu" above 500 images and then calls ``pin_memory()``, which
     fails on a machine without a driver; there the images are cached on the (CPU) device instead.
     """
 
+    train_ready: list[bool] | None = None
+    """Which training images may be sampled (live mode: those the SLAM has posed); None = all."""
+
     def _load_images(self, split: Literal["train", "eval"], cache_images_device: Literal["cpu", "gpu"]) -> Any:
         if cache_images_device == "cpu" and not torch.cuda.is_available():
             cache_images_device = "gpu"  # "gpu" caches on the datamanager's device, which is the CPU here
         return super()._load_images(split, cache_images_device=cache_images_device)
+
+    def set_train_ready(self, ready: list[bool]) -> None:
+        """Sample only the training images marked ready (from now on; newly ready ones join at the next
+        pass over the training set)."""
+        if len(ready) != len(self.train_dataset):
+            raise ValueError(f"{len(ready)} ready flags for {len(self.train_dataset)} training images")
+        self.train_ready = [bool(r) for r in ready]
+        if not any(self.train_ready):
+            raise ValueError("no training image is ready")
+        self.train_unseen_cameras = [i for i in self.train_unseen_cameras if self.train_ready[i]]
+        if not self.train_unseen_cameras:
+            self.train_unseen_cameras = self.sample_train_cameras()
+
+    def sample_train_cameras(self) -> list[int]:
+        order = super().sample_train_cameras()
+        ready = self.train_ready
+        return order if ready is None else [i for i in order if ready[i]]
 
 
 @dataclass

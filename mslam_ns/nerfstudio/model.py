@@ -218,6 +218,18 @@ class MslamSplatfactoModel(SplatfactoModel):
             return True
         return device.type == "cuda"
 
+    def get_training_callbacks(self, training_callback_attributes: Any) -> list:
+        """splatfacto's callbacks, plus (live mode: the dataparser's ``mslam_live`` session) the SLAM refresh
+        before every step (`mslam_ns.nerfstudio.live`)."""
+        cbs = super().get_training_callbacks(training_callback_attributes)
+        live = (self.kwargs.get("metadata") or {}).get("mslam_live")
+        if live is not None:
+            attrs = training_callback_attributes
+            viewer = getattr(getattr(attrs, "trainer", None), "viewer_state", None)
+            self.slam_refresh = live.make_strategy(attrs.pipeline, attrs.optimizers, viewer)
+            cbs.append(self.slam_refresh.training_callback())
+        return cbs
+
     def step_post_backward(self, step: int) -> None:
         self.strategy_state["keyframe"] = self.strategy_state["keyframe"].to(self.means.device)
         super().step_post_backward(step)

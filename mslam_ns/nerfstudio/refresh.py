@@ -5,7 +5,9 @@
 no file polling); on a change it takes a snapshot without pointmaps and, for every keyframe whose
 ``pose_version`` is newer, applies the keyframe's Sim(3) correction ``S_k = T_WC_new * T_WC_old^-1``:
 
-* to every training / evaluation camera of a frame anchored on a moved keyframe: the frame's correction
+* to every training / evaluation camera of a frame whose world pose changed (a frame anchored on a moved
+  keyframe; a frame skipped by the motion filter whose neighbours arrived; in live mode a frame the SLAM had
+  not reached when training started, whose camera showed a provisional pose): the frame's correction
   ``S_f = frame_T_WC_new * frame_T_WC_old^-1`` (equal to ``S_k`` while its relative pose is unchanged), in
   nerfstudio's world ``S_ns = D S_f D^-1`` with ``D = dataparser_scale * dataparser_transform``; the camera
   rotates by S's rotation and its centre moves by the full similarity, in every copy nerfstudio holds (the
@@ -23,9 +25,13 @@ Nothing else moves. Usage (a training loop; with ``ns-train`` the model adds `tr
         refresh.step_pre_forward(step)            # cheap unless the map changed
         ...forward / backward / optimiser step...
 
-Limit (live mode): nerfstudio's datamanager fixes the set of training images at set-up, so frames and
-keyframes that the SLAM adds after `attach` are not trained on; existing cameras and splats keep following
-the backend. ``pending_new_frames`` reports how many such frames are waiting (a restart picks them up).
+Live mode (`mslam_ns.nerfstudio.live`): nerfstudio fixes the set of training images at set-up, so every
+frame of the input is in the dataset from the start; those the SLAM has not reached yet carry a provisional
+pose (`attach(..., pending_T_WC=...)`) and are kept out of training (`MslamDatamanager.set_train_ready`)
+until the SLAM poses them, when their cameras move onto the real pose like any other correction. Limit:
+splats are seeded from the keyframes present when training starts; regions first seen by later keyframes
+are filled by densification, not seeded. Frames beyond the dataset's (``pending_new_frames``) are not
+trained on.
 """
 
 from __future__ import annotations
@@ -92,14 +98,26 @@ class SlamRefreshStrategy:
     kf_T_WC: np.ndarray = field(default_factory=lambda: np.zeros((0, 8)))
     frame_T_WC: np.ndarray = field(default_factory=lambda: np.zeros((0, 8)))
     pending_new_frames: int = 0
+    n_known: int = 0
+    """Frames the map had posed at the last refresh (the rest of `frame_T_WC` is provisional)."""
     n_refreshes: int = 0
     _pipeline: Any = None
     _optimizers: Any = None
     _viewer: Any = None
 
     # ---------------------------------------------------------------------------------------- set-up
-    def attach(self, pipeline: Any, optimizers: Any = None, viewer: Any = None, snapshot: Any = None) -> None:
-        """Bind to a pipeline and record the poses its cameras and splats currently show (now, or `snapshot`)."""
+    def attach(
+        self,
+        pipeline: Any,
+        optimizers: Any = None,
+        viewer: Any = None,
+        snapshot: Any = None,
+        pending_T_WC: np.ndarray | None = None,
+    ) -> None:
+        """Bind to a pipeline and record the poses its cameras and splats currently show (now, or `snapshot`).
+
+        `pending_T_WC` [M, 8]: the provisional poses the cameras of the M frames after the snapshot's show
+        (live mode); those frames are not trained on until the map has them."""
         self._pipeline, self._optimizers, self._viewer = pipeline, optimizers, viewer
         if self.world_to_ns is None:
             out = pipeline.datamanager.train_dataparser_outputs
@@ -109,11 +127,23 @@ class SlamRefreshStrategy:
             self.world_to_ns = D
         snap = snapshot if snapshot is not None else self.source.snapshot(with_points=False)
         self._record(snap)
+        if pending_T_WC is not None and len(pending_T_WC):
+            self.frame_T_WC = np.concatenate([self.frame_T_WC, np.asarray(pending_T_WC, dtype=np.float64)])
+        self._update_ready(snap)
 
     def _record(self, snap: Any) -> None:
         self.version = int(snap.version)
         self.kf_T_WC = np.array(snap.T_WC, dtype=np.float64, copy=True)
         self.frame_T_WC = np.array(snap.frame_T_WC, dtype=np.float64, copy=True)
+        self.n_known = len(self.frame_T_WC)
+
+    def _update_ready(self, snap: Any) -> None:
+        """Tell the datamanager which training images the map has posed (the rest show provisional poses)."""
+        dm = getattr(self._pipeline, "datamanager", None)
+        if dm is None or not hasattr(dm, "set_train_ready"):
+            return
+        n = len(snap.frame_T_WC)
+        dm.set_train_ready([f < n for f in self.train_frames])
 
     def training_callback(self) -> Any:
         """A nerfstudio TrainingCallback running `step_pre_forward` before every iteration."""
@@ -141,8 +171,9 @@ class SlamRefreshStrategy:
         K_old = len(self.kf_T_WC)
         moved_kf = [k for k in range(min(K_old, len(snap.T_WC))) if int(snap.pose_version[k]) > self.version]
         n_frames_old = len(self.frame_T_WC)
-        frame_kf = np.asarray(snap.frame_kf)
-        moved_frames = [f for f in range(n_frames_old) if int(frame_kf[f]) in set(moved_kf)]
+        n = min(n_frames_old, len(snap.frame_T_WC))
+        new_T = np.asarray(snap.frame_T_WC[:n], dtype=np.float64)
+        moved_frames = np.flatnonzero((new_T != self.frame_T_WC[:n]).any(axis=1)).tolist()
         S_kf = {k: sim3_to_matrix(snap.T_WC[k]) @ np.linalg.inv(sim3_to_matrix(self.kf_T_WC[k])) for k in moved_kf}
         S_f = {
             f: sim3_to_matrix(snap.frame_T_WC[f]) @ np.linalg.inv(sim3_to_matrix(self.frame_T_WC[f]))
@@ -150,7 +181,10 @@ class SlamRefreshStrategy:
         }
         self.pending_new_frames = max(0, len(snap.frame_T_WC) - n_frames_old)
         self._record_partial(snap, moved_kf, moved_frames)
-        if not moved_kf:
+        if len(snap.frame_T_WC) > self.n_known:
+            self.n_known = len(snap.frame_T_WC)
+            self._update_ready(snap)
+        if not moved_kf and not moved_frames:
             return False
         D = self.world_to_ns
         assert D is not None
@@ -162,8 +196,9 @@ class SlamRefreshStrategy:
         self._reset_camera_opt(moved_train)
         self.n_refreshes += 1
         log.info(
-            "SLAM refresh: %d keyframes moved, %d training cameras, map version %d",
+            "SLAM refresh: %d keyframes moved, %d frames, %d training cameras, map version %d",
             len(moved_kf),
+            len(moved_frames),
             len(moved_train),
             self.version,
         )

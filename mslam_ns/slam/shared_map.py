@@ -32,6 +32,7 @@ from torch import Tensor
 
 from mslam_ns.geometry import sim3
 from mslam_ns.slam.frame import Frame
+from mslam_ns.slam.motion import interpolate_skipped
 
 __all__ = ["SharedMap", "MapSnapshot", "KeyframeView", "FrameRecord"]
 
@@ -46,6 +47,8 @@ class FrameRecord:
     T_kf: Tensor  # [8] T_CkCf (Sim(3), frame camera -> keyframe camera)
     lost: bool = False
     is_keyframe: bool = False
+    interpolated: bool = False
+    """Skipped by the motion filter: posed by interpolation between tracked neighbours (`T_kf` provisional)."""
 
 
 @dataclass
@@ -86,6 +89,7 @@ class MapSnapshot:
     frame_T_WC: np.ndarray  # [N, 8] float64 recomposed world poses
     frame_lost: np.ndarray  # [N] bool
     frame_is_keyframe: np.ndarray  # [N] bool
+    frame_interpolated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # [N] bool
     K: np.ndarray | None = None  # [3, 3] intrinsics in ORIGINAL image pixels (given or estimated)
     image_size: tuple[int, int] | None = None
     """(width, height) of the ORIGINAL images."""
@@ -177,7 +181,14 @@ class SharedMap:
             return slot.frame
 
     def add_frame(
-        self, timestamp: float, name: str, kf_id: int, T_kf: Tensor, lost: bool = False, is_keyframe: bool = False
+        self,
+        timestamp: float,
+        name: str,
+        kf_id: int,
+        T_kf: Tensor,
+        lost: bool = False,
+        is_keyframe: bool = False,
+        interpolated: bool = False,
     ) -> int:
         """Record an input frame relative to keyframe `kf_id`; returns its row."""
         with self.lock:
@@ -185,7 +196,13 @@ class SharedMap:
                 raise IndexError(f"frame record refers to keyframe {kf_id}, map has {len(self._slots)}")
             self._records.append(
                 FrameRecord(
-                    float(timestamp), str(name), int(kf_id), T_kf.detach().clone(), bool(lost), bool(is_keyframe)
+                    float(timestamp),
+                    str(name),
+                    int(kf_id),
+                    T_kf.detach().clone(),
+                    bool(lost),
+                    bool(is_keyframe),
+                    bool(interpolated),
                 )
             )
             row = len(self._records) - 1
@@ -193,6 +210,15 @@ class SharedMap:
                 self._slots[int(kf_id)].frame_row = row
             self._bump()
             return row
+
+    def pop_frame(self) -> FrameRecord:
+        """Remove and return the newest frame record (not a keyframe's own record)."""
+        with self.lock:
+            if not self._records or self._records[-1].is_keyframe:
+                raise IndexError("no non-keyframe frame record to remove")
+            rec = self._records.pop()
+            self._bump()
+            return rec
 
     def set_poses(self, T_WC: Tensor, ids: Sequence[int] | None = None) -> None:
         """Overwrite keyframe poses (backend update). T_WC: [n, 8]."""
@@ -331,7 +357,15 @@ class SharedMap:
                 else torch.zeros(0, 8, dtype=torch.float64)
             )
             kf = np.array([r.kf_id for r in recs], dtype=np.int64)
-            T_W = sim3.mul(torch.as_tensor(T)[torch.as_tensor(kf)], rel).numpy() if n else np.zeros((0, 8))
+            interp = np.array([r.interpolated for r in recs], dtype=bool)
+            ts = np.array([r.timestamp for r in recs], dtype=np.float64)
+            T_W = (
+                interpolate_skipped(
+                    torch.as_tensor(ts), sim3.mul(torch.as_tensor(T)[torch.as_tensor(kf)], rel), torch.as_tensor(interp)
+                ).numpy()
+                if n
+                else np.zeros((0, 8))
+            )
             return MapSnapshot(
                 version=self.version,
                 state=self.state,
@@ -342,13 +376,14 @@ class SharedMap:
                 keyframes=kfs,
                 edges=np.array([(e.i, e.j) for e in self._edges], dtype=np.int64).reshape(-1, 2),
                 edge_kind=[e.kind for e in self._edges],
-                frame_timestamps=np.array([r.timestamp for r in recs], dtype=np.float64),
+                frame_timestamps=ts,
                 frame_names=[r.name for r in recs],
                 frame_kf=kf,
                 frame_T_kf=rel.numpy(),
                 frame_T_WC=T_W,
                 frame_lost=np.array([r.lost for r in recs], dtype=bool),
                 frame_is_keyframe=np.array([r.is_keyframe for r in recs], dtype=bool),
+                frame_interpolated=interp,
                 K=None if self._K is None else self._K.copy(),
                 image_size=self._image_size,
                 since=since,
@@ -461,6 +496,9 @@ class FrameAccess:
     def lost_mask(self) -> Tensor:  # [N] bool
         return self._col(lambda r: r.lost, torch.bool)
 
+    def interpolated_mask(self) -> Tensor:  # [N] bool
+        return self._col(lambda r: r.interpolated, torch.bool)
+
     def keyframe_mask(self) -> Tensor:  # [N] bool
         return self._col(lambda r: r.is_keyframe, torch.bool)
 
@@ -472,11 +510,14 @@ class FrameAccess:
             recs = self._m._records
             return torch.stack([r.T_kf for r in recs]) if recs else torch.zeros(0, 8)
 
-    def poses(self) -> Tensor:  # [N, 8] T_WC of every frame
-        """Every frame's world pose from its keyframe's CURRENT pose (on the keyframe device)."""
+    def poses(self, T_kf_W: Tensor | None = None) -> Tensor:  # [N, 8] T_WC of every frame
+        """Every frame's world pose from its keyframe's CURRENT pose (on the keyframe device), or from the
+        keyframe poses `T_kf_W` [K, 8] given; frames skipped by the motion filter are interpolated."""
         with self._m.lock:
             if not self._m._records:
                 return torch.zeros(0, 8)
-            T_kf_W = self._m.keyframes.poses()  # [K, 8]
+            if T_kf_W is None:
+                T_kf_W = self._m.keyframes.poses()  # [K, 8]
             ids = self.kf_ids().to(T_kf_W.device)
-            return sim3.mul(T_kf_W[ids], self.relative_poses().to(T_kf_W))
+            T = sim3.mul(T_kf_W[ids], self.relative_poses().to(T_kf_W))
+            return interpolate_skipped(self.timestamps(), T, self.interpolated_mask())

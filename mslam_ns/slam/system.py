@@ -10,6 +10,10 @@ Parts (each its own file): `SharedMap` (the one owner of keyframes, per-frame re
 `Tracker` (Sim(3) tracking + fusion), `Backend` (graph, retrieval loop closure, global optimisation),
 `Relocaliser` (after tracking loss).
 
+Motion filter (`slam/motion.py`; `cfg.motion_filter`, on by default on a CPU): while tracking, a frame that
+moved too little since the last decoded one gets no network work; it is recorded `interpolated` and every
+pose reader places it between its tracked neighbours. `finish()` decodes a skipped last frame.
+
 Tracking loss: a frame that fails to track is flagged `lost` and keeps the last good relative pose to the
 current keyframe. Every following frame first tries to relocalise against keyframes found by retrieval
 (`Relocaliser`); on success it becomes a keyframe connected to them and tracking resumes in the same map.
@@ -113,6 +117,13 @@ class SlamSystem:
         self._idx: Tensor | None = None  # warm start
         self._intr = None  # IntrinsicsFuser (rays mode)
         self._image_size: tuple[int, int] | None = None
+        self.motion_filter = None  # MotionFilter when enabled (see `motion_filter_enabled`)
+        mf = self.cfg.motion_filter
+        if mf.enabled == "on" or (mf.enabled == "auto" and self.device.type == "cpu"):
+            from mslam_ns.slam.motion import MotionFilter
+
+            self.motion_filter = MotionFilter(mf)
+        self._held: Any = None  # the newest frame if the motion filter skipped it (decoded by finish())
 
     # views of the shared map kept for callers: keyframe access and per-frame records
     @property
@@ -124,8 +135,32 @@ class SlamSystem:
         return self.map.frames
 
     # ---- the step API -------------------------------------------------------------------------------
-    def step(self, raw: Any) -> StepResult:
-        """Process one `RawFrame` (index, timestamp, name, image u8 [H, W, 3])."""
+    def step(self, raw: Any, force: bool = False) -> StepResult:
+        """Process one `RawFrame` (index, timestamp, name, image u8 [H, W, 3]).
+
+        With the motion filter on, a frame that moved too little since the last decoded one while tracking is
+        only recorded (`reason='skipped'`, posed by interpolation); `force` decodes it regardless."""
+        t0 = time.perf_counter()
+        mf = self.motion_filter
+        if mf is not None:
+            self._held = None
+            if self.state != SlamState.TRACKING:
+                mf.reset()
+            elif not force and mf.should_skip(raw.image):
+                kf_id = self.keyframes.last.kf_id
+                self.map.add_frame(raw.timestamp, raw.name, kf_id, self._T_kf, interpolated=True)
+                self._held = raw
+                self._tick("motion_filter", t0)
+                out = StepResult(int(raw.index), self.state, False, kf_id, True, reason="skipped")
+                out.timings = {"total": time.perf_counter() - t0}
+                return out
+            self._tick("motion_filter", t0)
+        out = self._step(raw)
+        if mf is not None and out.tracked:
+            mf.decoded(raw.image)
+        return out
+
+    def _step(self, raw: Any) -> StepResult:
         t0 = time.perf_counter()
         frame = self._make_frame(raw)
         self._tick("encode", t0)
@@ -183,6 +218,11 @@ class SlamSystem:
         """Flush the backend (worker thread: wait for its queue, then stop it) so every pose is final; in
         self-calibrated rays mode put every keyframe's points on the final intrinsics' rays, so that the
         exported points and intrinsics agree exactly (poses are unchanged)."""
+        if self._held is not None:  # the last frame was skipped: nothing after it to interpolate towards
+            raw, self._held = self._held, None
+            self.map.pop_frame()
+            self.motion_filter.skipped -= 1
+            self.step(raw, force=True)
         if self.backend is not None and hasattr(self.backend, "close"):
             t0 = time.perf_counter()
             self.backend.close()
@@ -381,9 +421,7 @@ class SlamSystem:
                 return ts, names, self.trajectory.poses()
             if len(names) == 0:
                 return ts, names, torch.zeros(0, 8)
-            T_kf = self.map.frontend_poses()
-            ids = self.trajectory.kf_ids()
-            return ts, names, sim3.mul(T_kf[ids], self.trajectory.relative_poses().double()).float()
+            return ts, names, self.trajectory.poses(self.map.frontend_poses().double()).float()
 
     def keyframe_poses(self) -> tuple[Tensor, list[str], Tensor]:
         """(timestamps [K] float64, names, T_WC [K, 8]) of the keyframes."""

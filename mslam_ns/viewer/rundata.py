@@ -2,7 +2,7 @@
 
 Files read (all but trajectory.txt optional):
 - `trajectory.txt` (TUM rows `t tx ty tz qx qy qz qw`, every frame), `keyframes.txt` (keyframes only);
-- `frames.txt` (`timestamp keyframe_id is_keyframe lost name`): lost flags, keyframe ids and names;
+- `frames.txt` (`timestamp keyframe_id is_keyframe lost interpolated name`): flags, keyframe ids, names;
 - `points.ply` (x y z, red green blue, and where present per-vertex `confidence` and `keyframe`);
 - `edges.txt` (`i j kind`, kind 'seq' | 'loop' | 'reloc');
 - `thumbnails/kf_000012.jpg` (else the original image, when the dataset folder named in summary.json holds it);

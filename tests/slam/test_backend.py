@@ -73,10 +73,15 @@ def test_backend_closes_the_loop_and_cuts_drift(loop2, noise, mode, bound_pct, b
 
 
 def test_thread_mode_gives_complete_results_like_the_deterministic_run(loop2):
+    """The worker thread changes when corrected poses reach the frontend, so the keyframe decisions may
+    differ by one or two (CI once gave 15 against 14); every keyframe must still go through the backend."""
     det, src = _run(loop2)
     thr, _ = _run(loop2, thread=True)
-    assert len(thr.keyframes) == len(det.keyframes) and thr.backend._worker is None  # flushed and stopped
-    assert thr.stats()["backend"]["optimisations"] == det.stats()["backend"]["optimisations"]
+    assert thr.backend._worker is None  # flushed and stopped
+    assert abs(len(thr.keyframes) - len(det.keyframes)) <= 2, (len(thr.keyframes), len(det.keyframes))
+    # one optimisation per keyframe step in both modes: none dropped or left in the queue
+    n_opt = {s: s.stats()["backend"]["optimisations"] - len(s.keyframes) for s in (det, thr)}
+    assert n_opt[thr] == n_opt[det], n_opt
     e_det, _ = _ate(det, src)
     e_thr, _ = _ate(thr, src)
     assert e_thr < 1.3 * e_det + 0.05, (e_thr, e_det)

@@ -236,8 +236,8 @@ def test_demo_generates_runs_and_evaluates(tmp_path, capsys):
 
 def test_frames_table_keeps_original_names(run_out, synthetic_source):
     _, out = run_out
-    rows = [l.split(maxsplit=4) for l in (out / "frames.txt").read_text().splitlines() if not l.startswith("#")]
-    assert [r[4] for r in rows] == list(synthetic_source.names)
+    rows = [l.split(maxsplit=5) for l in (out / "frames.txt").read_text().splitlines() if not l.startswith("#")]
+    assert [r[5] for r in rows] == list(synthetic_source.names)
     np.testing.assert_allclose([float(r[0]) for r in rows], synthetic_source.timestamps, atol=1e-6)
     kf_rows = [r for r in rows if r[2] == "1"]
     assert len(kf_rows) == len(_read_tum(out / "keyframes.txt"))

@@ -77,7 +77,7 @@ def test_video_through_mast3r_prior(tmp_path):
     assert summary["prior"] == "mast3r" and summary["frames"] == n and summary["keyframes"] >= 1
     assert summary["graph"]["retrieval"] is True  # the retrieval head feeds the keyframe database
     assert summary["image_transform"]["source_size"] == [128, 96]
-    names = [l.split(maxsplit=4)[4] for l in (out / "frames.txt").read_text().splitlines() if not l.startswith("#")]
+    names = [l.split(maxsplit=5)[5] for l in (out / "frames.txt").read_text().splitlines() if not l.startswith("#")]
     assert names[0].startswith("frame_") and len(set(names)) == n
 
 
