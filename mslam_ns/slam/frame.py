@@ -3,8 +3,9 @@
 A frame carries the network-size image, the crop/scale transform back to the original image, the prior's
 encoding (computed once) and its pose `T_WC` (Sim(3) 8-vector, camera -> world). Keyframes additionally own
 the fused canonical pointmap in their own camera frame: `X` (sum-weighted average), the summed confidence
-`C`, the number of fused observations `N`, and the descriptors `D` / descriptor confidences `Q` of their
-own view.
+`C` and the number of fused observations `N`. Nothing else per pixel is kept: every use of a keyframe's
+descriptors (tracking, loop closure, relocalisation) decodes it again with the other view, so storing its
+own descriptors would cost ~19 MB per 512x384 keyframe for nothing.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ class Frame:
     C: Tensor | None = None  # [HW] float32 summed confidence
     N: int = 0
     """Number of observations fused into `X` (1 for a fresh keyframe)."""
-    D: Tensor | None = None  # [HW, F] descriptors of the keyframe's own view
-    Q: Tensor | None = None  # [HW] descriptor confidence of the keyframe's own view
     kf_id: int = -1
     """Keyframe id (position in the `SharedMap`), -1 for ordinary frames."""
     extra: dict = field(default_factory=dict)
@@ -62,7 +61,7 @@ class Frame:
 
     def tensor_fields(self) -> tuple[str, ...]:
         """Names of the per-pixel tensors the `SharedMap` may offload to host memory."""
-        return ("image", "X", "C", "D", "Q")
+        return ("image", "X", "C")
 
     def to(self, device: torch.device | str) -> Frame:
         """A shallow copy with the per-pixel tensors on `device` (the encoding is left where it is)."""
@@ -78,8 +77,6 @@ class Frame:
             kw["X"],
             kw["C"],
             self.N,
-            kw["D"],
-            kw["Q"],
             self.kf_id,
             self.extra,
         )

@@ -108,10 +108,7 @@ class Relocaliser:
             return None
         c, res = best
         kf = self.map.keyframes.get(c)
-        H, W = frame.hw
         frame.X, frame.C, frame.N = res.X_ff, best_pred.ii.C.reshape(-1).to(dev).float(), 1
-        frame.D = best_pred.ii.D.reshape(H * W, -1).to(dev)
-        frame.Q = best_pred.ii.Q.reshape(-1).to(dev).float()
         frame.T_WC = sim3.normalize(sim3.mul(kf.T_WC.double(), res.T_kf.double())).to(kf.T_WC)
         return RelocHit(c, res.T_kf, res.n_valid, res.match_frac, accepted, best_pred.ii.X)
 

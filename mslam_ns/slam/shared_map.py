@@ -448,13 +448,6 @@ class KeyframeAccess:
             C = torch.stack([fr[i].average_conf().to(dev) for i in ids])
             return X, C
 
-    def descriptors(self, ids: Sequence[int]) -> tuple[Tensor, Tensor]:
-        """Stacked descriptors D [n, HW, F] and descriptor confidences Q [n, HW] on the device."""
-        dev = self._m.device
-        with self._m.lock:
-            fr = [s.frame for s in self._m._slots]
-            return torch.stack([fr[i].D.to(dev) for i in ids]), torch.stack([fr[i].Q.to(dev) for i in ids])
-
     def nbytes(self) -> dict[str, int]:
         """Bytes of keyframe tensors on the device and on the host (for reports and tests)."""
         dev = host = 0

@@ -307,7 +307,6 @@ class SlamSystem:
         frame.T_WC = T_WC
         frame.X = self.tracker.canonical_points(v.X.reshape(H * W, 3).to(self.device).float(), (H, W))
         frame.C, frame.N = v.C.reshape(-1).to(self.device).float(), 1
-        frame.D, frame.Q = v.D.reshape(H * W, -1).to(self.device), v.Q.reshape(-1).to(self.device).float()
         kf_id = self._add_keyframe(frame, sequential=False, anchor=anchor, X_pred=v.X)
         self._n_lost = 0
         self._set_state(SlamState.TRACKING)
@@ -315,11 +314,8 @@ class SlamSystem:
 
     def _promote(self, frame: Frame, pred: PairPrediction, res: TrackResult) -> StepResult:
         """The tracked frame becomes the new keyframe; its canonical pointmap is its own X^f_f (N = 1)."""
-        H, W = frame.hw
         frame.X = res.X_ff
         frame.C, frame.N = pred.ii.C.reshape(-1).to(self.device).float(), 1
-        frame.D = pred.ii.D.reshape(H * W, -1).to(self.device)
-        frame.Q = pred.ii.Q.reshape(-1).to(self.device).float()
         kf_id = self._add_keyframe(
             frame, sequential=True, anchor=(self.keyframes.last.kf_id, res.T_kf), X_pred=pred.ii.X
         )

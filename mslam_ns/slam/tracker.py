@@ -109,6 +109,11 @@ class Tracker:
         t0 = _now()
         H, W = pred.ii.X.shape[:2]
         dev = kf.X.device
+        bound = self.valid_match_bound(kf, pred)
+        if bound < self.cfg.min_match_frac * H * W:  # cannot track, whatever the matching finds: skip it
+            res = TrackResult(False, T_init.clone(), n_valid=0, idx=idx_init, reason="few_matches")
+            res.timings["match"] = _now() - t0
+            return res
         X_ff = self.canonical_points(pred.ii.X.reshape(H * W, 3).to(dev).float(), (H, W))  # [HW, 3]
         X_kf_f = pred.ji.X.to(dev).float()  # [H, W, 3] keyframe pixels in f's camera
         idx, matched = match(
@@ -122,6 +127,23 @@ class Tracker:
         res = self.track_matches(kf, pred, idx[0].long(), matched[0].bool(), T_init)
         res.timings["match"] = _now() - t0 - res.timings.get("solve", 0.0)
         return res
+
+    def valid_match_bound(self, kf: Frame, pred: PairPrediction) -> int:
+        """An upper bound on the valid matches `track_matches` can find, from confidences alone (before any
+        matching): a valid match needs Ck > C_conf at the keyframe pixel, C_ff > C_conf at its frame pixel and
+        Q_ff * Q_kf_f > Q_conf^2, so at most the keyframe pixels with Ck > C_conf and Q_kf_f * Q_max > Q_conf^2,
+        Q_max being the largest Q_ff among frame pixels with C_ff > C_conf (a black or blank frame: 0)."""
+        rc = self.cfg.residual
+        dev = kf.X.device
+        C_ff = pred.ii.C.reshape(-1).to(dev).float()
+        Q_ff = pred.ii.Q.reshape(-1).to(dev).float()
+        conf = C_ff > rc.C_conf
+        if not bool(conf.any()):
+            return 0
+        q_max = float(Q_ff[conf].max())
+        Q_kf_f = pred.ji.Q.reshape(-1).to(dev).float()
+        ok = (kf.average_conf() > rc.C_conf) & (torch.sqrt(Q_kf_f * q_max) > rc.Q_conf)
+        return int(ok.sum())
 
     def track_matches(
         self, kf: Frame, pred: PairPrediction, idx: Tensor, matched: Tensor, T_init: Tensor
