@@ -44,6 +44,22 @@ class MslamDatamanager(FullImageDatamanager[InputDataset]):
             cache_images_device = "gpu"  # "gpu" caches on the datamanager's device, which is the CPU here
         return super()._load_images(split, cache_images_device=cache_images_device)
 
+    def _dataset(self, outputs: Any) -> InputDataset:
+        """nerfstudio's DepthDataset when the dataset has depth maps (`ns-process-data mslam --depth`), for
+        the model's depth supervision; else the plain image dataset (never nerfstudio's monocular depth
+        estimation, which downloads a network)."""
+        if (outputs.metadata or {}).get("depth_filenames"):
+            from nerfstudio.data.datasets.depth_dataset import DepthDataset
+
+            return DepthDataset(outputs, scale_factor=self.config.camera_res_scale_factor)
+        return InputDataset(outputs, scale_factor=self.config.camera_res_scale_factor)
+
+    def create_train_dataset(self) -> InputDataset:
+        return self._dataset(self.train_dataparser_outputs)
+
+    def create_eval_dataset(self) -> InputDataset:
+        return self._dataset(self.dataparser.get_dataparser_outputs(split=self.test_split))
+
     def set_train_ready(self, ready: list[bool]) -> None:
         """Sample only the training images marked ready (from now on; newly ready ones join at the next
         pass over the training set)."""

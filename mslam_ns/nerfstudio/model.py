@@ -53,6 +53,9 @@ class MslamSplatfactoModelConfig(SplatfactoModelConfig):
     """Opacity of seeded splats when the points carry no confidence."""
     init_opacity_range: tuple[float, float] = (0.1, 0.9)
     """Confidence is mapped linearly (normalised by its 95th percentile) onto this opacity range."""
+    depth_loss_mult: float = 0.0
+    """Depth supervision from the fused SLAM pointmaps (a dataset with depth maps, `ns-process-data mslam
+    --depth`): this times the mean L1 between the rendered expected depth and the SLAM depth, where it has one."""
     lpips_metric: bool = True
     """Report LPIPS at evaluation (its network is built on first use; left out with a warning if unavailable)."""
 
@@ -68,6 +71,18 @@ def local_spacing(points: Tensor, k: int, clamp: tuple[float, float]) -> Tensor:
     med = float(d.median()) if d.numel() else 1.0
     med = med if med > 0 else 1e-3
     return d.clamp(clamp[0] * med, clamp[1] * med)
+
+
+def depth_l1(pred: Tensor, gt: Tensor) -> Tensor:  # [H, W, 1], [H', W', 1] -> scalar
+    """Mean |pred - gt| over the pixels where gt has a depth (> 0), gt resized (nearest) to pred's size."""
+    gt = gt.to(pred)
+    if gt.shape[:2] != pred.shape[:2]:
+        gt = torch.nn.functional.interpolate(gt.permute(2, 0, 1)[None], size=pred.shape[:2], mode="nearest")
+        gt = gt[0].permute(1, 2, 0)
+    m = gt > 0
+    if not bool(m.any()):
+        return pred.sum() * 0.0
+    return (pred[m] - gt[m]).abs().mean()
 
 
 def confidence_to_opacity(conf: Tensor, lo_hi: tuple[float, float]) -> Tensor:  # [N] -> [N]
@@ -218,6 +233,13 @@ class MslamSplatfactoModel(SplatfactoModel):
             return True
         return device.type == "cuda"
 
+    def get_loss_dict(self, outputs: dict, batch: dict, metrics_dict: dict | None = None) -> dict:
+        """splatfacto's losses, plus the depth loss (`depth_loss_mult`) when the batch has a depth image."""
+        loss = super().get_loss_dict(outputs, batch, metrics_dict)
+        if self.config.depth_loss_mult > 0 and "depth_image" in batch and outputs.get("depth") is not None:
+            loss["depth_loss"] = self.config.depth_loss_mult * depth_l1(outputs["depth"], batch["depth_image"])
+        return loss
+
     def get_training_callbacks(self, training_callback_attributes: Any) -> list:
         """splatfacto's callbacks, plus (live mode: the dataparser's ``mslam_live`` session) the SLAM refresh
         before every step (`mslam_ns.nerfstudio.live`)."""
@@ -272,7 +294,8 @@ class MslamSplatfactoModel(SplatfactoModel):
         self.last_size = (H, W)
         camera.rescale_output_resolution(scale_fac)  # type: ignore[arg-type]
 
-        render_mode = "RGB+ED" if (self.config.output_depth_during_training or not self.training) else "RGB"
+        with_depth = self.config.output_depth_during_training or self.config.depth_loss_mult > 0 or not self.training
+        render_mode = "RGB+ED" if with_depth else "RGB"
         if self.config.sh_degree > 0:
             sh_degree: int | None = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
         else:
