@@ -128,9 +128,6 @@ def _needs_slam(data: Path) -> bool:
 def prepare_live(config: MslamDataParserConfig):
     """(dataset folder, `LiveSlam` or None): with the SLAM started in the background and its warm-up state
     written as a dataset; None (and the usual dataset) when there is nothing to run or the cache has it."""
-    import numpy as np
-
-    from mslam_ns.commands.slam import open_dataset
     from mslam_ns.nerfstudio.live import LiveSlam
     from mslam_ns.nerfstudio.process_data import run_options
 
@@ -141,11 +138,8 @@ def prepare_live(config: MslamDataParserConfig):
     if (dest / "transforms.json").is_file():
         return dest, None  # finished earlier: nothing to run
     o = run_options(p, dest)
-    n = len(open_dataset(Path(p.data), o.stride, o.max_frames, o.calib))
-    frames = None
-    if p.num_frames_target < n:
-        frames = np.unique(np.linspace(0, n - 1, p.num_frames_target).round().astype(int))
-    live = LiveSlam(o, config.live_warmup_frames, frames, p.num_downscales, p.max_points, dest, key).start()
+    live = LiveSlam(o, config.live_warmup_frames, p.num_frames_target, p.num_downscales, p.max_points, dest, key)
+    live.start()
     live.wait_warmup()
     folder = live.write_warmup_dataset(Path(config.cache_dir) / f"{dest.name}-live")
     return folder, live

@@ -57,7 +57,7 @@ class LiveSlam:
         self,
         options: Any,
         warmup_frames: int,
-        frames: np.ndarray | None = None,
+        num_frames_target: int | None = None,
         num_downscales: int = 3,
         max_points: int = 500_000,
         final_dest: Path | None = None,
@@ -67,13 +67,14 @@ class LiveSlam:
         Args:
             options: the SLAM's `RunOptions` (`mslam_ns.nerfstudio.process_data.run_options`).
             warmup_frames: frames the SLAM tracks before training starts.
-            frames: indices of the input frames that become dataset images (None: all).
+            num_frames_target: about this many evenly spread input frames become dataset images (None: all).
             num_downscales, max_points: as for `ns-process-data mslam`.
             final_dest: where the finished dataset is written for reuse (None: nowhere).
             cache_key: the settings key stored in the finished run's summary.json.
         """
         from mslam_ns.commands.options import to_slam_config
         from mslam_ns.commands.slam import make_prior, open_dataset, resolve_mode
+        from mslam_ns.nerfstudio.process_data import select_frames
         from mslam_ns.slam.system import SlamSystem
 
         o = dataclasses.replace(options, dataset=Path(options.dataset).absolute())
@@ -87,7 +88,7 @@ class LiveSlam:
         )  # fmt: skip
         self.system = SlamSystem(prior, cfg, K=K, max_lost=o.max_lost)
         self.warmup_frames = max(1, min(int(warmup_frames), len(self.source)))
-        self.frames = frames
+        self.frames = None if num_frames_target is None else select_frames(len(self.source), num_frames_target)
         self.num_downscales, self.max_points = num_downscales, max_points
         self.final_dest, self.cache_key = final_dest, cache_key
         self.n_done = 0

@@ -113,6 +113,15 @@ def run_options(p: ProcessMslam, out: Path):
     return o
 
 
+def select_frames(n: int, target: int):
+    """Indices of about `target` evenly spread frames of `n` (None: all of them, when n <= target)."""
+    if target >= n:
+        return None
+    import numpy as np
+
+    return np.unique(np.linspace(0, n - 1, target).round().astype(int))
+
+
 def _link_tree(src: Path, dst: Path) -> None:
     def link(a: str, b: str) -> None:
         try:
@@ -152,11 +161,7 @@ def process(p: ProcessMslam) -> Path:
         execute_run(o, earlier.path, extra_summary={"cache_key": key}, replace=True)
     source = open_dataset(Path(p.data), o.stride, o.max_frames, o.calib)
     n = len(source)
-    frames = None
-    if p.num_frames_target < n:
-        import numpy as np
-
-        frames = np.unique(np.linspace(0, n - 1, p.num_frames_target).round().astype(int))
+    frames = select_frames(n, p.num_frames_target)
     if p.skip_image_processing and not (out / "images").is_dir():
         raise UserError(f"{out}: --skip-image-processing needs the images/ of an earlier call")
     from rich.progress import Progress

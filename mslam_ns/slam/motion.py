@@ -72,6 +72,7 @@ class MotionFilter:
     def __init__(self, cfg: MotionFilterConfig):
         self.cfg = cfg
         self._ref: Tensor | None = None
+        self._last: tuple[int, Tensor] | None = None  # (id of the image, its thumbnail) from should_skip
         self.run_length = 0  # frames skipped since the last decoded one
         self.skipped = 0
         self.last_motion = math.inf
@@ -80,9 +81,11 @@ class MotionFilter:
         """True when the frame moved less than `min_motion` (fraction of the width) since the last decoded
         frame and fewer than `max_skip` frames have been skipped in a row. Call `decoded(image)` for every
         frame that is not skipped."""
+        self._last = None
         if self._ref is None or self.run_length >= self.cfg.max_skip:
             return False
         t = thumbnail(image, self.cfg.thumb_width)
+        self._last = (id(image), t)
         self.last_motion = estimate_motion(self._ref, t) / t.shape[1]
         if self.last_motion < self.cfg.min_motion:
             self.run_length += 1
@@ -91,13 +94,16 @@ class MotionFilter:
         return False
 
     def decoded(self, image: np.ndarray | Tensor) -> None:
-        """The frame went through the network: it is the new reference."""
-        self._ref = thumbnail(image, self.cfg.thumb_width)
+        """The frame went through the network: it is the new reference (the thumbnail `should_skip` just
+        made of this same image is reused)."""
+        last, self._last = self._last, None
+        self._ref = last[1] if last is not None and last[0] == id(image) else thumbnail(image, self.cfg.thumb_width)
         self.run_length = 0
 
     def reset(self) -> None:
         """Forget the reference (tracking lost: decode every frame until it resumes)."""
         self._ref = None
+        self._last = None
         self.run_length = 0
 
 

@@ -117,7 +117,7 @@ class SlamSystem:
         self._idx: Tensor | None = None  # warm start
         self._intr = None  # IntrinsicsFuser (rays mode)
         self._image_size: tuple[int, int] | None = None
-        self.motion_filter = None  # MotionFilter when enabled (see `motion_filter_enabled`)
+        self.motion_filter = None  # MotionFilter when enabled (`cfg.motion_filter`)
         mf = self.cfg.motion_filter
         if mf.enabled == "on" or (mf.enabled == "auto" and self.device.type == "cpu"):
             from mslam_ns.slam.motion import MotionFilter

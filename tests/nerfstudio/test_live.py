@@ -18,6 +18,7 @@ forbid_gsplat_cuda()
 
 pytest.importorskip("nerfstudio")
 
+from tests.nerfstudio.test_method import _train  # noqa: E402
 from tests.nerfstudio.test_refresh import _expected_c2w  # noqa: E402
 
 FRAMES, WARMUP, HOLD = 36, 10, 18  # the SLAM is held before frame HOLD until the test releases it
@@ -79,17 +80,8 @@ def test_live_training_follows_the_slam_to_its_final_poses(tmp_path, monkeypatch
     dm.next_train = record
 
     def train(steps: range) -> None:
-        model.train()
-        for s in steps:
-            refresh.step_pre_forward(s)
-            model.step_cb(opt, s)
-            _, loss_dict, _ = pipe.get_train_loss_dict(s)
-            loss = sum(loss_dict.values())
-            opt.zero_grad_all()
-            loss.backward()
-            opt.optimizer_step_all()
-            model.step_post_backward(s)
-            assert torch.isfinite(loss)
+        losses = _train(cfg, pipe, steps, opt, before_step=refresh.step_pre_forward)
+        assert all(np.isfinite(losses))
 
     train(range(0, 12))
     assert sampled and max(sampled) < HOLD  # frames the SLAM has not reached are never trained on

@@ -54,14 +54,19 @@ def _pipeline(data: Path, meta_extra: dict | None = None, **model_overrides):
     return cfg, pipe
 
 
-def _train(cfg, pipe, steps: int) -> list[float]:
+def _train(cfg, pipe, steps: int | range, opt=None, before_step=None) -> list[float]:
+    """Training steps (`range(steps)` for an int) with `opt` (new optimisers if None); `before_step(step)`
+    runs first in each (e.g. a refresh strategy's hook)."""
     from nerfstudio.engine.optimizers import Optimizers
 
     model = pipe.model
     model.train()
-    opt = Optimizers(cfg.optimizers, model.get_param_groups())
+    if opt is None:
+        opt = Optimizers(cfg.optimizers, model.get_param_groups())
     losses = []
-    for step in range(steps):
+    for step in range(steps) if isinstance(steps, int) else steps:
+        if before_step is not None:
+            before_step(step)
         model.step_cb(opt, step)
         _, loss_dict, _ = pipe.get_train_loss_dict(step)
         loss = sum(loss_dict.values())
