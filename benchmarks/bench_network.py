@@ -4,6 +4,16 @@ Reports encoder ms per image, symmetric decode (both orderings + heads) ms per p
 batch-2 call, and as two separate calls), peak RSS, analytic FLOPs (counted on the meta device) and the
 achieved FLOP/s as a fraction of a 2048^3 fp32 matmul measured in the same run.
 
+Per-call decode peak memory above the loaded model (``peak_*_mib``): each case runs in a FRESH subprocess
+(build + random init + encode both images, ``malloc_trim``), then the peak resident set of one call minus
+the resident set just before it (CPU: VmHWM after resetting it through /proc/self/clear_refs; CUDA:
+max_memory_allocated): ``peak_<case>_first_call_mib`` for the process's first call, ``peak_<case>_mib`` for
+the next (warmed-up) one, and ``peak_<case>_live_mib``, the peak of live tensors (the CPU allocator's
+running total, from the profiler: independent of how malloc keeps or returns freed memory, blind to oneDNN /
+MKL scratch memory). The call's returned results are alive at its end and count. Cases: ``decode`` (one
+ordering), ``symmetric`` (both orderings, one batched call), ``two_calls`` (both orderings as two `decode`
+calls, the first call's results kept while the second runs). ``--only-peak`` prints just these.
+
     .venv/bin/python benchmarks/bench_network.py                  # CPU, 2 threads
     .venv/bin/python benchmarks/bench_network.py --device cuda --amp bf16
 
@@ -13,10 +23,14 @@ Timings on a shared machine are noisy: compare the fractions of the same-run mat
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
+import gc
 import json
+import re
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +45,117 @@ from mslam_ns.model import Mast3rConfig, Mast3rNet, build_mast3r  # noqa: E402
 def rss_mb() -> float:
     """Peak resident set size of this process so far, MiB (ru_maxrss is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _proc_status_mib(field: str) -> float:
+    """A field of /proc/self/status (VmRSS, VmHWM: kB) in MiB."""
+    m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    if m is None:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return int(m.group(1)) / 1024
+
+
+def _release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise, which would hide a later peak)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_hwm() -> None:
+    """Reset VmHWM (the peak RSS) to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+PEAK_CASES = ("decode", "symmetric", "two_calls")
+
+
+def bench_config(smoke: bool) -> Mast3rConfig:
+    cfg = Mast3rConfig()
+    if smoke:
+        cfg = dataclasses.replace(
+            cfg, enc_embed_dim=64, enc_depth=2, enc_num_heads=2, dec_embed_dim=48, dec_depth=10, dec_num_heads=2
+        )
+    return cfg
+
+
+def live_tensor_peak_mib(fn) -> float:
+    """Peak bytes of live tensors during ``fn()`` above its start (the CPU allocator's running total, from the
+    profiler's memory events), MiB."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        res = fn()
+    del res
+    events = [
+        e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type().name == "CPU"
+    ]
+    total = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        total += e.nbytes()
+        peak = max(peak, total)
+    return peak / 2**20
+
+
+def peak_child(case: str, args: argparse.Namespace) -> dict[str, float]:
+    """Runs in a fresh process: the peak memory of one ``case`` call above the loaded model + encodings."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    H, W = args.height, args.width
+    net = build_mast3r(bench_config(args.smoke), device)
+    init_random_(net)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    imgs = [(torch.rand(1, 3, H, W, generator=g) * 2 - 1).to(device) for _ in range(2)]
+    with torch.inference_mode():
+        (f1, p1), (f2, p2) = (net.encode(im) for im in imgs)
+
+    def call():
+        with torch.inference_mode():
+            if case == "decode":
+                return net.decode(f1, p1, f2, p2, (H, W))
+            if case == "symmetric":
+                return net.decode_symmetric(f1, p1, f2, p2, (H, W))
+            first = net.decode(f1, p1, f2, p2, (H, W))
+            return first, net.decode(f2, p2, f1, p1, (H, W))
+
+    out = {}
+    for label in ("first", "steady"):  # the process's first call, then a warmed-up one
+        _release_free_heap()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            res = call()
+            torch.cuda.synchronize(device)
+            out[label] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        else:
+            base = _proc_status_mib("VmRSS")
+            _reset_hwm()
+            res = call()
+            out[label] = _proc_status_mib("VmHWM") - base
+        del res
+    out["live"] = out["steady"] if device.type == "cuda" else live_tensor_peak_mib(call)
+    return out
+
+
+def measure_peaks(args: argparse.Namespace) -> dict[str, float]:
+    """``peak_<case>_mib``, ``peak_<case>_first_call_mib``, ``peak_<case>_live_mib``: one fresh process a case."""
+    res: dict[str, float] = {}
+    for case in PEAK_CASES:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--peak-child", case, "--device", args.device]
+        cmd += ["--threads", str(args.threads), "--height", str(args.height), "--width", str(args.width)]
+        cmd += ["--smoke"] if args.smoke else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"peak-memory child {case!r} failed:\n{proc.stderr}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        res[f"peak_{case}_mib"] = r["steady"]
+        res[f"peak_{case}_first_call_mib"] = r["first"]
+        res[f"peak_{case}_live_mib"] = r["live"]
+    return res
 
 
 def sync(device: torch.device) -> None:
@@ -106,16 +231,22 @@ def main() -> int:
     ap.add_argument("--skip-unbatched", action="store_true", help="skip the two-call symmetric decode")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--smoke", action="store_true", help="a tiny config (checks the script, not the speed)")
+    ap.add_argument("--skip-peak", action="store_true", help="skip the per-call peak-memory subprocesses")
+    ap.add_argument("--only-peak", action="store_true", help="only the per-call peak-memory figures")
+    ap.add_argument("--peak-child", choices=PEAK_CASES, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.peak_child is not None:
+        print(json.dumps(peak_child(args.peak_child, args)))
+        return 0
+    if args.only_peak:
+        for k, v in measure_peaks(args).items():
+            print(f"{k:32s} {v:.4g}")
+        return 0
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     H, W = args.height, args.width
-    cfg = Mast3rConfig()
-    if args.smoke:
-        cfg = dataclasses.replace(
-            cfg, enc_embed_dim=64, enc_depth=2, enc_num_heads=2, dec_embed_dim=48, dec_depth=10, dec_num_heads=2
-        )
+    cfg = bench_config(args.smoke)
     res: dict[str, float | str | int] = {
         "device": str(device),
         "threads": args.threads,
@@ -182,6 +313,12 @@ def main() -> int:
     res["decode_gflops"] = dec_flops / 1e9 / (res["decode_symmetric_ms_per_pair"] * 1e-3)
     res["encoder_frac_of_matmul"] = res["encoder_gflops"] / mm
     res["decode_frac_of_matmul"] = res["decode_gflops"] / mm
+    if not args.skip_unbatched:
+        res["two_calls_over_batched_time"] = res["decode_two_calls_ms_per_pair"] / res["decode_symmetric_ms_per_pair"]
+    if not args.skip_peak:
+        del net, enc  # the children load their own copy
+        gc.collect()
+        res.update(measure_peaks(args))
 
     for k, v in res.items():
         print(f"{k:32s} {v:.4g}" if isinstance(v, float) else f"{k:32s} {v}")

@@ -1,10 +1,19 @@
-"""Pre-norm transformer blocks: the encoder block and the decoder block (self- + cross-attention)."""
+"""Pre-norm transformer blocks: the encoder block and the decoder block (self- + cross-attention).
+
+Residual additions go into the branch's fresh output (`_residual`: the same sums as ``x + branch``,
+one buffer fewer per step).
+"""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
 from mslam_ns.model.layers import CrossAttention, Mlp, RopeTables, SelfAttention, layer_norm
+
+
+def _residual(branch: Tensor, x: Tensor) -> Tensor:
+    """``x + branch``, written into ``branch`` (a fresh output) when no type promotion is involved."""
+    return branch.add_(x) if branch.dtype == x.dtype and branch.shape == x.shape else x + branch
 
 
 class EncoderBlock(nn.Module):
@@ -18,8 +27,8 @@ class EncoderBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, rope: RopeTables | None) -> Tensor:  # [B, N, C]
-        x = x + self.attn(self.norm1(x), rope)
-        return x + self.mlp(self.norm2(x))
+        x = _residual(self.attn(self.norm1(x), rope), x)
+        return _residual(self.mlp(self.norm2(x)), x)
 
 
 class DecoderBlock(nn.Module):
@@ -38,7 +47,6 @@ class DecoderBlock(nn.Module):
     def forward(
         self, x: Tensor, mem: Tensor, rope_x: RopeTables | None, rope_mem: RopeTables | None
     ) -> Tensor:  # x [B, N, C], mem [B, M, C] -> [B, N, C]
-        x = x + self.attn(self.norm1(x), rope_x)
-        m = self.norm_y(mem)
-        x = x + self.cross_attn(self.norm2(x), m, rope_x, rope_mem)
-        return x + self.mlp(self.norm3(x))
+        x = _residual(self.attn(self.norm1(x), rope_x), x)
+        x = _residual(self.cross_attn(self.norm2(x), self.norm_y(mem), rope_x, rope_mem), x)
+        return _residual(self.mlp(self.norm3(x)), x)

@@ -3,10 +3,18 @@
 Attribute names mirror the official state_dict (``act_postprocess``, ``scratch.layer{k}_rn`` aliased as
 ``scratch.layer_rn.{k-1}``, ``scratch.refinenet{1..4}.resConfUnit{1,2}.conv{1,2}``, ``out_conv``, ``head``).
 All bilinear upsamplings use align_corners=True; refinenet4's output is cropped to layer 3's size.
+
+Memory: the low-resolution fusion blocks run on the whole batch, everything from H/4 up one sample at a
+time, and the two full-resolution stages (refinenet1's upsampling -> ``head.0``, and ``head.1``'s
+upsampling -> ``head.2`` -> ReLU -> ``head.4``) in row bands (`conv3x3_on_up2`): the 2x-upsampled maps
+(256 ch at H/2 and 128 ch at H, 48 + 96 MiB per 512x384 image) never exist whole, one band at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -18,8 +26,88 @@ LAST_DIM = 128
 ALIGN_CORNERS = True
 
 
+#: target size in bytes of one row band of an upsampled map in `conv3x3_on_up2` (at least one row a band)
+BAND_BYTES = 4 << 20
+
+
 def _up2(x: Tensor) -> Tensor:  # [B, C, h, w] -> [B, C, 2h, 2w]
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=ALIGN_CORNERS)
+
+
+def _up2_row_weights(h: int, lo: int, hi: int, pad_top: int, pad_bottom: int) -> tuple[Tensor, int]:
+    """(A [pad_top + hi - lo + pad_bottom, m] float32 on the CPU, first): output rows [lo, hi) of a 2x linear
+    upsampling of h rows are ``A @ rows[first : first + m]``; the padding rows of A are zero.
+
+    Source positions and weights as ``F.interpolate(scale_factor=2, mode="bilinear")`` computes them.
+    """
+    o = torch.arange(lo, hi, dtype=torch.float32)
+    if ALIGN_CORNERS:
+        src = o * ((h - 1) / (2 * h - 1) if h > 1 else 0.0)
+    else:
+        src = ((o + 0.5) * 0.5 - 0.5).clamp_(min=0.0)
+    i0 = src.long().clamp_(max=h - 1)  # src >= 0: truncation is floor
+    i1 = (i0 + 1).clamp_(max=h - 1)
+    w1 = (src - i0).clamp_(0.0, 1.0)
+    first = int(i0[0]) if hi > lo else 0
+    A = torch.zeros(pad_top + hi - lo + pad_bottom, int(i1[-1]) - first + 1 if hi > lo else 1)
+    r = torch.arange(pad_top, pad_top + hi - lo)
+    A.index_put_((r, i0 - first), 1.0 - w1, accumulate=True)
+    A.index_put_((r, i1 - first), w1, accumulate=True)
+    return A, first
+
+
+def up2_rows(x: Tensor, lo: int, hi: int, pad_top: int = 0, pad_bottom: int = 0) -> Tensor:
+    """Rows [lo, hi) of ``_up2(x)`` (x [B, C, h, w]) with ``pad_top`` / ``pad_bottom`` zero rows around them:
+    [B, C, pad_top + hi - lo + pad_bottom, 2w], channels-last. Equal to slicing ``_up2(x)`` up to rounding.
+
+    Separable: the rows are interpolated by one small matrix product (two weights a row), then the columns
+    by ``F.interpolate`` with an identity row mapping (each row weighs 1 x itself + 0 x its neighbour).
+    """
+    B, C, h, w = x.shape
+    A, first = _up2_row_weights(h, lo, hi, pad_top, pad_bottom)
+    src = x.permute(0, 2, 3, 1)[:, first : first + A.shape[1]].reshape(B, A.shape[1], w * C)  # [B, m, w*C]
+    rows = torch.matmul(A.to(device=x.device, dtype=x.dtype), src)  # [B, R, w*C]
+    rows = rows.view(B, A.shape[0], w, C).permute(0, 3, 1, 2)  # [B, C, R, w] channels-last
+    return F.interpolate(rows, size=(A.shape[0], 2 * w), mode="bilinear", align_corners=ALIGN_CORNERS)
+
+
+def band_rows(x: Tensor, band_bytes: int | None = None) -> int:
+    """Rows of ``_up2(x)`` per band so that one band of it holds about ``band_bytes`` (default BAND_BYTES)."""
+    B, C, _, w = x.shape
+    per_row = max(1, B * C * 2 * w * x.element_size())
+    return max(1, (BAND_BYTES if band_bytes is None else band_bytes) // per_row)
+
+
+def conv3x3_on_up2(
+    x: Tensor, conv: nn.Conv2d, tail: Callable[[Tensor], Tensor] | None = None, rows: int | None = None
+) -> Tensor:
+    """``tail(conv(_up2(x)))`` computed in bands of ``rows`` output rows (default `band_rows`).
+
+    ``conv`` is a 3x3, stride-1, padding-1 convolution and ``tail`` works per pixel (1x1 convs, activations),
+    so each band needs only its rows of the upsampled map plus one halo row on each side (zero rows at the
+    image borders: the conv's own padding). x [B, C, h, w] -> [B, C_out, 2h, 2w] channels-last.
+    """
+    if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1:
+        raise ValueError("conv3x3_on_up2 needs a 3x3 / stride 1 / padding 1 convolution")
+    B, _, h, w = x.shape
+    H2, W2 = 2 * h, 2 * w
+    step = rows if rows is not None else band_rows(x)
+    out: Tensor | None = None
+    for r0 in range(0, H2, step):
+        r1 = min(r0 + step, H2)
+        band = up2_rows(x, max(r0 - 1, 0), min(r1 + 1, H2), int(r0 == 0), int(r1 == H2))
+        y = F.conv2d(band, conv.weight, conv.bias, padding=(0, 1))  # [B, C_out, r1 - r0, W2]
+        del band
+        if tail is not None:
+            y = tail(y)
+        if out is None:
+            out = torch.empty(
+                (B, y.shape[1], H2, W2), dtype=y.dtype, device=y.device, memory_format=torch.channels_last
+            )
+        out[:, :, r0:r1] = y
+        del y
+    assert out is not None
+    return out
 
 
 class ResidualConvUnit(nn.Module):
@@ -106,17 +194,59 @@ class DPT(nn.Module):
             nn.Conv2d(last_dim, num_channels, 1),
         )
 
-    def forward(self, tokens: list[Tensor], grid: tuple[int, int]) -> Tensor:
-        """tokens: [enc [B,N,C0], dec_1..dec_L [B,N,C]]; grid = (H/16, W/16) -> [B, num_channels, H, W]."""
+    def _layer(self, i: int, tokens: list[Tensor | None], grid: tuple[int, int], b: slice = slice(None)) -> Tensor:
+        t = tokens[self.hooks[i]]  # [B, N, C]
+        if t is None:
+            raise ValueError(f"DPT hook {self.hooks[i]} missing from the token list")
+        fmap = t[b].transpose(1, 2).unflatten(2, grid)  # [B, C, gh, gw] (channels-last strides)
+        return self.scratch.layer_rn[i](self.act_postprocess[i](fmap))
+
+    def _fuse(self, k: int, p: Tensor, tokens: list[Tensor | None], grid: tuple[int, int], b: slice) -> Tensor:
+        """refinenet{k+1} before its x2 upsampling, with hooked map k of the samples ``b`` as the skip.
+
+        resConfUnit1(skip) + p is computed as conv2(relu(conv1(relu(skip)))) + (skip + p) (the same sum,
+        rounded in another order) so that p and skip are one buffer while the convolutions run.
+        """
+        rn = (self.scratch.refinenet1, self.scratch.refinenet2, self.scratch.refinenet3, self.scratch.refinenet4)[k]
+        if k < 3:
+            skip = self._layer(k, tokens, grid, b)  # a fresh map: updated in place
+            act = F.relu(skip)
+            p = skip.add_(p)
+            del skip
+            rcu = rn.resConfUnit1
+            act = F.relu(rcu.conv1(act), inplace=True)
+            p = rcu.conv2(act).add_(p)
+            del act
+        p = rn.resConfUnit2(p)  # every step rebinds p: its input is freed as soon as it has run
+        return rn.out_conv(p)
+
+    def forward(self, tokens: list[Tensor | None], grid: tuple[int, int]) -> Tensor:
+        """tokens: [enc [B,N,C0], dec_1..dec_L [B,N,C]] (entries not in ``hooks`` may be None);
+        grid = (H/16, W/16) -> [B, num_channels, H, W] (channels-last).
+
+        Memory: the low-resolution fusion blocks (refinenet4..2, up to H/8) run on the whole batch; from
+        refinenet2's upsampling on (H/4 and up) the batch is processed one sample at a time, the two
+        full-resolution stages in row bands (`conv3x3_on_up2`). Each hooked map is projected only when its
+        fusion block needs it.
+        """
         gh, gw = grid
-        layers = []
-        for i, hook in enumerate(self.hooks):
-            t = tokens[hook]  # [B, N, C]
-            fmap = t.transpose(1, 2).unflatten(2, (gh, gw))  # [B, C, gh, gw]
-            layers.append(self.scratch.layer_rn[i](self.act_postprocess[i](fmap)))
-        s = self.scratch
-        p4 = s.refinenet4(layers[3])[:, :, : layers[2].shape[2], : layers[2].shape[3]]
-        p3 = s.refinenet3(p4, layers[2])
-        p2 = s.refinenet2(p3, layers[1])
-        p1 = s.refinenet1(p2, layers[0])
-        return self.head(p1)
+        every = slice(None)
+        p = self._fuse(3, self._layer(3, tokens, grid), tokens, grid, every)
+        p = _up2(p)[:, :, :gh, :gw]  # refinenet4's output cropped to layer 3's size (gh x gw)
+        p = self._fuse(2, p, tokens, grid, every)
+        p = self._fuse(1, _up2(p), tokens, grid, every)  # [B, F, H/8, W/8] before refinenet2's x2
+        head = self.head
+        out: Tensor | None = None
+        for i in range(p.shape[0]):
+            b = slice(i, i + 1)
+            q = self._fuse(0, _up2(p[b]), tokens, grid, b)
+            q = conv3x3_on_up2(q, head[0])  # refinenet1's x2 upsampling -> head.0, in row bands
+            q = conv3x3_on_up2(q, head[2], tail=lambda y: head[4](head[3](y)))  # head.1 -> .2 -> .3 -> .4
+            if out is None:
+                out = torch.empty(
+                    (p.shape[0], *q.shape[1:]), dtype=q.dtype, device=q.device, memory_format=torch.channels_last
+                )
+            out[b] = q
+            del q
+        assert out is not None
+        return out

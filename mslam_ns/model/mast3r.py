@@ -99,77 +99,93 @@ class Mast3rNet(nn.Module):
         pos2: Tensor,
         grid: tuple[int, int],
         trace: dict[str, Tensor] | None = None,
-    ) -> tuple[list[Tensor], list[Tensor]]:
+        keep: frozenset[int] | None = None,
+    ) -> tuple[list[Tensor | None], list[Tensor | None]]:
         """Run both decoder stacks in parallel (layer i of each reads layer i-1 of both).
 
         feat*: [B, N, C_enc], pos*: [B, N, 2]. Returns the head inputs per view:
-        [enc (C_enc), dec_1, ..., dec_L (dec_norm'ed)], each [B, N, C].
+        [enc (C_enc), dec_1, ..., dec_L (dec_norm'ed)], each [B, N, C]. With ``keep`` (layer indices,
+        1..L), the other decoder layers are None in the lists (and freed as soon as the next one exists);
+        dec_L is always kept.
         """
-        cfg = self.cfg
-        hd = cfg.dec_embed_dim // cfg.dec_num_heads
         if feat1 is feat2:
             f1 = f2 = self.decoder_embed(feat1)
         else:
             f1, f2 = self.decoder_embed(feat1), self.decoder_embed(feat2)
-        return self._run_decoder(feat1, feat2, f1, f2, pos1, pos2, grid, hd, trace)
+        if trace is not None:
+            trace["embed1"], trace["embed2"] = f1, f2
+        out1, out2 = self._run_decoder(f1, f2, pos1, pos2, grid, keep)
+        return [feat1, *out1], [feat2, *out2]
 
     def _run_decoder(
         self,
-        feat1: Tensor,
-        feat2: Tensor,
         f1: Tensor,
         f2: Tensor,
         pos1: Tensor,
         pos2: Tensor,
         grid: tuple[int, int],
-        hd: int,
-        trace: dict[str, Tensor] | None,
-    ) -> tuple[list[Tensor], list[Tensor]]:
+        keep: frozenset[int] | None,
+    ) -> tuple[list[Tensor | None], list[Tensor | None]]:
+        """Decoder embeddings f* [B, N, C_dec] -> ([dec_1, ..., dec_L], same for view 2); None where not kept."""
         cfg = self.cfg
+        hd = cfg.dec_embed_dim // cfg.dec_num_heads
         r1 = tables_for(pos1, grid, hd, cfg.rope_freq, cfg.rope_f0, f1.dtype)
         r2 = r1 if pos2 is pos1 else tables_for(pos2, grid, hd, cfg.rope_freq, cfg.rope_f0, f2.dtype)
-        if trace is not None:
-            trace["embed1"], trace["embed2"] = f1, f2
-        out1, out2 = [feat1], [feat2]
-        for blk1, blk2 in zip(self.dec_blocks, self.dec_blocks2):
+        out1: list[Tensor | None] = []
+        out2: list[Tensor | None] = []
+        for i, (blk1, blk2) in enumerate(zip(self.dec_blocks, self.dec_blocks2), start=1):
             f1, f2 = blk1(f1, f2, r1, r2), blk2(f2, f1, r2, r1)
-            out1.append(f1)
-            out2.append(f2)
-        out1[-1], out2[-1] = self.dec_norm(out1[-1]), self.dec_norm(out2[-1])
+            kept = keep is None or i in keep
+            out1.append(f1 if kept else None)
+            out2.append(f2 if kept else None)
+        out1[-1], out2[-1] = self.dec_norm(f1), self.dec_norm(f2)
         return out1, out2
+
+    def head_layers(self) -> frozenset[int]:
+        """Decoder layers (1..L) the heads read: the DPT hooks and dec_L."""
+        return frozenset(h for h in (*self.cfg.dpt_hooks, self.cfg.dec_depth) if h > 0)
 
     def decode(
         self, feat1: Tensor, pos1: Tensor, feat2: Tensor, pos2: Tensor, shape: tuple[int, int]
     ) -> tuple[Result, Result]:
         """Asymmetric pass, image 1 as view 1: (res1 = X^1_1 from head 1, res2 = X^2_1 from head 2).
 
-        feat*: [B, N, C_enc], pos*: [B, N, 2], shape = (H, W) of the images.
+        feat*: [B, N, C_enc], pos*: [B, N, 2], shape = (H, W) of the images. Only the decoder layers the
+        heads read are kept, and each is freed as soon as its head no longer needs it.
         """
         H, W = shape
         p = self.cfg.patch_size
-        d1, d2 = self.decode_tokens(feat1, pos1, feat2, pos2, (H // p, W // p))
-        return self.downstream_head1(d1, (H, W)), self.downstream_head2(d2, (H, W))
+        d1, d2 = self.decode_tokens(feat1, pos1, feat2, pos2, (H // p, W // p), keep=self.head_layers())
+        res1 = self.downstream_head1(d1, (H, W), consume=True)
+        return res1, self.downstream_head2(d2, (H, W), consume=True)
 
     def decode_symmetric(
         self, feat_i: Tensor, pos_i: Tensor, feat_j: Tensor, pos_j: Tensor, shape: tuple[int, int]
     ) -> tuple[tuple[Result, Result], tuple[Result, Result]]:
         """Both orderings as ONE batched decoder call: ((res_ii, res_ji), (res_jj, res_ij)).
 
-        feat_*: [B, N, C_enc] (results keep batch B per ordering).
+        feat_*: [B, N, C_enc] (results keep batch B per ordering). The decoder runs on the batch of both
+        orderings and each head runs once on that batch (the batching gain); only the decoder layers the heads
+        read are kept, each head processes its large maps one sample at a time (`DPT.forward`) and in
+        chunks (`Mast3rHead.local_features`), and each layer is freed as soon as its head no longer needs it.
         """
         H, W = shape
         p = self.cfg.patch_size
         B = feat_i.shape[0]
-        hd = self.cfg.dec_embed_dim // self.cfg.dec_num_heads
         e1 = torch.cat((feat_i, feat_j))  # view 1 of (i, j) and of (j, i)
-        e2 = torch.cat((feat_j, feat_i))
         emb = self.decoder_embed(e1)
         emb2 = torch.cat((emb[B:], emb[:B]))  # decoder_embed is per token: reuse it for the swapped batch
         p1 = torch.cat((pos_i, pos_j))
         p2 = torch.cat((pos_j, pos_i))
-        d1, d2 = self._run_decoder(e1, e2, emb, emb2, p1, p2, (H // p, W // p), hd, None)
-        r1 = self.downstream_head1(d1, (H, W))
-        r2 = self.downstream_head2(d2, (H, W))
+        t1, t2 = self._run_decoder(emb, emb2, p1, p2, (H // p, W // p), self.head_layers())
+        del emb, emb2
+        # each head once on the batch of both orderings (the heads process large maps sample by sample);
+        # the heads consume their lists, so each layer is freed as soon as no head needs it any more
+        d1, t1 = [e1, *t1], []
+        del e1
+        r1 = self.downstream_head1(d1, (H, W), consume=True)
+        d2, t2 = [torch.cat((feat_j, feat_i)), *t2], []
+        r2 = self.downstream_head2(d2, (H, W), consume=True)
         first = {k: v[:B] for k, v in r1.items()}, {k: v[:B] for k, v in r2.items()}
         second = {k: v[B:] for k, v in r1.items()}, {k: v[B:] for k, v in r2.items()}
         return first, second
