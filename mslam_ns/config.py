@@ -105,6 +105,14 @@ class BackendConfig:
     lm: LMConfig = field(default_factory=lambda: LMConfig(max_iters=10, rel_error=1e-6, delta_norm=1e-8))
     fixed_keyframes: int = 1
     """Number of leading keyframes held fixed (the gauge)."""
+    window: int = 64
+    """Keyframes optimised densely after each new keyframe: the newest `window` ones (plus `loop_radius`
+    keyframes around each loop-closure keyframe older than that), the keyframes they share edges with held
+    fixed. A loop closure to a keyframe outside the window first corrects every keyframe by a Sim(3) pose-graph
+    optimisation (`slam/pose_graph.py`). 0 = every keyframe every time (the reference's global optimisation:
+    memory and time grow with the video)."""
+    loop_radius: int = 2
+    """Keyframes on each side of an old loop-closure keyframe that join the dense optimisation."""
 
 
 @dataclass
@@ -163,6 +171,25 @@ class MotionFilterConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """Bounded memory on long videos: old keyframes go to a scratch folder (`slam/spill.py`)."""
+
+    spill: bool = True
+    """Write the image, pointmap, confidence and encoding of all but the `keep` newest keyframes, and the
+    correspondences of the graph edges among them, to a scratch folder; they are read back on demand (loop
+    closure, relocalisation, snapshots, export). The folder is removed at the end of the run."""
+    keep: int = 64
+    """Newest keyframes kept in memory (>= 2; at least `backend.window` avoids reads while optimising)."""
+    spill_dir: str | None = None
+    """Where the scratch folder is made (default: the system's temporary folder)."""
+    cache: int = 4
+    """Spilled keyframes kept loaded after a read (least recently used first out)."""
+    half: bool = True
+    """Spill float32 payloads (old keyframes' pointmaps and confidences, their encodings) in float16: ~5e-4
+    relative, far below the prior's own error, and half the disk."""
+
+
+@dataclass
 class SlamConfig:
     """The whole SLAM system."""
 
@@ -185,3 +212,4 @@ class SlamConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     reloc: RelocConfig = field(default_factory=RelocConfig)
     motion_filter: MotionFilterConfig = field(default_factory=MotionFilterConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)

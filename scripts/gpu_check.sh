@@ -66,7 +66,8 @@ EOF
 
 step cuda_tests 120 $PY -m pytest -q -x -p no:cacheprovider \
   tests/cuda/test_matching_kernels.py tests/cuda/test_gn_kernels.py tests/cuda/test_gn_jacobians.py \
-  tests/slam/test_shared_map.py tests/slam/test_cuda_slam.py
+  tests/slam/test_shared_map.py tests/slam/test_cuda_slam.py \
+  tests/slam/test_spill.py::test_spilled_keyframes_come_back_on_the_gpu
 
 step timings_kernels_and_slam 120 $PY benchmarks/bench_gpu.py --frames 40
 

@@ -79,10 +79,9 @@ class Mast3rPrior(TwoViewPrior):
             feat, pos = self.net.encode(x)
         return Encoding(index=index, shape=(H, W), data=(feat[0], pos[0]))
 
-    @staticmethod
-    def _unpack(enc: Encoding) -> tuple[Tensor, Tensor]:
-        feat, pos = enc.data
-        return feat[None], pos[None]  # [1, N, C], [1, N, 2]
+    def _unpack(self, enc: Encoding) -> tuple[Tensor, Tensor]:
+        feat, pos = enc.data  # on the host when the map read a spilled keyframe back: moved (no-op otherwise)
+        return feat[None].to(self.device), pos[None].to(self.device)  # [1, N, C], [1, N, 2]
 
     def decode(self, enc_i: Encoding, enc_j: Encoding) -> PairPrediction:
         """(X^i_i from head 1, X^j_i from head 2)."""

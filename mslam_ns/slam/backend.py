@@ -7,9 +7,20 @@ For each new keyframe n:
    kept when min over both directions of mean(matched & q > Q_conf) >= `min_match_frac` (the consecutive
    edge is always kept); accepted edges are stored in the `SharedMap` with their correspondences
    (two directed edges: pixels of c matched into n, and pixels of n matched into c);
-3. Levenberg-Marquardt over all keyframe poses (`optimize_graph`, first keyframe fixed as the gauge);
-   the new poses are written back through `SharedMap.set_poses`, so every frame's pose (stored relative to
-   its keyframe) is recomposed. A failed optimisation is logged and the previous poses are kept.
+3. Levenberg-Marquardt over the keyframe poses (`optimize_graph`); the new poses are written back through
+   `SharedMap.set_poses`, so every frame's pose (stored relative to its keyframe) is recomposed. A failed
+   optimisation is logged and the previous poses are kept.
+
+Bounded work on long videos (`BackendConfig.window` = W > 0): step 3 optimises only the W newest keyframes;
+the older keyframes they share edges with enter the problem held fixed (they are the gauge), and edges among
+older keyframes are left out (their correspondences are dropped from memory, `SharedMap`). Every edge keeps
+the relative pose of its two keyframes as last optimised (``data["T_rel"]``, with the scene depth of its first
+keyframe). When a new keyframe n closes a loop with a keyframe c older than the window, the loop is first
+closed on every keyframe: a two-keyframe dense solve (c fixed, Umeyama start) measures T_cn, and a Sim(3)
+pose-graph optimisation (`slam/pose_graph.py`) over all keyframes and edges spreads the drift over the loop;
+then the windowed dense optimisation refines the newest keyframes against the corrected older ones.
+With W = 0 (or fewer keyframes than W) every keyframe is optimised every time, the first
+`fixed_keyframes` held fixed, as the reference does.
 
 Two ways to run, one code path: `step(n)` does the work in the caller's thread (deterministic: tests,
 evaluation, the default), and `submit(n)` queues it for a worker thread (`BackendConfig.thread`) while
@@ -77,6 +88,7 @@ class BackendStats:
     edges_tried: int = 0
     edges_accepted: int = 0
     loop_edges: int = 0
+    pose_graph_runs: int = 0
     optimisations: int = 0
     failed_optimisations: int = 0
     iterations: int = 0
@@ -128,6 +140,9 @@ class Backend:
         if added:
             # Keyframes 0..kf_id: later ones (made meanwhile, backend thread) have no edges yet and follow
             # the correction of the keyframe they were placed from (`_write_poses`).
+            far = self._far_loops(kf_id)
+            if far:
+                self.close_far_loops(kf_id, far)
             self.optimise(n_keyframes=kf_id + 1)
 
     def _candidates(self, kf_id: int, sequential: bool) -> list[int]:
@@ -171,53 +186,190 @@ class Backend:
         return len(edges) // 2
 
     # ---- global optimisation ------------------------------------------------------------------------
+    def _problem(self, n: int) -> tuple[list[int], int, list[tuple[int, int, str, dict]]]:
+        """(keyframe ids, fixed first ones in that order, edges) of the dense problem over keyframes 0..n-1."""
+        W = int(self.cfg.backend.window)
+        edges = [e for e in self.map.edges() if e[0] < n and e[1] < n]
+        if W <= 0 or n <= W:
+            return list(range(n)), min(max(int(self.cfg.backend.fixed_keyframes), 0), n), edges
+        lo = n - W
+        edges = [e for e in edges if e[0] >= lo or e[1] >= lo]
+        fixed = sorted({k for e in edges for k in e[:2] if k < lo})
+        if not fixed:  # a window with no edge to older keyframes (a new map segment): its oldest is the gauge
+            fixed = [lo]
+        return fixed + [k for k in range(lo, n) if k not in fixed], len(fixed), edges
+
     def optimise(self, n_keyframes: int | None = None) -> dict:
-        """LM over the poses of keyframes 0..n_keyframes-1 (all by default) with their edges; writes the poses
-        back unless it failed."""
+        """LM over the poses of keyframes 0..n_keyframes-1 (all by default; only the newest `window` of them
+        are free on long videos, see the module docstring) with their edges; writes the poses back unless it
+        failed, and records each edge's optimised relative pose (``data["T_rel"]``)."""
+        import dataclasses
+
         from mslam_ns.slam.solve import optimize_graph
 
         t0 = time.perf_counter()
         with self.map.lock:
             n = self.map.num_keyframes() if n_keyframes is None else min(int(n_keyframes), self.map.num_keyframes())
-            edges = [e for e in self.map.edges() if e[0] < n and e[1] < n]
-            T0 = self.map.keyframes.poses(list(range(n))).clone()
-            X, C = self.map.keyframes.pointmaps(list(range(n)))
+            ids, n_fixed, edges = self._problem(n)
+            T0 = self.map.keyframes.poses(ids).clone()
+            X, C = self.map.keyframes.pointmaps(ids)
+            ms = [self.map.matches(e[3]) for e in edges]
+            edges = [e for e, m in zip(edges, ms) if m is not None]  # None: dropped (older than the window)
+            ms = [m for m in ms if m is not None]
         if not edges or n < 2:
             return {"reason": "nothing to optimise"}
         dev = X.device
-        ii = torch.tensor([e[0] for e in edges], dtype=torch.long, device=dev)
-        jj = torch.tensor([e[1] for e in edges], dtype=torch.long, device=dev)
-        idx = torch.stack([e[3]["m"].idx for e in edges]).to(dev).long()
-        valid = torch.stack([e[3]["m"].valid for e in edges]).to(dev)
-        q = torch.stack([e[3]["m"].q for e in edges]).to(dev).float()
-        hw = self.map.keyframes.raw(0).hw
+        local = {k: a for a, k in enumerate(ids)}
+        ii = torch.tensor([local[e[0]] for e in edges], dtype=torch.long, device=dev)
+        jj = torch.tensor([local[e[1]] for e in edges], dtype=torch.long, device=dev)
+        idx = torch.stack([m.idx for m in ms]).to(dev).long()
+        valid = torch.stack([m.valid for m in ms]).to(dev)
+        q = torch.stack([m.q for m in ms]).to(dev).float()
+        del ms
+        hw = self.map.keyframes.meta(0).hw
         K = None if self.K_net is None else self.K_net.to(dev)
+        bcfg = dataclasses.replace(self.cfg.backend, fixed_keyframes=n_fixed)
         T, info = optimize_graph(
-            T0.float(), X.float(), C.float(), ii, jj, idx, valid, q, self.mode, self.cfg.backend, K=K, img_hw=hw
+            T0.float(), X.float(), C.float(), ii, jj, idx, valid, q, self.mode, bcfg, K=K, img_hw=hw
         )
         self.stats.optimisations += 1
         self.stats.iterations += int(info["iterations"])
         if info["failed"] or not bool(torch.isfinite(T).all()):
             self.stats.failed_optimisations += 1
             log.warning("global optimisation failed (%s); keeping the previous poses", info["reason"])
+            T = T0
         elif len(info["cost_history"]) > 1:
-            self._write_poses(T0, T.to(T0))
+            self._write_poses(T0, T.to(T0), ids)
+        self._record_relative(edges, ii, jj, T.to(T0), X)
         self.stats.tick("optimise", t0)
         return info
 
-    def _write_poses(self, T_old: Tensor, T_new: Tensor) -> None:
-        """Write optimised poses of keyframes 0..n-1; keyframes added meanwhile (backend thread) follow the
-        correction of keyframe n-1, the one they were tracked from."""
+    @staticmethod
+    def _record_relative(edges: list, ii: Tensor, jj: Tensor, T: Tensor, X: Tensor) -> None:
+        """Store each edge's current relative pose and its first keyframe's median depth (pose graph)."""
+        from mslam_ns.slam.pose_graph import relative_pose
+
+        Tc = T.detach().double().cpu()
+        rel = relative_pose(Tc, ii.cpu(), jj.cpu())
+        depth = X[..., 2].median(dim=1).values.abs().clamp_min(1e-6).double().cpu()  # [n]
+        for e, T_rel, d in zip(edges, rel, depth[ii.cpu()]):
+            e[3]["T_rel"], e[3]["depth"] = T_rel, float(d)
+
+    def _write_poses(self, T_old: Tensor, T_new: Tensor, ids: list[int] | None = None) -> None:
+        """Write optimised poses of keyframes `ids` (default 0..n-1, n = len(T_old); ids[-1] must be the newest
+        optimised keyframe); keyframes added meanwhile (backend thread) follow the correction of that newest
+        one, the keyframe they were tracked from."""
         from mslam_ns.geometry import sim3
 
-        n = T_old.shape[0]
+        ids = list(range(T_old.shape[0])) if ids is None else list(ids)
+        n = max(ids) + 1
+        last = ids.index(n - 1)
         with self.map.lock:
             n_now = self.map.num_keyframes()
             if n_now > n:
-                corr = sim3.mul(T_new[n - 1].double(), sim3.inv(T_old[n - 1].double()))
+                corr = sim3.mul(T_new[last].double(), sim3.inv(T_old[last].double()))
                 later = self.map.keyframes.poses(list(range(n, n_now))).double()
                 T_new = torch.cat([T_new, sim3.normalize(sim3.mul(corr[None], later)).to(T_new)])
-            self.map.set_poses(T_new, list(range(n_now)))
+                ids = ids + list(range(n, n_now))
+            self.map.set_poses(T_new, ids)
+
+    # ---- loop closure beyond the window -------------------------------------------------------------
+    def _far_loops(self, kf_id: int) -> list[int]:
+        """Keyframes older than the dense window that keyframe `kf_id` has new loop / reloc edges to."""
+        W = int(self.cfg.backend.window)
+        if W <= 0 or kf_id + 1 <= W:
+            return []
+        lo = kf_id + 1 - W
+        return sorted(
+            {e[1] for e in self.map.edges() if e[0] == kf_id and e[1] < lo and e[2] != "seq" and "T_rel" not in e[3]}
+        )
+
+    def close_far_loops(self, kf_id: int, far: list[int]) -> dict:
+        """Correct every keyframe for the loops keyframe `kf_id` closes with the old keyframes `far`: measure
+        each loop's relative pose by a two-keyframe dense solve, then optimise the Sim(3) pose graph."""
+        import dataclasses
+
+        from mslam_ns.geometry import sim3
+        from mslam_ns.slam.pose_graph import optimise_pose_graph, relative_pose
+        from mslam_ns.slam.reloc import umeyama_start
+        from mslam_ns.slam.solve import optimize_graph
+
+        t0 = time.perf_counter()
+        bcfg = dataclasses.replace(self.cfg.backend, fixed_keyframes=1)
+        with self.map.lock:
+            n = kf_id + 1
+            T_all = self.map.keyframes.poses(list(range(n))).detach().double().cpu()
+            edges = [e for e in self.map.edges() if e[0] < n and e[1] < n]
+        f_n = self.map.keyframes.get(kf_id)  # on the SLAM device (read back if spilled)
+        hw = f_n.hw
+        K = None if self.K_net is None else self.K_net.to(f_n.X.device)
+        loops: dict[tuple[int, int], tuple[Tensor, float]] = {}
+        for c in far:
+            f_c = self.map.keyframes.get(c)
+            pair = [e for e in edges if {e[0], e[1]} == {c, kf_id}]
+            ms = [self.map.matches(e[3]) for e in pair]
+            m_cn = next(m for e, m in zip(pair, ms) if e[0] == c)  # pixel of c matched by each pixel of n
+            w = (m_cn.valid & (m_cn.q > self.cfg.backend.residual.Q_conf)).float()
+            T_cn = umeyama_start(f_c.X[m_cn.idx.long()], f_n.X, w).double().cpu()
+            dev = f_n.X.device
+            T0 = torch.stack([T_all[c], sim3.mul(T_all[c], T_cn)]).float().to(dev)
+            X = torch.stack([f_c.X, f_n.X]).float()
+            C = torch.stack([f_c.average_conf(), f_n.average_conf()]).float()
+            loc = {c: 0, kf_id: 1}
+            ii = torch.tensor([loc[e[0]] for e in pair], dtype=torch.long, device=dev)
+            jj = torch.tensor([loc[e[1]] for e in pair], dtype=torch.long, device=dev)
+            T, info = optimize_graph(
+                T0,
+                X,
+                C,
+                ii,
+                jj,
+                torch.stack([m.idx for m in ms]).long(),
+                torch.stack([m.valid for m in ms]),
+                torch.stack([m.q for m in ms]).float(),
+                self.mode,
+                bcfg,
+                K=K,
+                img_hw=hw,
+            )
+            if info["failed"] or not bool(torch.isfinite(T).all()):
+                T = T0
+            M = sim3.mul(sim3.inv(T[0].double()), T[1].double()).cpu()
+            loops[(c, kf_id)] = (M, float(f_c.X[:, 2].median().abs().clamp_min(1e-6)))
+        # one term per keyframe pair: its recorded relative pose, else the current one (new edges)
+        pairs: dict[tuple[int, int], tuple[Tensor, float]] = {}
+        for i, j, _kind, d in edges:
+            key = (min(i, j), max(i, j))
+            if key in pairs or key in loops:
+                continue
+            if "T_rel" in d:
+                T_rel = d["T_rel"] if i == key[0] else sim3.inv(d["T_rel"])
+                pairs[key] = (T_rel, d["depth"])
+        for k in range(1, n):  # the frontend chain keeps every keyframe attached, edges or not
+            key = (k - 1, k)
+            if key not in pairs and key not in loops:
+                pairs[key] = (relative_pose(T_all, torch.tensor([k - 1]), torch.tensor([k]))[0], 1.0)
+        pairs.update(loops)
+        keys = list(pairs)
+        Ms = torch.stack([pairs[k][0].double().cpu() for k in keys])
+        wts = torch.ones(len(keys), 7, dtype=torch.float64)
+        wts[:, :3] = 1.0 / torch.tensor([pairs[k][1] for k in keys], dtype=torch.float64)[:, None] ** 2
+        gauge = list(range(min(max(int(self.cfg.backend.fixed_keyframes), 1), n)))
+        res = optimise_pose_graph(
+            T_all,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            Ms,
+            wts,
+            fixed=gauge,
+            iterations=self.cfg.backend.lm.max_iters,
+        )
+        if bool(torch.isfinite(res.T_WC).all()) and len(res.cost_history) > 1:
+            T_old = self.map.keyframes.poses(list(range(n)))
+            self._write_poses(T_old, res.T_WC.to(T_old), list(range(n)))
+        self.stats.pose_graph_runs += 1
+        self.stats.tick("pose_graph", t0)
+        return {"cost_history": res.cost_history, "iterations": res.iterations, "pairs": len(keys)}
 
     # ---- the worker thread --------------------------------------------------------------------------
     def submit(self, kf_id: int, sequential: bool = True) -> None:

@@ -5,6 +5,10 @@ nerfstudio refresh all read and write through it:
 
 - storage grows on demand (a Python list: no fixed ring); with `offload` the per-pixel tensors of all but the
   `resident` newest keyframes live in host memory and are fetched back transparently;
+- with `spill` (long videos) the per-pixel tensors and the prior's encoding of all but the `keep` newest
+  keyframes, and the correspondences of the edges among those older keyframes, are written to a private
+  scratch folder (`SpillStore`) and read back on demand (a small LRU of `cache` keyframes): memory stays
+  bounded by `keep`, whatever the length of the video. Poses, frame records and edge metadata stay in memory;
 - one re-entrant lock guards every read and write; every write bumps `version` and records, per keyframe,
   the version at which its pose (`pose_version`) and its points (`points_version`) last changed;
 - `pop_last()` removes a tentative keyframe (relocalisation); nothing else ever removes one;
@@ -22,17 +26,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from mslam_ns.geometry import sim3
+from mslam_ns.prior.base import Encoding
 from mslam_ns.slam.frame import Frame
 from mslam_ns.slam.motion import interpolate_skipped
+from mslam_ns.slam.spill import SpillStore, pack_half, unpack_half
 
 __all__ = ["SharedMap", "MapSnapshot", "KeyframeView", "FrameRecord"]
 
@@ -105,6 +113,31 @@ class _Slot:
     frame_row: int = -1  # row of the keyframe's own frame record
     anchor: int = -1  # keyframe this one was first placed relative to (-1: the first keyframe)
     T_anchor: Tensor | None = None  # [8] its pose relative to the anchor at creation (frontend chain)
+    spilled: bool = False  # `frame` is a stub (meta tensors, no encoding data); the payload is on disk
+
+
+def _stub(f: Frame) -> Frame:
+    """`f` without its payload: the per-pixel tensors become storage-less meta tensors of the same shapes
+    (so `hw` and `is_keyframe` still answer) and the encoding keeps only its index and shape."""
+
+    def meta(t: Tensor | None) -> Tensor | None:
+        return None if t is None else torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+    enc = Encoding(f.enc.index, f.enc.shape, None)
+    return Frame(
+        f.index,
+        f.timestamp,
+        f.name,
+        meta(f.image),
+        f.transform,
+        enc,
+        f.T_WC,
+        meta(f.X),
+        meta(f.C),
+        f.N,
+        f.kf_id,
+        f.extra,
+    )
 
 
 @dataclass
@@ -118,17 +151,46 @@ class _Edge:
 class SharedMap:
     """Keyframes, per-frame records and graph edges behind one lock, with versions and snapshots."""
 
-    def __init__(self, device: torch.device | str = "cpu", offload: bool = False, resident: int = 8):
+    def __init__(
+        self,
+        device: torch.device | str = "cpu",
+        offload: bool = False,
+        resident: int = 8,
+        spill: bool = False,
+        keep: int = 64,
+        spill_dir: str | None = None,
+        cache: int = 4,
+        drop_old_matches: bool = False,
+        half: bool = True,
+    ):
         """
         Args:
             device: the SLAM device; keyframe access returns tensors there.
             offload: keep only the `resident` newest keyframes' per-pixel tensors on `device`, the rest on
                 the host (pinned when the device is CUDA).
             resident: number of newest keyframes kept on the device when offloading (>= 1).
+            spill: write the payload of all but the `keep` newest keyframes (and the correspondences of edges
+                among them) to a scratch folder, read back on demand.
+            keep: number of newest keyframes kept in memory when spilling (>= 2).
+            spill_dir: where the scratch folder is made (None: the system's temporary folder).
+            cache: spilled keyframes kept loaded (least recently used first out).
+            drop_old_matches: free the correspondences of edges between keyframes older than the `keep`
+                newest (a windowed backend never reads them again) instead of spilling them.
+            half: spill float32 payloads (pointmaps, confidences, encodings, correspondence weights) in float16.
         """
         self.device = torch.device(device)
         self.offload = offload
         self.resident = max(1, int(resident))
+        self.spill = bool(spill)
+        self.keep = max(2, int(keep))
+        self._spill_dir = spill_dir
+        self._store: SpillStore | None = None
+        self._cache_size = max(0, int(cache))
+        self._cache: OrderedDict[int, Frame] = OrderedDict()
+        self._hot: list[_Edge] = []  # edges whose correspondences are still in memory (spilling only)
+        self._n_spilled_edges = 0
+        self.drop_old_matches = bool(drop_old_matches)
+        self.half = bool(half)
         self.lock = threading.RLock()
         self._changed = threading.Condition(self.lock)
         self.version = 0
@@ -165,6 +227,7 @@ class SharedMap:
             v = self._bump()
             self._slots.append(_Slot(frame, False, v, v, anchor=int(anchor), T_anchor=T_a.detach().clone()))
             self._apply_offload()
+            self._apply_spill()
             return frame.kf_id
 
     def pop_last(self) -> Frame:
@@ -175,6 +238,8 @@ class SharedMap:
             slot = self._slots.pop()
             k = slot.frame.kf_id
             self._edges = [e for e in self._edges if e.i != k and e.j != k]
+            self._hot = [e for e in self._hot if e.i != k and e.j != k]
+            self._cache.pop(k, None)
             self._records = [r for r in self._records if r.kf_id != k]
             self._bump()
             slot.frame.kf_id = -1
@@ -239,7 +304,12 @@ class SharedMap:
         """Hold the lock while the caller changes keyframe `kf_id`'s pointmap in place (fusion)."""
         with self.lock:
             slot = self._slots[int(kf_id)]
-            yield slot.frame
+            if not slot.spilled:
+                yield slot.frame
+            else:  # an old keyframe: edit its loaded payload, then write it back
+                f = self._load(slot)
+                yield f
+                self._write_payload(slot, f)
             slot.points_version = self._bump()
 
     def add_edges(self, edges: Sequence[tuple[int, int, str, dict]]) -> None:
@@ -250,6 +320,9 @@ class SharedMap:
                 if not (0 <= i < n and 0 <= j < n):
                     raise IndexError(f"edge ({i}, {j}) outside the map's {n} keyframes")
                 self._edges.append(_Edge(int(i), int(j), str(kind), data))
+                if self.spill or self.drop_old_matches:
+                    self._hot.append(self._edges[-1])
+            self._apply_spill()
             self._bump()
 
     def set_state(self, state: str) -> None:
@@ -265,13 +338,107 @@ class SharedMap:
             self._image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
             self._bump()
 
+    # ---- spilling (long videos) ----------------------------------------------------------------------
+    @property
+    def spill_store(self) -> SpillStore | None:
+        """The scratch store (None until something was spilled)."""
+        return self._store
+
+    def _write_payload(self, s: _Slot, f: Frame) -> None:
+        assert self._store is not None
+        cpu = {k: (None if getattr(f, k) is None else getattr(f, k).detach().cpu()) for k in f.tensor_fields()}
+        payload = {**cpu, "enc": f.enc.data}
+        self._store.write(f"kf{f.kf_id}", pack_half(payload) if self.half else payload)
+        self._cache.pop(f.kf_id, None)
+
+    def _apply_spill(self) -> None:
+        """Retire what lies before the `keep` newest keyframes: spill keyframes (`spill`), drop or spill the
+        correspondences of edges among them (`drop_old_matches` / `spill`)."""
+        if not (self.spill or self.drop_old_matches):
+            return
+        old = len(self._slots) - self.keep
+        if old <= 0:
+            return
+        if self.spill and self._store is None:
+            self._store = SpillStore(self._spill_dir)
+        for s in self._slots[:old] if self.spill else ():
+            if s.spilled:
+                continue
+            self._write_payload(s, s.frame)
+            s.frame = _stub(s.frame)  # holders of the full object keep it until they drop it
+            s.spilled = s.on_host = True
+        hot = []
+        for e in self._hot:
+            m = e.data.get("m")
+            if m is None:
+                continue
+            if e.i < old and e.j < old:
+                if self.drop_old_matches:
+                    e.data["m"] = None
+                else:
+                    assert self._store is not None
+                    self._n_spilled_edges += 1
+                    key = f"e{self._n_spilled_edges}"
+                    self._store.write(key, pack_half(m) if self.half else m)
+                    e.data["m"], e.data["m_key"] = None, key
+            else:
+                hot.append(e)
+        self._hot = hot
+
+    def _load(self, s: _Slot) -> Frame:
+        """The full keyframe `s` (CPU tensors) from the store, through the LRU; current pose and counts."""
+        stub = s.frame
+        f = self._cache.get(stub.kf_id)
+        if f is None:
+            assert self._store is not None
+            p = unpack_half(self._store.read(f"kf{stub.kf_id}"))
+            enc = Encoding(stub.enc.index, stub.enc.shape, p["enc"])
+            f = Frame(
+                stub.index,
+                stub.timestamp,
+                stub.name,
+                p["image"],
+                stub.transform,
+                enc,
+                stub.T_WC,
+                p["X"],
+                p["C"],
+                stub.N,
+                stub.kf_id,
+                stub.extra,
+            )
+            if self._cache_size:
+                self._cache[stub.kf_id] = f
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(stub.kf_id)
+        f.T_WC, f.N = stub.T_WC, stub.N
+        return f
+
+    def matches(self, data: dict) -> Any:
+        """The correspondences (`EdgeMatches`) of an edge's ``data`` (from `edges`), read back if spilled;
+        None if they were dropped (`drop_old_matches`)."""
+        m = data.get("m")
+        if m is not None or "m_key" not in data:
+            return m
+        with self.lock:
+            assert self._store is not None
+            return unpack_half(self._store.read(data["m_key"]))
+
+    def close(self) -> None:
+        """Remove the scratch folder (spilled keyframes are gone: call at the very end)."""
+        with self.lock:
+            if self._store is not None:
+                self._store.close()
+
     def _apply_offload(self) -> None:
         if not self.offload:
             return
         host = torch.device("cpu")
         pin = self.device.type == "cuda"
         for s in self._slots[: max(0, len(self._slots) - self.resident)]:
-            if s.on_host:
+            if s.on_host or s.spilled:
                 continue
             for name in s.frame.tensor_fields():
                 t = getattr(s.frame, name)
@@ -337,7 +504,7 @@ class SharedMap:
                 for s in self._slots:
                     if since is not None and s.points_version <= since:
                         continue
-                    f = s.frame
+                    f = self._load(s) if s.spilled else s.frame
                     kfs[f.kf_id] = KeyframeView(
                         f.kf_id,
                         s.frame_row,
@@ -407,19 +574,31 @@ class KeyframeAccess:
         return self.get(i)
 
     def get(self, i: int) -> Frame:
-        """Keyframe `i` with its tensors on the device (a device copy if it was offloaded)."""
+        """Keyframe `i` with its tensors on the device (a device copy if it was offloaded or spilled)."""
         with self._m.lock:
             s = self._m._slots[i]
-            return s.frame.to(self._m.device) if s.on_host and self._m.device.type != "cpu" else s.frame
+            f = self._m._load(s) if s.spilled else s.frame
+            return f.to(self._m.device) if s.on_host and self._m.device.type != "cpu" else f
 
     def raw(self, i: int) -> Frame:
-        """Keyframe `i` as stored (tensors possibly in host memory); no copy."""
+        """Keyframe `i` as stored (tensors possibly in host memory; no copy), or read back if spilled."""
+        with self._m.lock:
+            s = self._m._slots[i]
+            return self._m._load(s) if s.spilled else s.frame
+
+    def meta(self, i: int) -> Frame:
+        """Keyframe `i` for its pose, timestamp, name, `hw`: never reads a spilled payload back (the per-pixel
+        tensors of a spilled keyframe are storage-less meta tensors here)."""
         with self._m.lock:
             return self._m._slots[i].frame
 
     def is_offloaded(self, i: int) -> bool:
         with self._m.lock:
             return self._m._slots[i].on_host
+
+    def is_spilled(self, i: int) -> bool:
+        with self._m.lock:
+            return self._m._slots[i].spilled
 
     @property
     def last(self) -> Frame:
@@ -442,17 +621,21 @@ class KeyframeAccess:
         """Stacked canonical pointmaps and AVERAGE confidences on the device: X [n, HW, 3], C [n, HW]."""
         dev = self._m.device
         with self._m.lock:
-            fr = [s.frame for s in self._m._slots]
-            ids = range(len(fr)) if ids is None else ids
-            X = torch.stack([fr[i].X.to(dev) for i in ids])
-            C = torch.stack([fr[i].average_conf().to(dev) for i in ids])
+            ids = range(len(self._m._slots)) if ids is None else ids
+            fr = [self.raw(i) for i in ids]
+            X = torch.stack([f.X.to(dev) for f in fr])
+            C = torch.stack([f.average_conf().to(dev) for f in fr])
             return X, C
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes of keyframe tensors on the device and on the host (for reports and tests)."""
+        """Bytes of keyframe tensors on the device, on the host and spilled to disk (for reports and tests)."""
         dev = host = 0
         with self._m.lock:
+            store = self._m._store
+            disk = store.nbytes if store is not None else 0
             for s in self._m._slots:
+                if s.spilled:
+                    continue
                 f = s.frame
                 n = sum(
                     getattr(f, k).numel() * getattr(f, k).element_size()
@@ -463,7 +646,7 @@ class KeyframeAccess:
                     host += n
                 else:
                     dev += n
-        return {"device": dev, "host": host}
+        return {"device": dev, "host": host, "disk": disk}
 
 
 class FrameAccess:

@@ -100,7 +100,19 @@ class SlamSystem:
         self.K_given = None if K is None else np.asarray(K, dtype=np.float64).reshape(3, 3)
         if self.cfg.mode == "calib" and self.K_given is None:
             raise ValueError("calib mode needs intrinsics K")
-        self.map = SharedMap(self.device, offload=self.cfg.offload_keyframes, resident=resident_keyframes)
+        mem = self.cfg.memory
+        self.map = SharedMap(
+            self.device,
+            offload=self.cfg.offload_keyframes,
+            resident=resident_keyframes,
+            spill=mem.spill,
+            # a windowed backend reads the keyframes and edges of its window on every step: keep them in memory
+            keep=max(mem.keep, self.cfg.backend.window + 4),  # + a backend thread's lag
+            spill_dir=mem.spill_dir,
+            cache=mem.cache,
+            drop_old_matches=self.cfg.backend.window > 0,
+            half=mem.half,
+        )
         self._custom_backend = backend
         self.backend: Any = backend
         self.reloc: Any = None
@@ -333,7 +345,7 @@ class SlamSystem:
         a_id, T_a = anchor if anchor is not None else (-1, None)
         with self.map.lock:  # the anchor's pose may be moved by a backend thread: read it and add atomically
             if anchor is not None:
-                frame.T_WC = sim3.mul(self.keyframes.raw(a_id).T_WC, T_a.to(frame.T_WC))
+                frame.T_WC = sim3.mul(self.keyframes.meta(a_id).T_WC, T_a.to(frame.T_WC))
             kf_id = self.map.add_keyframe(frame, a_id, T_a)
             self.map.add_frame(frame.timestamp, frame.name, kf_id, sim3.identity(device=self.device), is_keyframe=True)
         self._T_kf, self._idx = sim3.identity(device=self.device), None
@@ -422,7 +434,7 @@ class SlamSystem:
     def keyframe_poses(self) -> tuple[Tensor, list[str], Tensor]:
         """(timestamps [K] float64, names, T_WC [K, 8]) of the keyframes."""
         with self.map.lock:
-            kfs = [self.keyframes.raw(i) for i in range(len(self.keyframes))]
+            kfs = [self.keyframes.meta(i) for i in range(len(self.keyframes))]
             ts = torch.tensor([f.timestamp for f in kfs], dtype=torch.float64)
             return ts, [f.name for f in kfs], self.keyframes.poses()
 

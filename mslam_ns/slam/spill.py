@@ -1,0 +1,136 @@
+"""`SpillStore`: a scratch folder where the `SharedMap` keeps what it moved out of memory.
+
+Long videos make thousands of keyframes; each holds its image, fused pointmap and confidence, the prior's
+encoding (MASt3R: the encoder tokens) and ~1.8 MB per directed graph edge of correspondences (512x384). Only
+the newest keyframes and the edges among them are needed at every step (tracking, the backend's optimisation
+window); the rest is read back only for loop closure, relocalisation, snapshots and export. The map writes
+those payloads here (one file per keyframe or edge, `torch.save`), keeps a stub in memory and reads a payload
+back when somebody asks for it.
+
+The folder is the map's own: made with `tempfile.mkdtemp` (under ``root`` when given, else the system's
+temporary folder), removed by `close()`, at interpreter exit or when the store is garbage-collected. Files are
+written to a temporary name and renamed, so a payload is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["SpillStore", "pack_half", "unpack_half"]
+
+
+@dataclass
+class _Half:
+    """A float32 tensor or array stored in float16 (`pack_half`)."""
+
+    value: Any
+
+
+def pack_half(obj: Any) -> Any:
+    """``obj`` with every float32 tensor / array inside it (tuples, lists, dicts, dataclasses) in float16.
+
+    For payloads whose precision needs are far coarser than float32: fused pointmaps and confidences of old
+    keyframes (float16 keeps ~5e-4 relative, the prior's pointmaps are good to ~1e-2), encoder tokens.
+    """
+    if isinstance(obj, torch.Tensor):
+        return _Half(obj.half()) if obj.dtype == torch.float32 else obj
+    if isinstance(obj, np.ndarray):
+        return _Half(obj.astype(np.float16)) if obj.dtype == np.float32 else obj
+    if isinstance(obj, tuple):
+        return tuple(pack_half(v) for v in obj)
+    if isinstance(obj, list):
+        return [pack_half(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: pack_half(v) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(
+            obj, **{f.name: pack_half(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        )
+    return obj
+
+
+def unpack_half(obj: Any) -> Any:
+    """Inverse of `pack_half` (float16 back to float32)."""
+    if isinstance(obj, _Half):
+        v = obj.value
+        return v.float() if isinstance(v, torch.Tensor) else v.astype(np.float32)
+    if isinstance(obj, tuple):
+        return tuple(unpack_half(v) for v in obj)
+    if isinstance(obj, list):
+        return [unpack_half(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: unpack_half(v) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(
+            obj, **{f.name: unpack_half(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        )
+    return obj
+
+
+def _remove(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class SpillStore:
+    """Key -> payload files in a private scratch folder (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        if root is not None:
+            Path(root).mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix="mslam-spill-", dir=None if root is None else str(root)))
+        self._sizes: dict[str, int] = {}
+        self.writes = 0
+        self.reads = 0
+        self._finalizer = weakref.finalize(self, _remove, str(self.path))
+
+    def _file(self, key: str) -> Path:
+        return self.path / f"{key}.pt"
+
+    def write(self, key: str, payload: Any) -> None:
+        """Store ``payload`` (tensors, arrays, dataclasses: anything `torch.save` pickles) under ``key``."""
+        if not self._finalizer.alive:
+            raise RuntimeError("SpillStore: write after close()")
+        f = self._file(key)
+        tmp = f.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, f)
+        self._sizes[key] = f.stat().st_size
+        self.writes += 1
+
+    def read(self, key: str) -> Any:
+        """The payload stored under ``key`` (a fresh copy in memory; CPU tensors)."""
+        if key not in self._sizes:
+            raise KeyError(f"SpillStore: nothing stored under {key!r}")
+        self.reads += 1
+        # our own files in our own private folder: full unpickling is safe here
+        return torch.load(self._file(key), map_location="cpu", weights_only=False)
+
+    def delete(self, key: str) -> None:
+        if self._sizes.pop(key, None) is not None:
+            self._file(key).unlink(missing_ok=True)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._sizes
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on disk."""
+        return sum(self._sizes.values())
+
+    def close(self) -> None:
+        """Remove the folder and everything in it."""
+        self._sizes.clear()
+        self._finalizer()
