@@ -113,6 +113,7 @@ def run(src, args, bounded: bool, n_frames: int, marks: int = 10) -> dict:
     cfg.memory.spill = bounded
     cfg.memory.keep = args.keep
     cfg.backend.window = args.window if bounded else 0
+    cfg.memory.trim = bounded and not args.no_trim
     w, h = src.image_size
     prior = OraclePrior(src.depth, src.gt_poses, src.intrinsics.K, plan_transform(w, h, args.size), "mast3r", seed=0)
     gc.collect()
@@ -172,6 +173,7 @@ def main() -> None:
     ap.add_argument("--ref-s", type=float, default=60.0, help="seconds of the unbounded reference run (0: none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--no-trim", action="store_true", help="bounded run without malloc_trim (memory.trim)")
     args = ap.parse_args()
 
     import torch

@@ -184,6 +184,10 @@ class MemoryConfig:
     """Where the scratch folder is made (default: the system's temporary folder)."""
     cache: int = 4
     """Spilled keyframes kept loaded after a read (least recently used first out)."""
+    trim: bool = True
+    """After every backend step and every 30 tracked frames, give the memory the C allocator holds but no
+    longer uses back to the system (glibc ``malloc_trim``; without it resident memory creeps up by tens of MB
+    per keyframe on long runs with no live data behind it)."""
     half: bool = True
     """Spill float32 payloads (old keyframes' pointmaps and confidences, their encodings) in float16: ~5e-4
     relative, far below the prior's own error, and half the disk."""

@@ -222,9 +222,10 @@ class Backend:
         local = {k: a for a, k in enumerate(ids)}
         ii = torch.tensor([local[e[0]] for e in edges], dtype=torch.long, device=dev)
         jj = torch.tensor([local[e[1]] for e in edges], dtype=torch.long, device=dev)
-        idx = torch.stack([m.idx for m in ms]).to(dev).long()
-        valid = torch.stack([m.valid for m in ms]).to(dev)
-        q = torch.stack([m.q for m in ms]).to(dev).float()
+        # per-edge lists: the solver stacks them a chunk of edges at a time (no whole [E, HW] copies)
+        idx = [m.idx.to(dev) for m in ms]
+        valid = [m.valid.to(dev) for m in ms]
+        q = [m.q.to(dev).float() for m in ms]
         del ms
         hw = self.map.keyframes.meta(0).hw
         K = None if self.K_net is None else self.K_net.to(dev)
@@ -390,6 +391,10 @@ class Backend:
                     return
                 if self._error is None:
                     self.step(*item)
+                    if self.cfg.memory.trim:
+                        from mslam_ns.slam.spill import release_free_memory
+
+                        release_free_memory()
             except BaseException as e:  # reported to the caller at the next submit / flush
                 self._error = e
             finally:

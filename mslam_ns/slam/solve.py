@@ -15,6 +15,7 @@ accepted). The damped 7x7 step of frame tracking uses `solve_lm` (dense Cholesky
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -155,14 +156,15 @@ def optimize_graph(
     C: Tensor,  # [N, HW] average confidences
     ii: Tensor,  # [E] int64
     jj: Tensor,  # [E] int64
-    idx: Tensor,  # [E, HW] int64 (pixel of ii matched by each pixel of jj)
-    valid: Tensor,  # [E, HW] bool
-    Q: Tensor,  # [E, HW] match weights
+    idx: Tensor | Sequence[Tensor],  # [E, HW] int64 / int32 (pixel of ii matched by each pixel of jj)
+    valid: Tensor | Sequence[Tensor],  # [E, HW] bool
+    Q: Tensor | Sequence[Tensor],  # [E, HW] match weights
     mode: str,
     cfg: BackendConfig,
     K: Tensor | None = None,  # [3, 3] network pixels (calib)
     img_hw: tuple[int, int] | None = None,  # (H, W) (calib)
     sparse: bool | None = None,  # block-sparse SuperLU (default when scipy is there) or dense Cholesky
+    edge_chunk: int = 16,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Levenberg-Marquardt (`mslam_ns.slam.lm`) over the free keyframe poses.
 
@@ -170,15 +172,50 @@ def optimize_graph(
     new poses [N, 8] (input dtype) and ``info = {iterations, cost_history, converged, failed, reason}``.
     Invalid inputs raise ValueError (from `edge_normal_equations`); numerical failures set ``failed`` and
     return the best poses found (unchanged poses if no step was accepted).
+
+    Memory: the per-edge blocks are computed ``edge_chunk`` edges at a time (0 = all at once), and
+    ``idx`` / ``valid`` / ``Q`` may be sequences of per-edge [HW] tensors (e.g. the edges' own stored
+    correspondences), stacked one chunk at a time: the per-pixel inputs are never copied whole.
     """
     N = Twc.shape[0]
     n_fixed = min(max(int(cfg.fixed_keyframes), 0), N)
+    E = int(ii.shape[0])
+    HW = int(X.shape[1]) if X.dim() == 3 else 0
+
+    def rows(t: Tensor | Sequence[Tensor], a: int, b: int) -> Tensor:
+        if isinstance(t, Tensor):
+            return t[a:b]
+        return torch.stack(list(t[a:b])) if b > a else torch.zeros(0, HW, device=X.device)
+
+    step = E if edge_chunk <= 0 else int(edge_chunk)
 
     def normal_equations(T: Tensor) -> tuple[Tensor, Tensor, float, int]:
-        H, g, cost, count = edge_normal_equations(
-            mode, T, X, C, ii, jj, idx, valid, Q, residual=cfg.residual, K=K, img_hw=img_hw, return_count=True
-        )
-        return H, g, float(cost.double().sum()), int(count.sum())
+        Hs, gs, cost, count = [], [], 0.0, 0
+        for a in range(0, max(E, 1), max(step, 1)):
+            b = min(a + step, E)
+            i_, v_, q_ = rows(idx, a, b), rows(valid, a, b), rows(Q, a, b)
+            if b == a:  # no edge: the inputs are still validated
+                i_, v_ = i_.long(), v_.bool()
+            H, g, c, n = edge_normal_equations(
+                mode,
+                T,
+                X,
+                C,
+                ii[a:b],
+                jj[a:b],
+                i_,
+                v_,
+                q_,
+                residual=cfg.residual,
+                K=K,
+                img_hw=img_hw,
+                return_count=True,
+            )
+            Hs.append(H)
+            gs.append(g)
+            cost += float(c.double().sum())
+            count += int(n.sum())
+        return torch.cat(Hs), torch.cat(gs), cost, count
 
     first = normal_equations(Twc)  # validates the inputs even when there is nothing to do
     if ii.numel() == 0 or N - n_fixed <= 0:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SpillStore", "pack_half", "unpack_half"]
+__all__ = ["SpillStore", "pack_half", "unpack_half", "release_free_memory"]
 
 
 @dataclass
@@ -75,6 +75,32 @@ def unpack_half(obj: Any) -> Any:
             obj, **{f.name: unpack_half(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
         )
     return obj
+
+
+_LIBC: Any = None
+
+
+def release_free_memory() -> bool:
+    """Give memory the C allocator holds but no longer uses back to the system (glibc ``malloc_trim``).
+
+    Tensors of a few MB are allocated from the heap and freed in an order the allocator cannot coalesce,
+    so without this a long run's resident memory creeps up by tens of MB per keyframe with no live data
+    behind it (measured: 640 MiB more after 18 keyframes at 512x384, against 94 MiB of live tensors).
+    Returns False where there is no glibc (then it does nothing).
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC is False:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
 
 
 def _remove(path: str) -> None:

@@ -40,6 +40,7 @@ from mslam_ns.geometry import sim3
 from mslam_ns.prior.base import PairPrediction, TwoViewPrior
 from mslam_ns.slam.frame import Frame
 from mslam_ns.slam.shared_map import MapSnapshot, SharedMap
+from mslam_ns.slam.spill import release_free_memory
 from mslam_ns.slam.tracker import Tracker, TrackResult
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class SlamSystem:
 
             self.motion_filter = MotionFilter(mf)
         self._held: Any = None  # the newest frame if the motion filter skipped it (decoded by finish())
+        self._n_steps = 0  # decoded frames (memory trims)
 
     # views of the shared map kept for callers: keyframe access and per-frame records
     @property
@@ -170,6 +172,9 @@ class SlamSystem:
         out = self._step(raw)
         if mf is not None and out.tracked:
             mf.decoded(raw.image)
+        self._n_steps += 1
+        if self.cfg.memory.trim and (out.is_keyframe or self._n_steps % 30 == 0):
+            release_free_memory()
         return out
 
     def _step(self, raw: Any) -> StepResult:
