@@ -24,6 +24,7 @@ per-frame records); they hold no state of their own.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict
@@ -124,20 +125,7 @@ def _stub(f: Frame) -> Frame:
         return None if t is None else torch.empty(t.shape, dtype=t.dtype, device="meta")
 
     enc = Encoding(f.enc.index, f.enc.shape, None)
-    return Frame(
-        f.index,
-        f.timestamp,
-        f.name,
-        meta(f.image),
-        f.transform,
-        enc,
-        f.T_WC,
-        meta(f.X),
-        meta(f.C),
-        f.N,
-        f.kf_id,
-        f.extra,
-    )
+    return dataclasses.replace(f, image=meta(f.image), enc=enc, X=meta(f.X), C=meta(f.C))
 
 
 @dataclass
@@ -393,20 +381,7 @@ class SharedMap:
             assert self._store is not None
             p = unpack_half(self._store.read(f"kf{stub.kf_id}"))
             enc = Encoding(stub.enc.index, stub.enc.shape, p["enc"])
-            f = Frame(
-                stub.index,
-                stub.timestamp,
-                stub.name,
-                p["image"],
-                stub.transform,
-                enc,
-                stub.T_WC,
-                p["X"],
-                p["C"],
-                stub.N,
-                stub.kf_id,
-                stub.extra,
-            )
+            f = dataclasses.replace(stub, image=p["image"], enc=enc, X=p["X"], C=p["C"])
             if self._cache_size:
                 self._cache[stub.kf_id] = f
                 while len(self._cache) > self._cache_size:

@@ -36,45 +36,46 @@ class _Half:
     value: Any
 
 
+def _map_leaves(obj: Any, leaf: Any) -> Any:
+    """``obj`` rebuilt with ``leaf`` applied to everything that is not a tuple, list, dict or dataclass."""
+    if isinstance(obj, tuple):
+        return tuple(_map_leaves(v, leaf) for v in obj)
+    if isinstance(obj, list):
+        return [_map_leaves(v, leaf) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _map_leaves(v, leaf) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, (type, _Half)):
+        fields = {f.name: _map_leaves(getattr(obj, f.name), leaf) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **fields)
+    return leaf(obj)
+
+
+def _to_half(v: Any) -> Any:
+    if isinstance(v, torch.Tensor) and v.dtype == torch.float32:
+        return _Half(v.half())
+    if isinstance(v, np.ndarray) and v.dtype == np.float32:
+        return _Half(v.astype(np.float16))
+    return v
+
+
+def _from_half(v: Any) -> Any:
+    if not isinstance(v, _Half):
+        return v
+    return v.value.float() if isinstance(v.value, torch.Tensor) else v.value.astype(np.float32)
+
+
 def pack_half(obj: Any) -> Any:
     """``obj`` with every float32 tensor / array inside it (tuples, lists, dicts, dataclasses) in float16.
 
     For payloads whose precision needs are far coarser than float32: fused pointmaps and confidences of old
     keyframes (float16 keeps ~5e-4 relative, the prior's pointmaps are good to ~1e-2), encoder tokens.
     """
-    if isinstance(obj, torch.Tensor):
-        return _Half(obj.half()) if obj.dtype == torch.float32 else obj
-    if isinstance(obj, np.ndarray):
-        return _Half(obj.astype(np.float16)) if obj.dtype == np.float32 else obj
-    if isinstance(obj, tuple):
-        return tuple(pack_half(v) for v in obj)
-    if isinstance(obj, list):
-        return [pack_half(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: pack_half(v) for k, v in obj.items()}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(
-            obj, **{f.name: pack_half(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
-        )
-    return obj
+    return _map_leaves(obj, _to_half)
 
 
 def unpack_half(obj: Any) -> Any:
     """Inverse of `pack_half` (float16 back to float32)."""
-    if isinstance(obj, _Half):
-        v = obj.value
-        return v.float() if isinstance(v, torch.Tensor) else v.astype(np.float32)
-    if isinstance(obj, tuple):
-        return tuple(unpack_half(v) for v in obj)
-    if isinstance(obj, list):
-        return [unpack_half(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: unpack_half(v) for k, v in obj.items()}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(
-            obj, **{f.name: unpack_half(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
-        )
-    return obj
+    return _map_leaves(obj, _from_half)
 
 
 _LIBC: Any = None

@@ -89,6 +89,15 @@ def load_net(d: Path):
     return load_mast3r(d / "checkpoint.pth")
 
 
+def encode_pair(net, ref: dict[str, np.ndarray]) -> tuple[tuple[torch.Tensor, ...], tuple[int, int]]:
+    """The fixture's two images through ``net``'s encoder: ((f1, p1, f2, p2), (H, W)), inference mode."""
+    H, W = (int(v) for v in ref["true_shape1"][0])
+    with torch.inference_mode():
+        f1, p1 = net.encode(torch.from_numpy(ref["img1"]))
+        f2, p2 = net.encode(torch.from_numpy(ref["img2"]))
+    return (f1, p1, f2, p2), (H, W)
+
+
 def run_network(d: Path) -> dict[str, torch.Tensor]:
     """Run OUR implementation on fixture dir ``d`` the way the fixture's calls were made; keys as in io.npz."""
     from mslam_ns.model import load_retrieval

@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.model._fixtures import atol_for, check, fixture_params, load_net, meta, network_outputs, reference
+from tests.model._fixtures import (
+    atol_for,
+    check,
+    encode_pair,
+    fixture_params,
+    load_net,
+    meta,
+    network_outputs,
+    reference,
+)
 
 INPUTS = ("img1_u8", "img2_u8", "img1", "img2", "true_shape1", "true_shape2")
 
@@ -48,10 +57,8 @@ def test_batched_symmetric_decode_matches_both_orderings(fixdir):
     """decode_symmetric (one batch-2 call) reproduces res11/21/22/12."""
     ref = reference(fixdir)
     net = load_net(fixdir)
-    H, W = (int(v) for v in ref["true_shape1"][0])
+    (f1, p1, f2, p2), (H, W) = encode_pair(net, ref)
     with torch.inference_mode():
-        f1, p1 = net.encode(torch.from_numpy(ref["img1"]))
-        f2, p2 = net.encode(torch.from_numpy(ref["img2"]))
         (r11, r21), (r22, r12) = net.decode_symmetric(f1, p1, f2, p2, (H, W))
     for name, r in (("res11", r11), ("res21", r21), ("res22", r22), ("res12", r12)):
         for k, v in r.items():

@@ -16,19 +16,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from mslam_ns.model import dpt, heads
-from tests.model._fixtures import load_net, reference, require_root
+from tests.model._fixtures import encode_pair, load_net, reference, require_root
 
 
 @pytest.fixture(scope="module")
 def tiny():
     d = require_root() / "tiny_A"
-    ref = reference(d)
     net = load_net(d)
-    H, W = (int(v) for v in ref["true_shape1"][0])
-    with torch.inference_mode():
-        f1, p1 = net.encode(torch.from_numpy(ref["img1"]))
-        f2, p2 = net.encode(torch.from_numpy(ref["img2"]))
-    return net, (f1, p1, f2, p2), (H, W)
+    feats, hw = encode_pair(net, reference(d))
+    return net, feats, hw
 
 
 class _MaxOutput(TorchDispatchMode):

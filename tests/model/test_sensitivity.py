@@ -11,16 +11,14 @@ import pytest
 import torch
 
 from mslam_ns.model import dpt, layers, load_mast3r
-from tests.model._fixtures import atol_for, check, reference, require_root
+from tests.model._fixtures import atol_for, check, encode_pair, reference, require_root
 
 KEYS = ("res11.pts3d", "res11.conf", "res11.desc", "res11.desc_conf", "res21.pts3d")
 
 
 def _first_pass(net, ref) -> dict[str, torch.Tensor]:
-    H, W = (int(v) for v in ref["true_shape1"][0])
+    (f1, p1, f2, p2), (H, W) = encode_pair(net, ref)
     with torch.inference_mode():
-        f1, p1 = net.encode(torch.from_numpy(ref["img1"]))
-        f2, p2 = net.encode(torch.from_numpy(ref["img2"]))
         r1, r2 = net.decode(f1, p1, f2, p2, (H, W))
     return {**{f"res11.{k}": v for k, v in r1.items()}, **{f"res21.{k}": v for k, v in r2.items()}}
 
