@@ -106,13 +106,15 @@ class BackendConfig:
     fixed_keyframes: int = 1
     """Number of leading keyframes held fixed (the gauge)."""
     window: int = 64
-    """Keyframes optimised densely after each new keyframe: the newest `window` ones (plus `loop_radius`
-    keyframes around each loop-closure keyframe older than that), the keyframes they share edges with held
-    fixed. A loop closure to a keyframe outside the window first corrects every keyframe by a Sim(3) pose-graph
-    optimisation (`slam/pose_graph.py`). 0 = every keyframe every time (the reference's global optimisation:
-    memory and time grow with the video)."""
-    loop_radius: int = 2
-    """Keyframes on each side of an old loop-closure keyframe that join the dense optimisation."""
+    """Keyframes optimised densely after each new keyframe: the newest `window` ones, the older keyframes
+    they share edges with held fixed. A loop closure to a keyframe outside the window first corrects every
+    keyframe by a Sim(3) pose-graph optimisation (`slam/pose_graph.py`). 0 = every keyframe every time (the
+    reference's global optimisation: memory and time grow with the video)."""
+    fuse_edges: bool = True
+    """Fuse each accepted edge's own-view pointmaps (X^i_i of the pass (i, j) and X^j_j of (j, i), scaled onto
+    the keyframe's canonical pointmap) into the two keyframes, as a tracked frame's view is fused: every
+    verified pair decode also averages down the per-pass errors of the keyframes the graph stands on (the
+    reference uses edge decodes for correspondences only)."""
 
 
 @dataclass

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
+# No pip cache: torch alone is several GB, and a second copy of every wheel in ~/.cache has filled a CI disk.
+export PIP_NO_CACHE_DIR=1
 stamp="$VENV/.mslam_ns_setup"
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/setup.sh ]; then
   exit 0

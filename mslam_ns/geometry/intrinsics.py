@@ -221,19 +221,37 @@ class IntrinsicsFuser:
     centre is refitted with the centre as principal point (a degenerate pointmap, e.g. a flat wall far away)."""
     samples: dict[int, tuple[float, float, float, float, float]] = field(default_factory=dict)
     """kf_id -> (fx, fy, cx, cy, weight) of every keyframe added."""
+    extra: list[tuple[float, float, float, float, float]] = field(default_factory=list)
+    """(fx, fy, cx, cy, weight) of further decoder passes (``add(..., extra=True)``: e.g. the passes of the
+    backend's edge decodes); fused like the keyframes' samples, not counted as keyframes."""
     _next_id: int = -1
 
-    def add(self, fx: float, fy: float, cx: float, cy: float, weight: float = 1.0, kf_id: int | None = None) -> None:
+    def add(
+        self,
+        fx: float,
+        fy: float,
+        cx: float,
+        cy: float,
+        weight: float = 1.0,
+        kf_id: int | None = None,
+        extra: bool = False,
+    ) -> None:
         """Add (or replace) one estimate; non-finite or non-positive-focal estimates and zero weights are
-        ignored. Without ``kf_id`` the sample gets a fresh negative id."""
+        ignored. Without ``kf_id`` the sample gets a fresh negative id; ``extra`` adds it to `extra` (another
+        pass over an image already sampled) instead."""
         vals = (fx, fy, cx, cy, weight)
         if not (all(np.isfinite(vals)) and fx > 0 and fy > 0 and weight > 0):
+            return
+        if extra:
+            self.extra.append(tuple(float(x) for x in vals))  # type: ignore[arg-type]
             return
         if kf_id is None:
             kf_id, self._next_id = self._next_id, self._next_id - 1
         self.samples[int(kf_id)] = tuple(float(x) for x in vals)  # type: ignore[assignment]
 
-    def update(self, X, C=None, kf_id: int | None = None) -> tuple[float, float, float, float] | None:
+    def update(
+        self, X, C=None, kf_id: int | None = None, extra: bool = False
+    ) -> tuple[float, float, float, float] | None:
         """Estimate from one keyframe's pointmap X [H, W, 3] (and confidence C [H, W]) and add it.
 
         The sample's weight is the summed confidence of its valid pixels. Returns the keyframe's own
@@ -252,18 +270,20 @@ class IntrinsicsFuser:
         except (ValueError, np.linalg.LinAlgError):
             return None
         weight = float(_rays_and_pixels(Xn, Cn)[4].sum())
-        self.add(*est, weight=weight, kf_id=kf_id)
+        self.add(*est, weight=weight, kf_id=kf_id, extra=extra)
         return est
 
     @property
     def count(self) -> int:
         return len(self.samples)
 
-    def estimate(self) -> tuple[float, float, float, float] | None:
-        """Fused (fx, fy, cx, cy), or None before any sample."""
-        if not self.samples:
+    def estimate(self, extra: bool = True) -> tuple[float, float, float, float] | None:
+        """Fused (fx, fy, cx, cy) of the keyframes' samples and (``extra``) the further passes' ones, or None
+        before any sample."""
+        rows = list(self.samples.values()) + (list(self.extra) if extra else [])
+        if not rows:
             return None
-        s = np.asarray(list(self.samples.values()))  # [K, 5]
+        s = np.asarray(rows)  # [K, 5]
         w = s[:, 4]
         if self.reducer == "mean":
             out = (s[:, :4] * w[:, None]).sum(axis=0) / w.sum()
@@ -281,9 +301,9 @@ class IntrinsicsFuser:
             raise ValueError(f"IntrinsicsFuser: unknown reducer {self.reducer!r} (robust, median or mean)")
         return float(out[0]), float(out[1]), float(out[2]), float(out[3])
 
-    def K(self) -> np.ndarray | None:
+    def K(self, extra: bool = True) -> np.ndarray | None:
         """The fused 3x3 intrinsics matrix (float64, network pixels), or None before any sample."""
-        e = self.estimate()
+        e = self.estimate(extra)
         return None if e is None else _K_of(*e)
 
     def per_keyframe(self) -> dict[int, np.ndarray]:

@@ -6,7 +6,9 @@ For each new keyframe n:
 2. each candidate c is verified: symmetric decode (n, c), dense matching in both directions, and the edge is
    kept when min over both directions of mean(matched & q > Q_conf) >= `min_match_frac` (the consecutive
    edge is always kept); accepted edges are stored in the `SharedMap` with their correspondences
-   (two directed edges: pixels of c matched into n, and pixels of n matched into c);
+   (two directed edges: pixels of c matched into n, and pixels of n matched into c); with
+   `BackendConfig.fuse_edges` each pass's own-view pointmap (X^n_n of (n, c), X^c_c of (c, n)) is also fused
+   into its keyframe, scaled onto the canonical pointmap (`fusion.fuse_own_view`), as tracking fuses frames;
 3. Levenberg-Marquardt over the keyframe poses (`optimize_graph`); the new poses are written back through
    `SharedMap.set_poses`, so every frame's pose (stored relative to its keyframe) is recomposed. A failed
    optimisation is logged and the previous poses are kept.
@@ -33,6 +35,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +92,7 @@ class BackendStats:
     edges_accepted: int = 0
     loop_edges: int = 0
     pose_graph_runs: int = 0
+    fused_passes: int = 0
     optimisations: int = 0
     failed_optimisations: int = 0
     iterations: int = 0
@@ -109,6 +113,8 @@ class Backend:
         mode: str,
         K_net: Tensor | None = None,
         retrieval: Any = None,
+        canonical_points: Callable[[Tensor, tuple[int, int]], Tensor] | None = None,
+        observe_pass: Callable[[int, Tensor, Tensor], None] | None = None,
     ):
         """
         Args:
@@ -118,10 +124,16 @@ class Backend:
             mode: 'rays' or 'calib' (residuals of the graph).
             K_net: [3, 3] intrinsics at network resolution (calib mode).
             retrieval: a `RetrievalDatabase` or None (then only consecutive edges).
+            canonical_points: how a view's own pointmap is stored (`Tracker.canonical_points`: on the known or
+                self-calibrated rays), for fusing edge decodes (`cfg.backend.fuse_edges`); None = as predicted.
+            observe_pass: called as ``observe_pass(kf_id, X [H, W, 3], C [H, W])`` with each accepted edge's
+                own-view predictions as decoded (the system's self-calibration takes one more sample of them).
         """
         self.map, self.prior, self.cfg, self.mode = shared_map, prior, cfg, mode
         self.K_net = K_net
         self.retrieval = retrieval
+        self.canonical_points = canonical_points
+        self.observe_pass = observe_pass
         self.stats = BackendStats()
         self._queue: queue.Queue | None = None
         self._worker: threading.Thread | None = None
@@ -170,7 +182,7 @@ class Backend:
             if self.map.has_edge(kf_id, c):
                 continue
             f_c = self.map.keyframes.raw(c)
-            e_nc, e_cn, _ = match_pair(self.prior, f_n.enc, f_c.enc, self.cfg, dev)
+            e_nc, e_cn, (p_nc, p_cn) = match_pair(self.prior, f_n.enc, f_c.enc, self.cfg, dev)
             self.stats.edges_tried += 1
             consecutive = sequential and c == kf_id - 1
             frac = min(e_nc.frac, e_cn.frac)
@@ -181,9 +193,27 @@ class Backend:
             edges += [(kf_id, c, kind, {"m": e_nc}), (c, kf_id, kind, {"m": e_cn})]
             self.stats.edges_accepted += 1
             self.stats.loop_edges += kind == "loop"
+            for k, p in ((kf_id, p_nc), (c, p_cn)):
+                if self.observe_pass is not None:
+                    self.observe_pass(k, p.ii.X, p.ii.C)
+                if self.cfg.backend.fuse_edges:
+                    self._fuse_pass(k, p)
         if edges:
             self.map.add_edges(edges)
         return len(edges) // 2
+
+    def _fuse_pass(self, kf_id: int, p: PairPrediction) -> None:
+        """Fuse pass p's own-view pointmap X^i_i (i = keyframe `kf_id`) into that keyframe (`fuse_edges`)."""
+        from mslam_ns.slam.fusion import fuse_own_view
+
+        hw = (int(p.ii.X.shape[0]), int(p.ii.X.shape[1]))
+        X = p.ii.X.reshape(-1, 3).to(self.map.device).float()
+        if self.canonical_points is not None:
+            X = self.canonical_points(X, hw)
+        C = p.ii.C.reshape(-1).to(self.map.device).float()
+        with self.map.edit_points(kf_id) as f:
+            fuse_own_view(f, X, C, self.cfg.tracking.filtering_mode)
+        self.stats.fused_passes += 1
 
     # ---- global optimisation ------------------------------------------------------------------------
     def _problem(self, n: int) -> tuple[list[int], int, list[tuple[int, int, str, dict]]]:

@@ -2,7 +2,8 @@
 
 Fusion (docs/algorithm.md section 3, step 7), "weighted pointmap":
 `X_k <- (C_k X_k + C X) / (C_k + C)`, `C_k <- C_k + C`, `N_k += 1`, with X the keyframe's pixels as seen
-by the tracked frame, moved into the keyframe's camera.
+by the tracked frame, moved into the keyframe's camera. The backend fuses a verified edge's own-view
+pointmap the same way (`fuse_own_view`: same camera, so only the pass's scale has to be aligned).
 """
 
 from __future__ import annotations
@@ -53,3 +54,33 @@ def fuse_into_keyframe(
     else:
         raise ValueError(f"unknown filtering mode {mode!r}")
     kf.N += 1
+
+
+def scale_onto(
+    X_ref: Tensor,  # [HW, 3] the keyframe's canonical pointmap
+    X: Tensor,  # [HW, 3] another estimate of the same pixels in the same camera
+    w: Tensor,  # [HW] weights
+) -> float:
+    """The scale s minimising sum_n w_n |X_ref_n - s X_n|^2 (1.0 when X carries no weight)."""
+    X_ref, X, w = X_ref.double(), X.double(), w.double()
+    den = float((w * (X * X).sum(-1)).sum())
+    if not den > 0.0:
+        return 1.0
+    s = float((w * (X_ref * X).sum(-1)).sum()) / den
+    return s if s > 0.0 and s == s else 1.0
+
+
+def fuse_own_view(
+    kf: Frame,
+    X_pass: Tensor,  # [HW, 3] the keyframe's own pointmap from another decoder pass (its camera, canonicalised)
+    C_pass: Tensor,  # [HW] its confidence
+    mode: str = "weighted_pointmap",
+) -> float:
+    """Fuse a second pass's prediction of keyframe `kf`'s own pointmap into it (in place): the pass's scale
+    is first aligned to the canonical pointmap (weights: both confidences); returns that scale."""
+    assert kf.X is not None and kf.C is not None
+    X_pass = X_pass.to(kf.X)
+    C_pass = C_pass.to(kf.C)
+    s = scale_onto(kf.X, X_pass, kf.average_conf() * C_pass)
+    fuse_into_keyframe(kf, s * X_pass, C_pass, mode)
+    return s

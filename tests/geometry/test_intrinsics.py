@@ -116,6 +116,22 @@ def test_fuser_rejects_a_bad_keyframe_and_keeps_per_keyframe_values() -> None:
     assert fuser.count == 5 and fuser.per_keyframe()[99][0, 0] == 300.0
 
 
+def test_fuser_extra_passes_join_the_estimate_but_not_the_keyframes() -> None:
+    """Samples of further decoder passes (`extra`, the backend's edge decodes) are fused with the keyframes'
+    ones, are not counted as keyframes, and can be left out (`K(extra=False)`, what tracking uses)."""
+    fuser = IntrinsicsFuser(reducer="mean")
+    fuser.add(100.0, 100.0, 32.0, 24.0, weight=1.0, kf_id=0)
+    fuser.add(110.0, 110.0, 34.0, 26.0, weight=3.0, extra=True)
+    fuser.update(pinhole_pointmap(88.0, 88.0, 31.5, 23.5), extra=True)
+    assert fuser.count == 1 and sorted(fuser.per_keyframe()) == [0] and len(fuser.extra) == 2
+    assert fuser.K(extra=False)[0, 0] == pytest.approx(100.0)
+    w_img = fuser.extra[1][4]  # the pointmap's sample: weight = its number of valid pixels (no confidence)
+    assert fuser.extra[1][0] == pytest.approx(88.0, rel=1e-6)
+    assert fuser.K()[0, 0] == pytest.approx((100.0 + 330.0 + 88.0 * w_img) / (4.0 + w_img))
+    only_extra = IntrinsicsFuser(extra=[(90.0, 91.0, 30.0, 20.0, 1.0)])
+    assert only_extra.count == 0 and only_extra.K()[1, 1] == 91.0 and only_extra.K(extra=False) is None
+
+
 def test_fuser_falls_back_to_the_centre_for_a_degenerate_principal_point() -> None:
     X = pinhole_pointmap(70.0, 70.0, 31.5, 23.5)
     X[..., 0] += 3.0 * X[..., 2]  # rays all shifted sideways: the fitted cx would be far outside the image

@@ -9,7 +9,7 @@ import torch
 from mslam_ns.geometry import sim3
 from mslam_ns.prior.base import Encoding
 from mslam_ns.slam.frame import Frame
-from mslam_ns.slam.fusion import constrain_to_rays, fuse_into_keyframe, pixel_rays
+from mslam_ns.slam.fusion import constrain_to_rays, fuse_into_keyframe, fuse_own_view, pixel_rays, scale_onto
 from mslam_ns.slam.shared_map import SharedMap
 
 
@@ -136,6 +136,27 @@ def test_weighted_fusion_and_ray_constraint():
     uv = uv[:, :2] / uv[:, 2:]
     v, u = torch.meshgrid(torch.arange(2.0), torch.arange(3.0), indexing="ij")
     torch.testing.assert_close(uv, torch.stack([u, v], -1).reshape(-1, 2).double())
+
+
+def test_own_view_fusion_aligns_the_pass_scale_first():
+    """An edge decode's own-view pointmap at another scale (plus noise) is scaled onto the keyframe, then
+    fused with the weighted average: the pass's scale does not leak into the canonical pointmap."""
+    g = torch.Generator().manual_seed(3)
+    kf = _kf(1, H=8, W=8)
+    X0 = kf.X.clone()
+    noise = 0.01 * torch.randn(64, 3, generator=g)
+    X_pass = (X0 + noise) / 1.7  # another pass: 1/1.7 of the scale
+    s = fuse_own_view(kf, X_pass, torch.full((64,), 2.0))
+    assert abs(s - 1.7) < 0.02, s  # least squares under 1% noise
+    torch.testing.assert_close(kf.X, 0.5 * (X0 + s * X_pass))  # equal confidences: the mean
+    assert kf.N == 2 and torch.allclose(kf.C, torch.full((64,), 4.0))
+    # the weights decide the scale: a pass agreeing with the keyframe only where it is confident
+    w = torch.zeros(64)
+    w[:10] = 1.0
+    Y = X0.clone()
+    Y[10:] *= 5.0  # wrong, but weightless
+    assert abs(scale_onto(X0, Y / 2.0, w) - 2.0) < 1e-6
+    assert scale_onto(X0, Y, torch.zeros(64)) == 1.0  # nothing to align on: unchanged
 
 
 def test_versions_dirty_flags_and_snapshot_since():
