@@ -298,6 +298,7 @@ class SharedMap:
                 f = self._load(slot)
                 yield f
                 self._write_payload(slot, f)
+                slot.frame = _stub(f)  # the stub keeps the edit's non-tensor fields (N: fused observations)
             slot.points_version = self._bump()
 
     def add_edges(self, edges: Sequence[tuple[int, int, str, dict]]) -> None:

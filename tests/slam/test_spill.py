@@ -78,11 +78,15 @@ def test_spilled_keyframes_read_back_and_stay_consistent(tmp_path, half):
     new = sim3.exp(torch.full((6, 7), 0.01))
     m.set_poses(new)
     assert torch.equal(kf.raw(1).T_WC, new[1]) and torch.equal(kf.get(0).T_WC, new[0])
-    # an edit of a spilled keyframe survives eviction from the cache
+    # an edit of a spilled keyframe survives eviction from the cache, its observation count included (a
+    # fusion into an old keyframe, e.g. a loop-closure edge decode, bumps N; C / N must follow)
     with m.edit_points(0) as f:
         f.X = f.X + 1.0
+        f.N += 1
     kf.raw(2)  # evicts 0 (cache of one)
     assert torch.allclose(kf.raw(0).X, originals[0][1] + 1.0, rtol=tol, atol=2 * tol)
+    assert kf.raw(0).N == kf.meta(0).N == 4
+    assert torch.allclose(kf.raw(0).average_conf(), originals[0][2] / 4, rtol=tol, atol=5 * tol)
     # correspondences of edges among spilled keyframes went to disk and come back
     old = [e for e in m.edges() if e[0] < 4 and e[1] < 4]
     assert old and all(e[3]["m"] is None for e in old)
