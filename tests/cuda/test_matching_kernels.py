@@ -183,13 +183,14 @@ def _descriptors(B: int, H: int, W: int, Fd: int, seed: int) -> torch.Tensor:  #
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("Fd", [24, 20])  # 24: the vectorised CPU scorer; 20: the portable one
-def test_refine_compiled_matches_twin(cpu_mod, dtype, Fd):
+@pytest.mark.parametrize("N", [300, 301])  # 301: odd task tails, and interleaved queries of two batch items
+def test_refine_compiled_matches_twin(cpu_mod, dtype, Fd, N):
     B, H, W = 2, 20, 28
     g = torch.Generator().manual_seed(1)
     D_i = _descriptors(B, H, W, Fd, 2).to(dtype)
-    D_j = _descriptors(B, 1, 300, Fd, 3).reshape(B, 300, Fd).to(dtype)
+    D_j = _descriptors(B, 1, N, Fd, 3).reshape(B, N, Fd).to(dtype)
     p = torch.stack(
-        [torch.randint(-3, W + 3, (B, 300), generator=g), torch.randint(-3, H + 3, (B, 300), generator=g)], -1
+        [torch.randint(-3, W + 3, (B, N), generator=g), torch.randint(-3, H + 3, (B, N), generator=g)], -1
     )  # some outside the image
     out_c = cpu_mod.refine_matches(D_i, D_j, p, 3, 5)
     out_t = _torch_impl._refine_matches(D_i, D_j, p, 3, 5)

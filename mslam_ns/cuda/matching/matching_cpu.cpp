@@ -58,7 +58,7 @@ std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W
 // ---------------------------------------------------------------------------------------------------
 // Descriptor refinement. Two paths with the same result:
 //  * portable: refine_point (matching.h) with LaneScorer on float32 copies of the descriptors (any F, CPU);
-//  * x86-64 with AVX2 + F16C and F = 8 K (K <= 4): refine_point_avx reads fp16 or fp32 storage directly,
+//  * x86-64 with AVX2 + F16C and F = 8 K (K <= 4): refine_two_avx reads fp16 or fp32 storage directly,
 //    scores a row of up to 8 candidates at once (multiply then add, no FMA, the 8 lanes reduced in
 //    dot_lanes' order, so scores are bit-identical to the portable scorer and the PyTorch twin) and picks
 //    each window's winner without data-dependent branches.
@@ -144,84 +144,95 @@ MSLAM_AVX inline __m256 score_row(const T* base, int64_t stride, int n, const __
   return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-// refine_point (matching.h) for one query, with the window of each dilation scored branch-free: all rows
-// are scored into `buf` first (scan order: dy outer, then dx in chunks of 8), then the winner is the first
+// One dilation d of refine_point (matching.h) for one query, the window scored branch-free: all rows are
+// scored into `buf` first (scan order: dy outer, then dx in chunks of 8), then the winner is the first
 // candidate in scan order whose score equals the window maximum, if that maximum is > 0. That is exactly
 // the candidate refine_point's running "strictly better" scan keeps, but without a data-dependent branch
 // per row (each mispredicted one discarded a whole row's worth of work in flight).
 template <int K, typename T>
-MSLAM_AVX inline void refine_point_avx(const T* Di, const float* query, int H, int W, const RefineParams& prm,
-                                       float* buf, int* u, int* v) {
+MSLAM_AVX inline void refine_window_avx(const T* Di, const __m256 q[K], int H, int W, int r, int d, float* buf,
+                                        int& cu, int& cv) {
   constexpr int F = 8 * K;
-  __m256 q[K];
-  for (int k = 0; k < K; ++k) q[k] = _mm256_loadu_ps(query + 8 * k);
-  int cu = mslam::matching::clampi(*u, 0, W - 1);
-  int cv = mslam::matching::clampi(*v, 0, H - 1);
-  const int r = prm.radius;
-  for (int d = prm.dilation_max; d >= 1; --d) {
-    int dx_lo = -r, dx_hi = r;  // the columns cu + dx d inside [0, W)
-    while (dx_lo <= dx_hi && cu + dx_lo * d < 0) ++dx_lo;
-    while (dx_hi >= dx_lo && cu + dx_hi * d > W - 1) --dx_hi;
-    int dy_lo = -r, dy_hi = r;  // the rows cv + dy d inside [0, H)
-    while (dy_lo <= dy_hi && cv + dy_lo * d < 0) ++dy_lo;
-    while (dy_hi >= dy_lo && cv + dy_hi * d > H - 1) --dy_hi;
-    const int ncol = dx_hi - dx_lo + 1;  // >= 1: dx = 0 is always inside
-    const int nch = (ncol + 7) / 8;
-    const int64_t stride = static_cast<int64_t>(d) * F;
-    __m256 vmax = _mm256_setzero_ps();
-    int j = 0;
-    for (int dy = dy_lo; dy <= dy_hi; ++dy) {
-      const T* row = Di + (static_cast<int64_t>(cv + dy * d) * W + cu + dx_lo * d) * F;
-      for (int ch = 0; ch < nch; ++ch, ++j) {
-        const int n = ncol - 8 * ch < 8 ? ncol - 8 * ch : 8;
-        const __m256 sc = score_row<K, T>(row + 8 * ch * stride, stride, n, q);
-        _mm256_storeu_ps(buf + 8 * j, sc);
-        vmax = _mm256_max_ps(vmax, sc);
-      }
-    }
-    vmax = _mm256_max_ps(vmax, _mm256_permute2f128_ps(vmax, vmax, 0x01));
-    vmax = _mm256_max_ps(vmax, _mm256_shuffle_ps(vmax, vmax, 0x4e));
-    vmax = _mm256_max_ps(vmax, _mm256_shuffle_ps(vmax, vmax, 0xb1));
-    const float m = _mm256_cvtss_f32(vmax);
-    if (j <= 8 && nch == 1) {
-      // Common case (radius <= 3): at most 8 rows of one chunk. The first lane equal to the maximum, found
-      // from the 8-bit equality masks of the rows without a branch (the next window's loads wait on it).
-      uint64_t bits = 1ull << 63;  // sentinel; not reached when m > 0
-      for (int i = 0; i < j; ++i) {
-        const uint64_t mask = static_cast<unsigned>(
-            _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(buf + 8 * i), vmax, _CMP_EQ_OQ)));
-        bits |= mask << (8 * i);
-      }
-      const int idx = __builtin_ctzll(bits);
-      const bool take = m > 0.0f;  // else no score is > 0 and the centre stays
-      cu = take ? cu + (dx_lo + (idx & 7)) * d : cu;
-      cv = take ? cv + (dy_lo + (idx >> 3)) * d : cv;
-    } else if (m > 0.0f) {  // else no score is > 0 and the centre stays
-      int i = 0, mask = 0;
-      while ((mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(buf + 8 * i), vmax, _CMP_EQ_OQ))) == 0) ++i;
-      const int k = 8 * (i % nch) + __builtin_ctz(static_cast<unsigned>(mask));
-      cu = cu + (dx_lo + k) * d;
-      cv = cv + (dy_lo + i / nch) * d;
+  int dx_lo = -r, dx_hi = r;  // the columns cu + dx d inside [0, W)
+  while (dx_lo <= dx_hi && cu + dx_lo * d < 0) ++dx_lo;
+  while (dx_hi >= dx_lo && cu + dx_hi * d > W - 1) --dx_hi;
+  int dy_lo = -r, dy_hi = r;  // the rows cv + dy d inside [0, H)
+  while (dy_lo <= dy_hi && cv + dy_lo * d < 0) ++dy_lo;
+  while (dy_hi >= dy_lo && cv + dy_hi * d > H - 1) --dy_hi;
+  const int ncol = dx_hi - dx_lo + 1;  // >= 1: dx = 0 is always inside
+  const int nch = (ncol + 7) / 8;
+  const int64_t stride = static_cast<int64_t>(d) * F;
+  __m256 vmax = _mm256_setzero_ps();
+  int j = 0;
+  for (int dy = dy_lo; dy <= dy_hi; ++dy) {
+    const T* row = Di + (static_cast<int64_t>(cv + dy * d) * W + cu + dx_lo * d) * F;
+    for (int ch = 0; ch < nch; ++ch, ++j) {
+      const int n = ncol - 8 * ch < 8 ? ncol - 8 * ch : 8;
+      const __m256 sc = score_row<K, T>(row + 8 * ch * stride, stride, n, q);
+      _mm256_storeu_ps(buf + 8 * j, sc);
+      vmax = _mm256_max_ps(vmax, sc);
     }
   }
-  *u = cu;
-  *v = cv;
+  vmax = _mm256_max_ps(vmax, _mm256_permute2f128_ps(vmax, vmax, 0x01));
+  vmax = _mm256_max_ps(vmax, _mm256_shuffle_ps(vmax, vmax, 0x4e));
+  vmax = _mm256_max_ps(vmax, _mm256_shuffle_ps(vmax, vmax, 0xb1));
+  const float m = _mm256_cvtss_f32(vmax);
+  if (j <= 8 && nch == 1) {
+    // Common case (radius <= 3): at most 8 rows of one chunk. The first lane equal to the maximum, found
+    // from the 8-bit equality masks of the rows without a branch (the next window's loads wait on it).
+    uint64_t bits = 1ull << 63;  // sentinel; not reached when m > 0
+    for (int i = 0; i < j; ++i) {
+      const uint64_t mask = static_cast<unsigned>(
+          _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(buf + 8 * i), vmax, _CMP_EQ_OQ)));
+      bits |= mask << (8 * i);
+    }
+    const int idx = __builtin_ctzll(bits);
+    const bool take = m > 0.0f;  // else no score is > 0 and the centre stays
+    cu = take ? cu + (dx_lo + (idx & 7)) * d : cu;
+    cv = take ? cv + (dy_lo + (idx >> 3)) * d : cv;
+  } else if (m > 0.0f) {  // else no score is > 0 and the centre stays
+    int i = 0, mask = 0;
+    while ((mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(buf + 8 * i), vmax, _CMP_EQ_OQ))) == 0) ++i;
+    const int k = 8 * (i % nch) + __builtin_ctz(static_cast<unsigned>(mask));
+    cu = cu + (dx_lo + k) * d;
+    cv = cv + (dy_lo + i / nch) * d;
+  }
 }
+
+// refine_point (matching.h) for kLanes independent queries, their windows interleaved dilation by
+// dilation: each query's next window waits on its previous argmax (a chain of load -> score -> reduce ->
+// compare), and the other queries' independent work fills that wait. Every query's result is exactly what
+// it would be alone.
+constexpr int kLanes = 2;
 
 template <int K, typename T>
 MSLAM_AVX __attribute__((flatten)) void refine_avx(const RefineArgs& a, int64_t begin, int64_t end) {
   const int64_t img_stride = static_cast<int64_t>(a.H) * a.W * a.F;
   const T* Di_all = static_cast<const T*>(a.Di);
   const int side = 2 * a.prm.radius + 1;
-  std::vector<float> buf(static_cast<size_t>(side) * ((side + 7) / 8) * 8);  // one window's scores
-  for (int64_t i = begin; i < end; ++i) {
-    const int64_t b = i / a.N;
-    // Clamp in 64 bits before narrowing to int (the body clamps again into the image).
-    int u = static_cast<int>(std::min<int64_t>(std::max<int64_t>(a.p_in[i * 2], 0), a.W - 1));
-    int v = static_cast<int>(std::min<int64_t>(std::max<int64_t>(a.p_in[i * 2 + 1], 0), a.H - 1));
-    refine_point_avx<K, T>(Di_all + b * img_stride, a.Dj + i * a.F, a.H, a.W, a.prm, buf.data(), &u, &v);
-    a.p_out[i * 2] = u;
-    a.p_out[i * 2 + 1] = v;
+  const size_t nbuf = static_cast<size_t>(side) * ((side + 7) / 8) * 8;  // one window's scores
+  std::vector<float> buf(kLanes * nbuf);
+  for (int64_t i0 = begin; i0 < end; i0 += kLanes) {
+    int64_t id[kLanes];
+    int cu[kLanes], cv[kLanes];
+    __m256 q[kLanes][K];
+    for (int l = 0; l < kLanes; ++l) {
+      id[l] = i0 + l < end ? i0 + l : end - 1;  // a short tail refines its last point again (same result)
+      // Clamp in 64 bits before narrowing to int (the window step clamps again into the image).
+      cu[l] = static_cast<int>(std::min<int64_t>(std::max<int64_t>(a.p_in[id[l] * 2], 0), a.W - 1));
+      cv[l] = static_cast<int>(std::min<int64_t>(std::max<int64_t>(a.p_in[id[l] * 2 + 1], 0), a.H - 1));
+      for (int k = 0; k < K; ++k) q[l][k] = _mm256_loadu_ps(a.Dj + id[l] * a.F + 8 * k);
+    }
+    for (int d = a.prm.dilation_max; d >= 1; --d) {
+      for (int l = 0; l < kLanes; ++l) {
+        refine_window_avx<K, T>(Di_all + (id[l] / a.N) * img_stride, q[l], a.H, a.W, a.prm.radius, d,
+                                buf.data() + l * nbuf, cu[l], cv[l]);
+      }
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      a.p_out[id[l] * 2] = cu[l];
+      a.p_out[id[l] * 2 + 1] = cv[l];
+    }
   }
 }
 
