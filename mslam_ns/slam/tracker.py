@@ -169,7 +169,9 @@ class Tracker:
         n_valid = int(valid.sum())
         good = matched & (q > rc.Q_conf)
         match_frac = float(good.float().mean())
-        unique_frac = float(torch.unique(idx[good]).numel()) / HW
+        hit = torch.zeros(HW, dtype=torch.bool, device=dev)
+        hit[idx[good]] = True  # frame pixels matched at least once (a scatter: no sort, unlike torch.unique)
+        unique_frac = float(hit.sum()) / HW
         res = TrackResult(
             False,
             T_init.clone(),
