@@ -114,6 +114,19 @@ def test_iproj_compiled_matches_twin_smooth(cpu_mod, noise_px):
     assert good.float().mean() > 0.95
 
 
+@pytest.mark.parametrize("N", [7, 1031])  # shorter than the lockstep lanes; an odd tail after a full task
+def test_iproj_lockstep_queries_equal_queries_alone(cpu_mod, N):
+    """The CPU loop advances several queries in lockstep (tails padded with the last query, lanes mixing
+    batch items): every query must end exactly where it ends when it is the only query of its call."""
+    rays, tgt, p0, _ = _iproj_inputs(2, 24, 48, seed=4, noise_px=2.0)
+    tgt, p0 = tgt[:, :N].contiguous(), p0[:, :N].contiguous()
+    p, conv = cpu_mod.iproj(rays, tgt, p0, *LM.values())
+    for b in range(2):
+        for n in list(range(min(N, 9))) + [N - 2, N - 1]:
+            p1, c1 = cpu_mod.iproj(rays[b : b + 1], tgt[b : b + 1, n : n + 1], p0[b : b + 1, n : n + 1], *LM.values())
+            assert torch.equal(p1[0, 0], p[b, n]) and bool(c1[0, 0]) == bool(conv[b, n]), (b, n)
+
+
 def test_iproj_compiled_matches_twin_geometric(cpu_mod):
     scenes = [two_view_scene(40, 56, angle_deg=a, baseline=b) for a, b in ((3.0, 0.15), (-5.0, 0.3))]
     X_i = torch.stack([s.X_i for s in scenes])

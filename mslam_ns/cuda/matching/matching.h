@@ -123,52 +123,81 @@ struct IprojParams {
 // (lambda *= 0.1), otherwise lambda *= 10. At most max_iter iterations; stops early when the cost is
 // exactly 0 (nothing can be accepted any more) or when a proposed step is below step_tol in both u and v
 // (p has settled: the remaining steps would move it by less than that; the step is not applied).
+//
+// The iteration is split into a state (`IprojState`), its start (`iproj_begin`) and one step
+// (`iproj_next`, false once finished) so that a CPU loop can advance several independent queries in
+// lockstep (each query's next step waits on its own last result); `iproj_point` runs one query to the end.
+struct IprojState {
+  float u, v;     // current estimate
+  float s[9];     // ray image (ray + its u, v gradients) sampled at (u, v)
+  float e[3];     // ray residual at (u, v)
+  float cost;     // |e|^2
+  float lambda;   // damping
+  int it;         // iterations done
+  bool running;   // false once finished
+};
+
+MSLAM_HD void iproj_begin(const float* __restrict__ img, int H, int W, const float t[3], float u, float v,
+                          const IprojParams& prm, IprojState& st) {
+  st.u = clampf(u, 1.0f, static_cast<float>(W - 2));
+  st.v = clampf(v, 1.0f, static_cast<float>(H - 2));
+  bilinear9(img, H, W, st.u, st.v, st.s);
+  st.cost = ray_residual(st.s, t, st.e);
+  st.lambda = prm.lambda_init;
+  st.it = 0;
+  st.running = prm.max_iter > 0 && st.cost > 0.0f;
+}
+
+// One LM iteration of a running state; returns whether it is still running afterwards.
+MSLAM_HD bool iproj_next(const float* __restrict__ img, int H, int W, const float t[3], const IprojParams& prm,
+                         IprojState& st) {
+  float du = 0.0f, dv = 0.0f;
+  bool accepted = false;
+  if (lm_step(st.s, st.e, st.lambda, &du, &dv)) {
+    if (fabsf(du) < prm.step_tol && fabsf(dv) < prm.step_tol) {
+      st.running = false;  // settled: the step is not applied
+      return false;
+    }
+    const float un = clampf(st.u + du, 1.0f, static_cast<float>(W - 2));
+    const float vn = clampf(st.v + dv, 1.0f, static_cast<float>(H - 2));
+    const Bilinear bl(H, W, un, vn);
+    float sn[9];
+    float en[3];
+    bl.sample<0, 3>(img, sn);  // the ray decides; its gradients are only needed if accepted
+    const float cn = ray_residual(sn, t, en);
+    if (cn < st.cost) {
+      accepted = true;
+      st.u = un;
+      st.v = vn;
+      st.cost = cn;
+      st.s[0] = sn[0];
+      st.s[1] = sn[1];
+      st.s[2] = sn[2];
+      bl.sample<3, 9>(img, st.s);
+      st.e[0] = en[0];
+      st.e[1] = en[1];
+      st.e[2] = en[2];
+    }
+  }
+  st.lambda = accepted ? st.lambda * 0.1f : st.lambda * 10.0f;
+  ++st.it;
+  st.running = st.it < prm.max_iter && st.cost > 0.0f;
+  return st.running;
+}
+
 MSLAM_HD void iproj_point(const float* __restrict__ img,  // [H, W, 9]
                           int H, int W,
                           const float t[3],  // unit target ray
                           float u, float v,  // initial guess
                           const IprojParams& prm,
                           float* out_u, float* out_v, bool* out_converged) {
-  const float umax = static_cast<float>(W - 2);
-  const float vmax = static_cast<float>(H - 2);
-  u = clampf(u, 1.0f, umax);
-  v = clampf(v, 1.0f, vmax);
-  float s[9];
-  float e[3];
-  bilinear9(img, H, W, u, v, s);
-  float cost = ray_residual(s, t, e);
-  float lambda = prm.lambda_init;
-  for (int it = 0; it < prm.max_iter && cost > 0.0f; ++it) {
-    float du = 0.0f, dv = 0.0f;
-    bool accepted = false;
-    if (lm_step(s, e, lambda, &du, &dv)) {
-      if (fabsf(du) < prm.step_tol && fabsf(dv) < prm.step_tol) break;
-      const float un = clampf(u + du, 1.0f, umax);
-      const float vn = clampf(v + dv, 1.0f, vmax);
-      const Bilinear bl(H, W, un, vn);
-      float sn[9];
-      float en[3];
-      bl.sample<0, 3>(img, sn);  // the ray decides; its gradients are only needed if accepted
-      const float cn = ray_residual(sn, t, en);
-      if (cn < cost) {
-        accepted = true;
-        u = un;
-        v = vn;
-        cost = cn;
-        s[0] = sn[0];
-        s[1] = sn[1];
-        s[2] = sn[2];
-        bl.sample<3, 9>(img, s);
-        e[0] = en[0];
-        e[1] = en[1];
-        e[2] = en[2];
-      }
-    }
-    lambda = accepted ? lambda * 0.1f : lambda * 10.0f;
+  IprojState st;
+  iproj_begin(img, H, W, t, u, v, prm, st);
+  while (st.running && iproj_next(img, H, W, t, prm, st)) {
   }
-  *out_u = u;
-  *out_v = v;
-  *out_converged = cost < prm.cost_thresh;
+  *out_u = st.u;
+  *out_v = st.v;
+  *out_converged = st.cost < prm.cost_thresh;
 }
 
 // ---------------------------------------------------------------------------------------------------

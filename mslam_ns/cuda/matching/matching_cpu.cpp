@@ -23,6 +23,7 @@ using mslam::matching::IprojParams;
 using mslam::matching::RefineParams;
 
 constexpr int64_t kIprojGrain = 512;   // points per task
+constexpr int kIprojLanes = 4;        // IPM queries advanced in lockstep
 constexpr int64_t kRefineGrain = 256;  // points per task
 
 std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W, 9] float32
@@ -44,12 +45,34 @@ std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W
                         static_cast<float>(cost_thresh), static_cast<float>(step_tol)};
   const int64_t img_stride = H * W * 9;
 
+  // kIprojLanes queries at a time, advanced in lockstep: each LM step waits on its own previous one
+  // (sample -> residual -> 2x2 solve -> sample), and the other queries' independent steps fill that wait.
+  // Each query's result is exactly what iproj_point gives it alone.
   at::parallel_for(0, B * N, kIprojGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / N;
-      mslam::matching::iproj_point(img + b * img_stride, static_cast<int>(H), static_cast<int>(W),
-                                   tgt + i * 3, p0[i * 2], p0[i * 2 + 1], prm, pout + i * 2,
-                                   pout + i * 2 + 1, conv + i);
+    using mslam::matching::IprojState;
+    const int h = static_cast<int>(H), w = static_cast<int>(W);
+    for (int64_t i0 = begin; i0 < end; i0 += kIprojLanes) {
+      IprojState st[kIprojLanes];
+      const float* im[kIprojLanes];
+      int64_t id[kIprojLanes];
+      bool any = false;
+      for (int l = 0; l < kIprojLanes; ++l) {
+        id[l] = i0 + l < end ? i0 + l : end - 1;  // a short tail runs its last query again (same result)
+        im[l] = img + (id[l] / N) * img_stride;
+        mslam::matching::iproj_begin(im[l], h, w, tgt + id[l] * 3, p0[id[l] * 2], p0[id[l] * 2 + 1], prm, st[l]);
+        any |= st[l].running;
+      }
+      while (any) {
+        any = false;
+        for (int l = 0; l < kIprojLanes; ++l) {
+          if (st[l].running) any |= mslam::matching::iproj_next(im[l], h, w, tgt + id[l] * 3, prm, st[l]);
+        }
+      }
+      for (int l = 0; l < kIprojLanes; ++l) {
+        pout[id[l] * 2] = st[l].u;
+        pout[id[l] * 2 + 1] = st[l].v;
+        conv[id[l]] = st[l].cost < prm.cost_thresh;
+      }
     }
   });
   return {p, converged};
