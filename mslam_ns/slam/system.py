@@ -247,9 +247,7 @@ class SlamSystem:
             self.backend.close()
             self._tick("backend_flush", t0)
         if self.tracker is not None and self.tracker.K_est is not None and self._intr is not None:
-            with self._intr_lock:
-                K_fused = self._intr.K()
-            self.tracker.set_estimated_K(torch.as_tensor(K_fused, dtype=torch.float32))
+            self.tracker.set_estimated_K(torch.as_tensor(self._fused_K(), dtype=torch.float32))
             for i in range(len(self.keyframes)):
                 with self.map.edit_points(i) as f:
                     f.X = self.tracker.canonical_points(f.X.to(self.device), f.hw).to(f.X.device)
@@ -411,6 +409,12 @@ class SlamSystem:
         self._set_state(SlamState.TRACKING)
         return StepResult(frame.index, self.state, True, kf_id, True, hit.n_valid, hit.match_frac, "reloc")
 
+    def _fused_K(self, extra: bool = True) -> np.ndarray | None:
+        """The self-calibration's fused K [3, 3] (network pixels), read under its lock (the backend thread
+        adds samples); ``extra``: with the edge decodes' samples."""
+        with self._intr_lock:
+            return self._intr.K(extra=extra)
+
     def _observe_pass(self, kf_id: int, X: Tensor, C: Tensor) -> None:
         """Uncalibrated mode: one more intrinsics sample from another decoder pass over keyframe `kf_id`
         (the backend's edge decodes: each pass has its own camera error, so more passes average it down)."""
@@ -438,9 +442,7 @@ class SlamSystem:
             # backend (in thread mode at times that vary), and taken online they made the orientation error
             # worse on the oracle loops (median 1.3 -> 1.4 deg, relocalisation runs 1.4 -> 1.7 deg) even
             # though the focal length improved; they go into the final estimate (`finish`, `intrinsics`).
-            with self._intr_lock:
-                K_fused = self._intr.K(extra=False)
-            self.tracker.set_estimated_K(torch.as_tensor(K_fused, dtype=torch.float32))
+            self.tracker.set_estimated_K(torch.as_tensor(self._fused_K(extra=False), dtype=torch.float32))
 
     # ---- readers ------------------------------------------------------------------------------------
     def frame_poses(self, frontend: bool = False) -> tuple[Tensor, list[str], Tensor]:
@@ -491,8 +493,7 @@ class SlamSystem:
             return self.K_given.copy()
         if self._intr is None or self.transform is None:
             return None
-        with self._intr_lock:
-            K_net = self._intr.K()
+        K_net = self._fused_K()
         if K_net is None:
             return None
         return np.asarray(self.transform.K_to_original(K_net), dtype=np.float64)

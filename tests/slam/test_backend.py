@@ -26,7 +26,7 @@ def loop2(tmp_path_factory) -> Path:
     return Path(generate_sequence(tmp_path_factory.mktemp("loop2") / "seq", FRAMES, W, H, 3, trajectory="loop2"))
 
 
-def _run(seq: Path, noise: str = "mast3r", mode: str = "rays", thread: bool = False, **kw):
+def _run(seq: Path, noise: str = "mast3r", mode: str = "rays", thread: bool = False, fuse_edges: bool = True, **kw):
     from mslam_ns.io.sources import open_source
     from mslam_ns.prior.oracle import OraclePrior
     from mslam_ns.slam.system import SlamSystem
@@ -34,6 +34,7 @@ def _run(seq: Path, noise: str = "mast3r", mode: str = "rays", thread: bool = Fa
     src = open_source(seq)
     cfg = SlamConfig(mode=mode, img_size=SIZE)
     cfg.backend.thread = thread
+    cfg.backend.fuse_edges = fuse_edges
     prior = OraclePrior.from_source(src, size=SIZE, noise=noise, seed=0)
     system = SlamSystem(prior, cfg, K=src.intrinsics.K if mode == "calib" else None, **kw)
     system.run(src)
@@ -77,18 +78,10 @@ def test_fusing_edge_decodes_into_the_keyframes_lowers_the_error(loop2, noise):
     """`backend.fuse_edges`: every accepted edge's two own-view pointmaps are fused into their keyframes
     (scaled onto them). Measured on this loop: mast3r 0.82% -> 0.71%, hard 0.89% -> 0.75% (all frames);
     over 8 noise seeds the mean mast3r ATE goes 0.71% -> 0.64%."""
-    from mslam_ns.io.sources import open_source
-    from mslam_ns.prior.oracle import OraclePrior
-    from mslam_ns.slam.system import SlamSystem
-
-    src = open_source(loop2)
     errs, systems = {}, {}
     for fuse in (False, True):
-        cfg = SlamConfig(mode="rays", img_size=SIZE)
-        cfg.backend.fuse_edges = fuse
-        s = SlamSystem(OraclePrior.from_source(src, size=SIZE, noise=noise, seed=0), cfg)
-        s.run(src)
-        errs[fuse], systems[fuse] = _ate(s, src)[0], s
+        systems[fuse], src = _run(loop2, noise, fuse_edges=fuse)
+        errs[fuse] = _ate(systems[fuse], src)[0]
     on, off = systems[True].backend.stats, systems[False].backend.stats
     assert on.fused_passes == 2 * on.edges_accepted > 0 and off.fused_passes == 0
     # both runs take an intrinsics sample of every accepted edge pass (for the final estimate)
