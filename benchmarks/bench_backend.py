@@ -123,8 +123,9 @@ def main() -> None:
                 if a.seeds > 1:
                     print(
                         f"{noise:6s} {mode:5s} over {a.seeds} seeds: backend ATE mean {np.mean(errs):.2f}% max "
-                        f"{np.max(errs):.2f}%, orientation median {np.median(rots):.2f} deg; drift cut mean "
-                        f"{np.mean(cuts):.1f}x median {np.median(cuts):.1f}x min {np.min(cuts):.1f}x"
+                        f"{np.max(errs):.2f}%, orientation median {np.median(rots):.2f} deg max {np.max(rots):.2f};"
+                        f" drift cut mean {np.mean(cuts):.1f}x median {np.median(cuts):.1f}x min {np.min(cuts):.1f}x"
+                        f" ({sum(c >= 3 for c in cuts)} seeds >= 3x)"
                     )
     if not a.skip_solver:
         bench_solver()

@@ -115,6 +115,15 @@ class BackendConfig:
     the keyframe's canonical pointmap) into the two keyframes, as a tracked frame's view is fused: every
     verified pair decode also averages down the per-pass errors of the keyframes the graph stands on (the
     reference uses edge decodes for correspondences only)."""
+    proximity_k: int = 2
+    """Loop candidates by proximity, added to retrieval's: up to this many keyframes (verified by matching like
+    every candidate) that see at least `proximity_min_overlap` of the new keyframe's confident points under
+    the current poses. 0 = retrieval only (the reference)."""
+    proximity_gap: int = 4
+    """Proximity candidates are at least this many keyframes older than the new one (the newest ones are
+    linked by tracking and the consecutive edges already)."""
+    proximity_min_overlap: float = 0.5
+    """Fraction of the new keyframe's confident points a proximity candidate must have in its view."""
 
 
 @dataclass
@@ -210,6 +219,13 @@ class SlamConfig:
     new pointmap to the rays of the fused estimate (depth kept), like calib mode with estimated intrinsics."""
     self_calib_keyframes: int = 3
     """Keyframes fused into the intrinsics estimate before it is used (see `self_calibrate`)."""
+    self_calib_frames: int = 1
+    """Rays mode: every this many tracked (non-keyframe) frames, the frame's own pointmap X^f_f from its
+    tracking decode is one more intrinsics sample (each decoder pass has its own camera error; more passes
+    average it down, and the estimate is used online). 0 = keyframes and edge decodes only."""
+    self_calib_frame_points: int = 8000
+    """Pixels a tracked frame's intrinsics fit looks at, evenly spread over the image (speed: ~25 ms per frame
+    on a CPU core at any image size; a keyframe's fit looks at every pixel and fits at most 40000 of them)."""
     offload_keyframes: bool = False
     """Keep old keyframe tensors in host memory when running on a GPU."""
     matching: MatchingConfig = field(default_factory=MatchingConfig)

@@ -46,16 +46,23 @@ def _as_numpy(a) -> np.ndarray:
 def _rays_and_pixels(
     X: np.ndarray,  # [H, W, 3]
     C: np.ndarray | None,  # [H, W]
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Valid pixels' (a, b) = (x/z, y/z), pixel coordinates (u, v) and weights; each [M]."""
+    """Valid pixels' (a, b) = (x/z, y/z), pixel coordinates (u, v) and weights; each [M]. With `max_pixels`
+    below H * W only that many pixels, evenly spread in raster order, are looked at."""
     H, W = X.shape[:2]
-    v, u = np.mgrid[0:H, 0:W]
-    x, y, z = X[..., 0], X[..., 1], X[..., 2]
-    ok = np.isfinite(X).all(axis=-1) & (z > _MIN_Z)
-    w = np.ones((H, W)) if C is None else C.reshape(H, W)
-    ok &= np.isfinite(w) & (w > 0)
+    w_all = np.ones((H, W)) if C is None else C.reshape(H, W)
+    if max_pixels is not None and H * W > max_pixels:
+        sel = np.linspace(0, H * W - 1, int(max_pixels)).round().astype(np.int64)
+        Xs, ws = X.reshape(H * W, 3)[sel], w_all.reshape(H * W)[sel]
+        v, u = np.divmod(sel, W)
+    else:
+        Xs, ws = X.reshape(H * W, 3), w_all.reshape(H * W)
+        v, u = np.divmod(np.arange(H * W), W)
+    x, y, z = Xs[:, 0], Xs[:, 1], Xs[:, 2]
+    ok = np.isfinite(Xs).all(axis=-1) & (z > _MIN_Z) & np.isfinite(ws) & (ws > 0)
     zz = z[ok]
-    return x[ok] / zz, y[ok] / zz, u[ok].astype(np.float64), v[ok].astype(np.float64), w[ok]
+    return x[ok] / zz, y[ok] / zz, u[ok].astype(np.float64), v[ok].astype(np.float64), ws[ok]
 
 
 def fit_pinhole(
@@ -68,6 +75,7 @@ def fit_pinhole(
     refine_iters: int = 3,
     trim_k: float = 3.0,
     max_points: int = 40000,
+    max_pixels: int | None = None,
 ) -> tuple[float, float, float, float]:
     """Robust pinhole fit; returns (fx, fy, cx, cy) in the pointmap's pixel units.
 
@@ -80,12 +88,14 @@ def fit_pinhole(
             ``trim_k * 1.4826 * weighted median residual`` are dropped); 0 = pure Weiszfeld.
         trim_k: trimming threshold in robust standard deviations.
         max_points: above this many valid pixels an evenly strided subset is used (speed).
+        max_pixels: look at only this many pixels, evenly spread over the image (speed on large images:
+            skips the per-pixel work on the rest); None = every pixel.
     Raises:
         ValueError: fewer than 8 pixels with positive depth and weight.
     """
     X = _as_numpy(X)
     H, W = X.shape[:2]
-    a, b, u, v, w = _rays_and_pixels(X, None if C is None else _as_numpy(C))
+    a, b, u, v, w = _rays_and_pixels(X, None if C is None else _as_numpy(C), max_pixels)
     if len(a) < 8:
         raise ValueError(f"fit_pinhole: only {len(a)} pixels with positive depth and weight")
     cx0, cy0 = ((W - 1) / 2.0, (H - 1) / 2.0) if pp is None else (float(pp[0]), float(pp[1]))
@@ -173,9 +183,10 @@ def estimate_intrinsics(
     fit_pp: bool = False,
     shared_focal: bool = True,
     iters: int = 10,
+    max_pixels: int | None = None,
 ) -> tuple[float, float, float, float]:
     """(fx, fy, cx, cy) of the pointmap's image; by default one focal and the image centre as pp."""
-    return fit_pinhole(X, C, shared_focal=shared_focal, fit_pp=fit_pp, iters=iters)
+    return fit_pinhole(X, C, shared_focal=shared_focal, fit_pp=fit_pp, iters=iters, max_pixels=max_pixels)
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -250,26 +261,29 @@ class IntrinsicsFuser:
         self.samples[int(kf_id)] = tuple(float(x) for x in vals)  # type: ignore[assignment]
 
     def update(
-        self, X, C=None, kf_id: int | None = None, extra: bool = False
+        self, X, C=None, kf_id: int | None = None, extra: bool = False, max_pixels: int | None = None
     ) -> tuple[float, float, float, float] | None:
         """Estimate from one keyframe's pointmap X [H, W, 3] (and confidence C [H, W]) and add it.
 
-        The sample's weight is the summed confidence of its valid pixels. Returns the keyframe's own
-        estimate (fx, fy, cx, cy), or None when it could not be estimated.
+        The sample's weight is the summed confidence of its valid pixels. `max_pixels`: fit on only this many
+        pixels, evenly spread (speed; the weight is then their sum scaled to the whole image). Returns the
+        keyframe's own estimate (fx, fy, cx, cy), or None when it could not be estimated.
         """
         Xn = _as_numpy(X)
         Cn = None if C is None else _as_numpy(C)
         H, W = Xn.shape[:2]
         try:
-            est = estimate_intrinsics(Xn, Cn, fit_pp=self.fit_pp)
+            est = estimate_intrinsics(Xn, Cn, fit_pp=self.fit_pp, max_pixels=max_pixels)
             if self.fit_pp and (
                 abs(est[2] - (W - 1) / 2.0) > self.max_pp_offset * W
                 or abs(est[3] - (H - 1) / 2.0) > self.max_pp_offset * H
             ):
-                est = estimate_intrinsics(Xn, Cn, fit_pp=False)
+                est = estimate_intrinsics(Xn, Cn, fit_pp=False, max_pixels=max_pixels)
         except (ValueError, np.linalg.LinAlgError):
             return None
-        weight = float(_rays_and_pixels(Xn, Cn)[4].sum())
+        weight = float(_rays_and_pixels(Xn, Cn, max_pixels)[4].sum())
+        if max_pixels is not None and H * W > max_pixels:
+            weight *= H * W / int(max_pixels)
         self.add(*est, weight=weight, kf_id=kf_id, extra=extra)
         return est
 

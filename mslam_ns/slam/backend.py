@@ -2,7 +2,12 @@
 
 For each new keyframe n:
 1. candidates = {n - 1} (when n was promoted while tracking n - 1) U retrieval top-k above a score
-   threshold (`RetrievalDatabase`, when the prior gives retrieval features), then n is added to the database;
+   threshold (`RetrievalDatabase`, when the prior gives retrieval features), then n is added to the database,
+   U up to `proximity_k` proximity candidates: keyframes at least `proximity_gap` older than n that see at
+   least `proximity_min_overlap` of n's confident points under the current poses (inside the keyframe's own
+   ray extent, in front of it; `_proximity`), most overlapping first. Retrieval finds revisits by
+   appearance; proximity finds the ones the poses already put in view (after a loop closure, the whole
+   revisited stretch), which retrieval's top-k misses when the views' appearance differs;
 2. each candidate c is verified: symmetric decode (n, c), dense matching in both directions, and the edge is
    kept when min over both directions of mean(matched & q > Q_conf) >= `min_match_frac` (the consecutive
    edge is always kept); accepted edges are stored in the `SharedMap` with their correspondences
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Backend", "EdgeMatches", "match_pair"]
 
+_PROXIMITY_POINTS = 2048  # confident points of the new keyframe tested against every older keyframe's view
+
 
 @dataclass
 class EdgeMatches:
@@ -91,6 +98,7 @@ class BackendStats:
     edges_tried: int = 0
     edges_accepted: int = 0
     loop_edges: int = 0
+    proximity_candidates: int = 0
     pose_graph_runs: int = 0
     fused_passes: int = 0
     optimisations: int = 0
@@ -138,6 +146,7 @@ class Backend:
         self._queue: queue.Queue | None = None
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._extent: dict[int, Tensor] = {}  # kf_id -> ray extent [4] (min x/z, max x/z, min y/z, max y/z)
 
     # ---- one step -----------------------------------------------------------------------------------
     def step(self, kf_id: int, sequential: bool = True) -> None:
@@ -165,7 +174,56 @@ class Backend:
             for c, _score in hits:
                 if c != kf_id and c not in out:
                     out.append(int(c))
+        for c in self._proximity(kf_id, out):
+            out.append(c)
+            self.stats.proximity_candidates += 1
         return out
+
+    def _ray_extent(self, kf_id: int) -> Tensor:
+        """(min x/z, max x/z, min y/z, max y/z) [4] of keyframe `kf_id`'s canonical pointmap: its field of
+        view without intrinsics (rays mode has none). Cached: a spilled keyframe is read from disk once."""
+        if kf_id not in self._extent:
+            X = self.map.keyframes.raw(kf_id).X.float()
+            X = X[X[:, 2] > 0]
+            if X.shape[0] == 0:
+                self._extent[kf_id] = torch.zeros(4)
+            else:
+                a, b = X[:, 0] / X[:, 2], X[:, 1] / X[:, 2]
+                self._extent[kf_id] = torch.stack([a.min(), a.max(), b.min(), b.max()]).cpu()
+        return self._extent[kf_id]
+
+    def _proximity(self, kf_id: int, exclude: list[int]) -> list[int]:
+        """Up to `proximity_k` keyframes c <= kf_id - `proximity_gap` (not in `exclude`) ranked by the fraction
+        of keyframe `kf_id`'s confident points (confidence above its median, at most `_PROXIMITY_POINTS`) that
+        fall in c's view under the current poses; those with a fraction >= `proximity_min_overlap`."""
+        from mslam_ns.geometry import sim3
+
+        bc = self.cfg.backend
+        olds = [c for c in range(kf_id - int(bc.proximity_gap) + 1) if c not in exclude]
+        if int(bc.proximity_k) <= 0 or not olds:
+            return []
+        f = self.map.keyframes.raw(kf_id)
+        X, C = f.X.float().cpu(), f.average_conf().float().cpu()
+        X = X[(C > C.median()) & (X[:, 2] > 0)]
+        if X.shape[0] == 0:
+            return []
+        X = X[:: max(1, -(-X.shape[0] // _PROXIMITY_POINTS))]
+        T = self.map.keyframes.poses(olds + [kf_id]).double().cpu()
+        P_w = sim3.act(T[-1][None], X.double())  # [P, 3] world
+        T_inv = sim3.inv(T[:-1])  # [n, 8] world -> each older keyframe
+        ext = torch.stack([self._ray_extent(c) for c in olds]).double()  # [n, 4]
+        scores = []
+        for s in range(0, len(olds), 256):  # chunks: [256, P, 3] at most
+            P = sim3.act(T_inv[s : s + 256, None, :], P_w[None])  # [n, P, 3] in each keyframe
+            z = P[..., 2]
+            zc = z.clamp_min(1e-9)
+            a, b = P[..., 0] / zc, P[..., 1] / zc
+            e = ext[s : s + 256, :, None]
+            inside = (z > 0) & (a > e[:, 0]) & (a < e[:, 1]) & (b > e[:, 2]) & (b < e[:, 3])
+            scores.append(inside.double().mean(dim=1))
+        frac = torch.cat(scores)
+        order = torch.argsort(-frac, stable=True)[: int(bc.proximity_k)]
+        return [olds[int(i)] for i in order if float(frac[i]) >= float(bc.proximity_min_overlap)]
 
     def retrieval_features(self, kf_id: int) -> Tensor | None:
         """Keyframe `kf_id`'s retrieval features [K, F] (the database converts them), or None."""

@@ -132,6 +132,22 @@ def test_fuser_extra_passes_join_the_estimate_but_not_the_keyframes() -> None:
     assert only_extra.count == 0 and only_extra.K()[1, 1] == 91.0 and only_extra.K(extra=False) is None
 
 
+def test_fit_on_a_spread_subset_of_pixels_recovers_k_and_the_weight() -> None:
+    """`max_pixels` (a tracked frame's cheap sample): the fit looks at only that many pixels, spread over the
+    whole image (rows and columns), so the principal point stays determined; the weight is scaled back to
+    the image's."""
+    X = pinhole_pointmap(80.0, 80.0, 33.7, 21.2)
+    C = np.random.default_rng(3).uniform(1.0, 3.0, size=X.shape[:2])
+    full, sub = IntrinsicsFuser(), IntrinsicsFuser()
+    est_full = full.update(X, C, extra=True)
+    est_sub = sub.update(X, C, extra=True, max_pixels=500)
+    np.testing.assert_allclose(est_sub, est_full, rtol=1e-7)
+    np.testing.assert_allclose(est_sub, [80.0, 80.0, 33.7, 21.2], rtol=1e-7)
+    assert sub.extra[0][4] == pytest.approx(full.extra[0][4], rel=0.02) and full.extra[0][4] == pytest.approx(C.sum())
+    # too few pixels looked at: no sample rather than a guess
+    assert IntrinsicsFuser().update(X, C, max_pixels=6) is None
+
+
 def test_fuser_falls_back_to_the_centre_for_a_degenerate_principal_point() -> None:
     X = pinhole_pointmap(70.0, 70.0, 31.5, 23.5)
     X[..., 0] += 3.0 * X[..., 2]  # rays all shifted sideways: the fitted cx would be far outside the image
