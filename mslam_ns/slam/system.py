@@ -210,14 +210,15 @@ class SlamSystem:
         with self.map.edit_points(kf.kf_id) as kf_stored:
             self.tracker.fuse(kf_stored, res)
         self._tick("fuse", t3)
+        if not res.new_keyframe:  # a promoted frame's pass is the new keyframe's intrinsics sample
+            self._observe_frame(pred)
         self._tick("track", t2)
         self._n_lost = 0
         self._set_state(SlamState.TRACKING)
         frame.T_WC = sim3.mul(kf.T_WC, res.T_kf)
         if res.new_keyframe:
-            out = self._promote(frame, pred, res)  # its pass is the new keyframe's intrinsics sample
+            out = self._promote(frame, pred, res)
         else:
-            self._observe_frame(pred)
             self.map.add_frame(frame.timestamp, frame.name, kf.kf_id, res.T_kf)
             self._T_kf, self._idx = res.T_kf, res.idx
             out = StepResult(frame.index, self.state, False, kf.kf_id, True, res.n_valid, res.match_frac)
