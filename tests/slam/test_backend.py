@@ -66,14 +66,14 @@ def _ate(system, src, frontend: bool = False, keep=None):
 @pytest.mark.parametrize(
     "noise,mode,bound_pct,bound_deg,min_cut",
     [
-        ("mast3r", "rays", 0.75, 1.9, 3.2),  # measured 0.58% / 1.53 deg, frontend 2.27% (cut 3.9x)
+        ("mast3r", "rays", 0.5, 1.9, 4.0),  # measured 0.35% / 1.57 deg, frontend 1.95% (cut 5.5x)
         ("hard", "calib", 0.35, 1.75, 6.0),  # measured 0.27% / 1.39 deg, frontend 2.05% (cut 7.7x)
     ],
 )
 def test_backend_closes_the_loop_and_cuts_drift(loop2, noise, mode, bound_pct, bound_deg, min_cut):
     system, src = _run(loop2, noise, mode)
     st = system.stats()
-    assert st["loop_edges"] >= 12, st  # second-lap keyframes connected to first-lap ones (measured 18 / 103)
+    assert st["loop_edges"] >= 12, st  # second-lap keyframes connected to first-lap ones (measured 19 / 103)
     assert st["backend"]["proximity_candidates"] >= 10, st  # measured 14 / 52
     assert st["backend"]["failed_optimisations"] == 0
     assert int(system.trajectory.lost_mask().sum()) == 0 and system.restarts == 0  # incl. the pure rotation
@@ -87,11 +87,11 @@ def test_backend_closes_the_loop_and_cuts_drift(loop2, noise, mode, bound_pct, b
         assert abs(K[0, 2] - K_gt[0, 2]) < 0.02 * W and abs(K[1, 2] - K_gt[1, 2]) < 0.02 * H
 
 
-@pytest.mark.parametrize("noise", ["mast3r", "hard"])
-def test_fusing_edge_decodes_into_the_keyframes_lowers_the_error(loop2, noise):
+@pytest.mark.parametrize("noise,ratio", [("mast3r", 0.95), ("hard", 0.85)])
+def test_fusing_edge_decodes_into_the_keyframes_lowers_the_error(loop2, noise, ratio):
     """`backend.fuse_edges`: every accepted edge's two own-view pointmaps are fused into their keyframes
-    (scaled onto them). Measured on this loop: mast3r 0.82% -> 0.71%, hard 0.89% -> 0.75% (all frames);
-    over 8 noise seeds the mean mast3r ATE goes 0.71% -> 0.64%."""
+    (scaled onto them). Measured on this loop: mast3r 0.385% -> 0.352% (0.91x), hard 0.463% -> 0.335% (0.72x)
+    (all frames); when fusion was added, over 8 noise seeds the mean mast3r ATE went 0.71% -> 0.64%."""
     errs, systems = {}, {}
     for fuse in (False, True):
         systems[fuse], src = _run(loop2, noise, fuse_edges=fuse)
@@ -108,19 +108,19 @@ def test_fusing_edge_decodes_into_the_keyframes_lowers_the_error(loop2, noise):
     n_obs = sum(systems[True].keyframes.meta(i).N for i in range(len(systems[True].keyframes)))
     n_frames = len(systems[True].trajectory)
     assert n_obs >= n_frames + on.fused_passes - len(systems[True].keyframes), (n_obs, n_frames)
-    assert errs[True] < 0.92 * errs[False], errs
+    assert errs[True] < ratio * errs[False], errs
 
 
 def test_proximity_candidates_close_the_loop_without_retrieval(loop2):
     """Retrieval off (k = 0): the loop is closed by the proximity candidates alone, every one verified by
-    matching. Measured: 14 candidates, 14 loop edges, ATE 0.60% (both off: 0 loop edges, 0.95%)."""
+    matching. Measured: 14 candidates, 14 loop edges, ATE 0.36% (both off: 0 loop edges, 0.83%)."""
     sys_p, src = _run(loop2, retrieval_k=0)
     sys_0, _ = _run(loop2, retrieval_k=0, proximity_k=0)
     st_p, st_0 = sys_p.backend.stats, sys_0.backend.stats
     assert st_0.loop_edges == 0 and st_0.proximity_candidates == 0
     assert st_p.loop_edges >= 10 and st_p.proximity_candidates >= st_p.loop_edges, st_p
     e_p, e_0 = _ate(sys_p, src)[0], _ate(sys_0, src)[0]
-    assert e_p < 0.8 and e_p < 0.75 * e_0, (e_p, e_0)
+    assert e_p < 0.5 and e_p < 0.6 * e_0, (e_p, e_0)
 
 
 def test_thread_mode_gives_complete_results_like_the_deterministic_run(loop2):
@@ -160,7 +160,7 @@ def test_relocalises_after_a_cut_into_the_same_map(loop2, tmp_path):
     assert lost[list(cut)].all() and not lost[cut.stop :].any()  # relocalised on the first frame back
     keep = ~lost
     err, rot = _ate(system, src, keep=keep)
-    assert err < 0.9 and rot < 2.1, (err, rot)  # measured 0.66% / 1.67 deg (frames after the cut included)
+    assert err < 0.5 and rot < 1.4, (err, rot)  # measured 0.37% / 1.08 deg (frames after the cut included)
 
 
 def test_failed_optimisation_keeps_the_previous_poses(loop2):
