@@ -227,8 +227,8 @@ class SlamConfig:
     tracking decode is one more intrinsics sample (each decoder pass has its own camera error; more passes
     average it down, and the estimate is used online). 0 = keyframes and edge decodes only."""
     self_calib_frame_points: int = 8000
-    """Pixels a tracked frame's intrinsics fit looks at, evenly spread over the image (speed: ~25 ms per frame
-    on a CPU core at any image size; a keyframe's fit looks at every pixel and fits at most 40000 of them)."""
+    """Pixels a tracked frame's intrinsics fit looks at, evenly spread over the image (speed: 13-16 ms per frame
+    at 512x384 in `bench_frontend.py`; a keyframe's fit looks at every pixel and fits at most 40000 of them)."""
     offload_keyframes: bool = False
     """Keep old keyframe tensors in host memory when running on a GPU."""
     matching: MatchingConfig = field(default_factory=MatchingConfig)

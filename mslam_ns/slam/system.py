@@ -418,12 +418,13 @@ class SlamSystem:
         with self._intr_lock:
             return self._intr.K(extra=extra)
 
-    def _observe_pass(self, kf_id: int, X: Tensor, C: Tensor) -> None:
-        """Uncalibrated mode: one more intrinsics sample from another decoder pass over keyframe `kf_id`
-        (the backend's edge decodes: each pass has its own camera error, so more passes average it down)."""
+    def _observe_pass(self, kf_id: int, X: Tensor, C: Tensor, max_pixels: int | None = None) -> None:
+        """Uncalibrated mode: one more intrinsics sample from another decoder pass over keyframe `kf_id` (-1:
+        a tracked frame's own pass), e.g. the backend's edge decodes: each pass has its own camera error, so
+        more passes average it down. `max_pixels`: fit on that many pixels only (`IntrinsicsFuser.update`)."""
         if self._intr is not None:
             with self._intr_lock:
-                self._intr.update(X.float().cpu(), C.float().cpu(), extra=True)
+                self._intr.update(X.float().cpu(), C.float().cpu(), extra=True, max_pixels=max_pixels)
 
     def _observe_frame(self, pred: PairPrediction) -> None:
         """Uncalibrated mode: every `self_calib_frames`-th tracked frame's own pass X^f_f is one more
@@ -434,13 +435,7 @@ class SlamSystem:
         self._n_frame_samples += 1
         if self._n_frame_samples % every == 0:
             t0 = time.perf_counter()
-            with self._intr_lock:
-                self._intr.update(
-                    pred.ii.X.float().cpu(),
-                    pred.ii.C.float().cpu(),
-                    extra=True,
-                    max_pixels=int(self.cfg.self_calib_frame_points),
-                )
+            self._observe_pass(-1, pred.ii.X, pred.ii.C, max_pixels=int(self.cfg.self_calib_frame_points))
             self._tick("intrinsics", t0)
 
     def _update_intrinsics(self, kf: Frame, X_pred: Tensor | None) -> None:
