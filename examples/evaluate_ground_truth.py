@@ -6,11 +6,11 @@ python examples/evaluate_ground_truth.py work/ --frames 60
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from mslam_ns.cli import main as mslam_ns
+from mslam_ns.io.rundir import RunDir
 from mslam_ns.io.synthetic import generate_sequence
 
 
@@ -44,7 +44,7 @@ def main() -> int:
         return 2
     if mslam_ns(["eval", str(run), "--gt", str(seq / "groundtruth.txt")]) != 0:
         return 2
-    report = json.loads((run / "eval.json").read_text())
+    report = RunDir(run).read_eval()
     print(f"all frames: ATE RMSE {report['all_frames']['rmse_percent_of_path']:.2f}% of the path")
     return 0
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from mslam_ns.cli import main as mslam_ns
+from mslam_ns.io.rundir import DatasetDir
 
 
 def main() -> int:
@@ -33,7 +34,7 @@ def main() -> int:
     if mslam_ns(["export", str(run), "--format", "nerfstudio", "--out", str(dataset), "--quiet"]) != 0:
         return 2
     train = ["ns-train", "splatfacto", "--data", str(dataset)]
-    print("dataset ready:", dataset / "transforms.json")
+    print("dataset ready:", DatasetDir(dataset).transforms)
     print("train with:", " ".join(train))
     if args.train:
         return subprocess.call(train)

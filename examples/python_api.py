@@ -30,7 +30,7 @@ def main() -> None:
 
     ts, names, T_WC = system.frame_poses()  # every frame: Sim(3) camera -> world, OpenCV axes
     _, _, T_kf = system.keyframe_poses()
-    xyz, rgb = system.points(conf_thresh=1.5)  # fused points in the same world frame
+    xyz, rgb = system.points()  # fused points in the same world frame
     K = system.intrinsics()  # in ORIGINAL image pixels
     print(f"{len(ts)} frames, {len(T_kf)} keyframes, {len(xyz)} points")
     print(f"first frame {names[0]} at {T_WC[0, :3].tolist()}, last at {T_WC[-1, :3].tolist()}")

@@ -1,9 +1,10 @@
 """`mslam-ns`: the command-line front end. Thin: parse, call, print, exit code.
 
-Each subcommand is a plain function in the commands layer (`mslam_ns.commands`, or next to the code it
-drives for the small ones); this file only lists them, so that `mslam-ns --help` stays cheap and no
-subcommand imports another's dependencies. A function with an `options` attribute (a dataclass, e.g.
-`RunOptions`) takes that dataclass: its defaults may come from `--config FILE` (YAML), flags override them.
+Each subcommand is a plain function in the commands layer (`mslam_ns.commands`; `view` and `doctor` live in
+the viewer's and the doctor's own top-level modules); this file only lists them, so that `mslam-ns --help`
+stays cheap and no subcommand imports another's dependencies. A function with an `options` attribute (a
+dataclass, e.g. `RunOptions`) takes that dataclass: its defaults may come from `--config FILE` (YAML), flags
+override them.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mslam_ns.commands.run", "demo"),
     "eval": ("mslam_ns.commands.eval", "evaluate"),
     "export": ("mslam_ns.commands.export", "export"),
-    "synth": ("mslam_ns.io.synthetic", "synth_command"),
-    "infer": ("mslam_ns.model.commands", "infer"),
-    "download": ("mslam_ns.model.weights", "download_command"),
+    "synth": ("mslam_ns.commands.synth", "synth_command"),
+    "infer": ("mslam_ns.commands.infer", "infer"),
+    "download": ("mslam_ns.commands.download", "download_command"),
     "doctor": ("mslam_ns.doctor", "doctor"),
     "view": ("mslam_ns.viewer.app", "view"),
 }

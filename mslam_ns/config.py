@@ -231,6 +231,14 @@ class SlamConfig:
     at 512x384 in `bench_frontend.py`; a keyframe's fit looks at every pixel and fits at most 40000 of them)."""
     offload_keyframes: bool = False
     """Keep old keyframe tensors in host memory when running on a GPU."""
+    resident_keyframes: int = 8
+    """With `offload_keyframes`: the newest keyframes kept on the device (the older ones in host memory)."""
+    max_lost: int = 10
+    """Consecutive tracking failures without relocalisation after which the system restarts: a new keyframe
+    from a mono decode of the frame (a new map segment; see `reloc.restart_min_frac`)."""
+    conf_thresh: float = 1.5
+    """Points (the run's points.ply, `SlamSystem.points`, the viewer's initial threshold): a keyframe pixel is
+    kept when its average confidence exceeds this."""
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)

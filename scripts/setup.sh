@@ -29,7 +29,7 @@ fi
 # The viewer's browser test loads the page in headless Chromium (Debian's package); install it where we may.
 if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
-    || echo "note: could not install chromium (the viewer's browser test will be skipped)"
+    || echo "note: could not install chromium: the viewer's browser test skips locally and FAILS on CI (CI=true)"
 fi
 # Build the compiled CPU kernels now (and CUDA ones where a GPU is present); failures fall back to PyTorch.
 "$VENV/bin/mslam-ns" doctor --build || echo "note: kernel build failed; the PyTorch implementations will be used"

@@ -8,23 +8,11 @@ from typing import Literal
 
 from tyro.conf import Positional
 
-from mslam_ns.commands.slam import check_out, open_dataset
+from mslam_ns.commands.slam import check_out, open_run_source
 from mslam_ns.errors import UserError
 from mslam_ns.io.rundir import RunDir
 
-__all__ = ["export", "open_run_source"]
-
-
-def open_run_source(run: RunDir):
-    """The run's input frames again (same stride / max_frames / calibration, undistorted like the run)."""
-    cfg = run.read_config() or {}
-    dataset = cfg.get("dataset") or run.read_summary().get("dataset")
-    if not dataset or not Path(dataset).exists():
-        raise UserError(f"{run.path}: the run's input {dataset!r} is not there any more (needed for the images)")
-    calib = cfg.get("calib")
-    return open_dataset(
-        Path(dataset), int(cfg.get("stride") or 1), cfg.get("max_frames"), Path(calib) if calib else None
-    )
+__all__ = ["export"]
 
 
 def export(
@@ -55,7 +43,7 @@ def export(
     from mslam_ns.io.atomic import atomic_output_dir
 
     run = RunDir(run_dir).check()
-    check_out(out, overwrite)
+    check_out(out, overwrite)  # also probes that OUT can be written
     if num_downscales < 0 or max_points < 1:
         raise UserError("--num-downscales must be >= 0 and --max-points >= 1")
     with atomic_output_dir(out, replace=overwrite) as tmp:

@@ -28,7 +28,7 @@ import tyro
 from mslam_ns.config import SlamConfig
 from mslam_ns.errors import UserError
 
-__all__ = ["SlamOptions", "RunOptions", "load_options", "options_to_dict", "to_slam_config"]
+__all__ = ["SlamOptions", "RunOptions", "load_options", "options_to_dict", "to_slam_config", "check_device"]
 
 
 @dataclass
@@ -43,7 +43,23 @@ def to_slam_config(o: SlamConfig, mode: str) -> SlamConfig:
     """A plain `SlamConfig` with the options' values and the resolved mode ('rays' | 'calib')."""
     kw = {f.name: getattr(o, f.name) for f in dataclasses.fields(SlamConfig)}
     kw["mode"] = mode
+    check_device(kw["device"])
     return SlamConfig(**kw)
+
+
+def check_device(device: str) -> None:
+    """UserError (one line) unless torch can use ``device`` here ('cpu', 'cuda', 'cuda:1', ...)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"--device {device!r}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: torch sees no CUDA device on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 @dataclass
@@ -82,10 +98,6 @@ class RunOptions:
     """Stop after this many frames."""
     seed: int = 0
     """Seed of the oracle noise."""
-    max_lost: int = 10
-    """Consecutive tracking failures before a new keyframe is started from a mono decode."""
-    conf_thresh: float = 1.5
-    """Minimum average confidence of the exported points."""
     quiet: bool = False
     """No progress bar."""
     view: bool = False
@@ -94,7 +106,21 @@ class RunOptions:
     """--view: address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)."""
     port: int = 8080
     """--view: port (the next free one when it is taken)."""
+    report: bool = True
+    """Write OUT/report.png (trajectory, keyframes, matches per frame, lost frames, timings)."""
     slam: Annotated[SlamOptions, tyro.conf.arg(name="")] = field(default_factory=SlamOptions)
+
+    # The SLAM's own settings live in `slam` (SlamConfig, with its defaults); these read them under the names
+    # the run code uses (`--max-lost`, `--conf-thresh` and config-file keys are the SlamConfig fields).
+    @property
+    def max_lost(self) -> int:
+        """`slam.max_lost`."""
+        return self.slam.max_lost
+
+    @property
+    def conf_thresh(self) -> float:
+        """`slam.conf_thresh`."""
+        return self.slam.conf_thresh
 
 
 # ------------------------------------------------------------------------------------------- config files
@@ -241,6 +267,6 @@ def options_to_dict(o: Any) -> dict[str, Any]:
     d = _jsonable(dataclasses.asdict(o))
     d.pop("config", None)
     d.pop("overwrite", None)
-    for k in ("quiet", "view", "host", "port"):
+    for k in ("quiet", "view", "host", "port", "report"):
         d.pop(k, None)
     return d

@@ -17,10 +17,12 @@ from mslam_ns.commands.slam import (
     evaluate_run,
     execute_run,
     make_prior,
+    match_count,
     open_dataset,
     record_run,
     resolve_mode,
     run_slam,
+    write_run_report,
 )
 from mslam_ns.io.rundir import RunDir
 
@@ -113,7 +115,10 @@ def demo(
                 f"synthetic sequence: {len(source)} frames {width}x{height}, "
                 f"oracle prior (noise '{oracle_noise}'), mode '{mode_}'"
             )
-        system, summary = run_slam(source, prior_obj, cfg, K, quiet=quiet)
+        matches: list[int] = []
+        system, summary = run_slam(
+            source, prior_obj, cfg, K, quiet=quiet, on_step=lambda r: matches.append(match_count(r))
+        )
         res = evaluate_run(system, source)
         summary.update(
             {
@@ -125,8 +130,9 @@ def demo(
             }
         )
         rd = RunDir(tmp)
-        rd.write(record_run(system, summary, opts.conf_thresh, options_to_dict(opts)))
+        rd.write(record_run(system, summary, opts.conf_thresh, options_to_dict(opts), n_matches=matches))
         rd.write_eval(res)
+        write_run_report(tmp)  # report.png, with the ATE panel (eval.json is there already)
     _print_summary(summary, out)
     for name, r in res.items():
         console.print(

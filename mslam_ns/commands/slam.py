@@ -17,12 +17,14 @@ import numpy as np
 
 from mslam_ns.config import SlamConfig
 from mslam_ns.errors import UserError
+from mslam_ns.io.atomic import check_writable
 from mslam_ns.io.rundir import FrameTable, PointCloud, RunDir, RunRecord
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "open_dataset",
+    "open_run_source",
     "make_prior",
     "resolve_mode",
     "run_slam",
@@ -31,6 +33,7 @@ __all__ = [
     "check_out",
     "execute_run",
     "input_fingerprint",
+    "write_run_report",
 ]
 
 
@@ -72,7 +75,18 @@ def make_prior(
 
     MASt3R: the network, plus its retrieval head and codebook (loop closure, relocalisation): the given files,
     else the cached downloads when the network is the default one too; a custom `checkpoint` without a
-    `retrieval_checkpoint` runs without retrieval (consecutive edges only), with a warning."""
+    `retrieval_checkpoint` runs without retrieval (consecutive edges only), with a warning. Every file given
+    is checked before anything is loaded or downloaded; a file the chosen prior would not use is refused."""
+    network_files = (("--checkpoint", checkpoint), ("--retrieval-checkpoint", retrieval_checkpoint))
+    unused = [(flag, f) for flag, f in (*network_files, ("--codebook", codebook)) if f is not None]
+    if prior != "mast3r" and unused:
+        flag, f = unused[0]
+        raise UserError(f"{f}: {flag} is for --prior mast3r; the {prior} prior would not use it")
+    if codebook is not None and retrieval_checkpoint is None and checkpoint is not None:
+        raise UserError(
+            f"{codebook}: --codebook indexes the retrieval head's features; with a custom --checkpoint it "
+            "needs --retrieval-checkpoint too"
+        )
     if prior == "oracle":
         from mslam_ns.prior.oracle import OraclePrior
 
@@ -92,22 +106,31 @@ def make_prior(
             from mslam_ns.prior.mast3r import Mast3rPrior
         except ImportError as e:
             raise UserError(f"mast3r prior unavailable: {e}") from None
+        from mslam_ns.model.codebook import check_codebook, load_codebook
+
+        for name, f in (("mast3r", checkpoint), ("retrieval", retrieval_checkpoint)):
+            if f is not None:
+                resolve_checkpoint(name, f)  # the given files exist and are readable before any download
+        cb_path = codebook  # read (and its format checked) before anything is loaded or downloaded
+        words = None if cb_path is None else load_codebook(cb_path)
         net = load_mast3r(resolve_checkpoint("mast3r", checkpoint), device=device)
         default_files = checkpoint is None and retrieval_checkpoint is None
         if retrieval_checkpoint is None and not default_files:
             log.warning("no --retrieval-checkpoint for this --checkpoint: no loop closure, no relocalisation")
             return Mast3rPrior(net)
         from mslam_ns.model import load_retrieval
-        from mslam_ns.model.codebook import load_codebook
 
         head = load_retrieval(resolve_checkpoint("retrieval", retrieval_checkpoint), net)
         prior_obj = Mast3rPrior(net, head)
-        cb = codebook if codebook is not None else (resolve_checkpoint("codebook") if default_files else None)
-        if cb is not None:
+        if words is None and default_files:
+            cb_path = resolve_checkpoint("codebook")
+            words = load_codebook(cb_path)
+        if words is not None:
             import torch
 
             dim = int(prior_obj.retrieval_features(prior_obj.encode(torch.zeros(3, 32, 32), 0)).shape[-1])
-            prior_obj.retrieval_codebook = load_codebook(resolve_checkpoint("codebook", cb), dim=dim)
+            prior_obj.retrieval_codebook = check_codebook(words, str(cb_path), dim)
+            log.info("codebook %s: %d words of dimension %d", cb_path, *prior_obj.retrieval_codebook.shape)
         return prior_obj
     raise UserError(f"unknown prior {prior!r}")
 
@@ -137,13 +160,19 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise UserError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: folder is not empty (pass --overwrite to replace it)")
-    parent = out.parent if not out.exists() else out
-    while not parent.exists():
-        parent = parent.parent
-    import os
+    check_writable(out)  # a real probe: os.access says yes as root and cannot see a path under a file
 
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"{out}: not writable")
+
+def open_run_source(run: RunDir):
+    """The run's input frames again (same stride / max_frames / calibration, undistorted like the run)."""
+    cfg = run.read_config() or {}
+    dataset = cfg.get("dataset") or run.read_summary().get("dataset")
+    if not dataset or not Path(dataset).exists():
+        raise UserError(f"{run.path}: the run's input {dataset!r} is not there any more (needed for the images)")
+    calib = cfg.get("calib")
+    return open_dataset(
+        Path(dataset), int(cfg.get("stride") or 1), cfg.get("max_frames"), Path(calib) if calib else None
+    )
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -178,29 +207,48 @@ def _num_keyframes(system) -> int:
 
 
 def run_slam(
-    source, prior_obj, cfg: SlamConfig, K: np.ndarray | None, max_lost: int = 10, quiet: bool = True, on_system=None
+    source,
+    prior_obj,
+    cfg: SlamConfig,
+    K: np.ndarray | None,
+    max_lost: int | None = None,
+    quiet: bool = True,
+    on_system=None,
+    on_step=None,
 ):
     """Run a `SlamSystem` over a whole source. Returns (system, summary dict).
 
     `on_system(system)` is called before the first frame and may return an object with `.stop()`
-    (e.g. a live viewer), stopped when the run ends or fails."""
+    (e.g. a live viewer), stopped when the run ends or fails. `on_step(step_result)` is called after
+    every frame (e.g. to record its match count)."""
     from mslam_ns.slam.system import SlamSystem
 
     system = SlamSystem(prior_obj, cfg, K=K, max_lost=max_lost)
     handle = on_system(system) if on_system is not None else None
     try:
-        return _drive(system, source, quiet)
+        return _drive(system, source, quiet, on_step)
     finally:
         if handle is not None:
             handle.stop()
 
 
-def _drive(system, source, quiet: bool):
+def _drive(system, source, quiet: bool, on_step=None):
     prog, cb = _progress(len(source), quiet)
     t0 = time.perf_counter()
+
+    def progress(r) -> None:
+        cb(system, r)
+        if on_step is not None:
+            on_step(r)
+
     with prog:
-        system.run(source, progress=lambda r: cb(system, r))
+        system.run(source, progress=progress)
     return system, run_summary(system, source, time.perf_counter() - t0)
+
+
+def match_count(r) -> int:
+    """A frame's valid matches for matches.txt (-1 where nothing was matched: the first frame, skips)."""
+    return -1 if r.reason in ("init", "skipped") else int(r.n_matches)
 
 
 def run_summary(system, source, wall: float) -> dict:
@@ -295,10 +343,16 @@ def keyframe_points(snap, transform, conf_thresh: float) -> PointCloud:
     )
 
 
-def record_run(system, summary: dict, conf_thresh: float, config: dict | None = None, snap=None) -> RunRecord:
+def record_run(
+    system, summary: dict, conf_thresh: float, config: dict | None = None, snap=None, n_matches=None
+) -> RunRecord:
     """The finished system (or its map snapshot `snap`, taken with points) as a `RunRecord` (what
-    `RunDir.write` writes)."""
+    `RunDir.write` writes). `n_matches`: every frame's `match_count`, in order (matches.txt; dropped
+    when it does not cover every frame record)."""
     snap = _snapshot(system, with_points=True) if snap is None else snap
+    if n_matches is not None and len(n_matches) != len(snap.frame_timestamps):
+        log.debug("%d match counts for %d frames: matches.txt not written", len(n_matches), len(snap.frame_timestamps))
+        n_matches = None
     kf_ts = _keyframe_timestamps(snap, system)
     table = FrameTable(
         np.asarray(snap.frame_timestamps, dtype=np.float64),
@@ -319,6 +373,7 @@ def record_run(system, summary: dict, conf_thresh: float, config: dict | None = 
         edge_kind=list(snap.edge_kind),
         thumbnails={k: v.rgb for k, v in snap.keyframes.items()},
         config=config,
+        n_matches=None if n_matches is None else np.asarray(n_matches, dtype=np.int64),
     )
 
 
@@ -419,6 +474,7 @@ def execute_run(o, out: Path, extra_summary: dict | None = None, replace: bool |
         o.retrieval_checkpoint,
         o.codebook,
     )
+    matches: list[int] = []
     system, summary = run_slam(
         source,
         prior_obj,
@@ -426,7 +482,8 @@ def execute_run(o, out: Path, extra_summary: dict | None = None, replace: bool |
         K,
         max_lost=o.max_lost,
         quiet=o.quiet,
-        on_system=_live_viewer(o) if getattr(o, "view", False) else None,
+        on_system=_live_viewer(o) if o.view else None,
+        on_step=lambda r: matches.append(match_count(r)),
     )
     summary.update(
         {
@@ -438,5 +495,19 @@ def execute_run(o, out: Path, extra_summary: dict | None = None, replace: bool |
         }
     )
     with atomic_output_dir(out, replace=o.overwrite if replace is None else replace) as tmp:
-        RunDir(tmp).write(record_run(system, summary, o.conf_thresh, options_to_dict(o)))
+        RunDir(tmp).write(record_run(system, summary, o.conf_thresh, options_to_dict(o), n_matches=matches))
+    if o.report:
+        write_run_report(out)
     return RunDir(out)
+
+
+def write_run_report(run_dir: Path) -> Path | None:
+    """OUT/report.png (`mslam_ns.eval.plots.write_report`, written atomically); a failure only logs a warning:
+    the report never costs the user a finished run."""
+    try:
+        from mslam_ns.eval.plots import write_report
+
+        return write_report(Path(run_dir))
+    except Exception as e:  # matplotlib missing or broken, a plotting error: the run itself is fine
+        log.warning("run report not written (%s: %s)", type(e).__name__, e)
+        return None

@@ -31,6 +31,8 @@ from types import ModuleType
 
 import torch
 
+log = logging.getLogger(__name__)
+
 CUDA_DIR = Path(__file__).resolve().parent
 INCLUDE_DIR = CUDA_DIR / "include"
 
@@ -218,7 +220,7 @@ def _is_built(name: str, device_type: str) -> bool:
 def load(name: str, device_type: str, *, build: bool = True, verbose: bool = False) -> ModuleType | None:
     """The compiled module of extension `name` for 'cpu' or 'cuda', or None if unavailable.
 
-    Builds on first use (printing one line) unless `build` is False. Never raises for a failed build in
+    Builds on first use (logging one line) unless `build` is False. Never raises for a failed build in
     'auto' mode: the error is remembered (see `status`) and None is returned.
     """
     key = (name, device_type)
@@ -233,10 +235,7 @@ def load(name: str, device_type: str, *, build: bool = True, verbose: bool = Fal
             return None
         try:
             if not _is_built(name, device_type):
-                print(
-                    f"[mslam_ns] compiling the {device_type} '{name}' kernels (once; cached in {cache_root()})",
-                    file=sys.stderr,
-                )
+                log.info("compiling the %s '%s' kernels (once; cached in %s)", device_type, name, cache_root())
             mod = _compile(name, device_type, verbose=verbose)
             _prune_stale_builds(name, device_type)
         except Exception as e:  # noqa: BLE001 - any build failure means "fall back"

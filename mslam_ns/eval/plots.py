@@ -2,7 +2,7 @@
 one-page run report (trajectory, per-frame tracking, timings, numbers).
 
     write_plots(run_dir, gt_file)        -> [run_dir/plot_trajectory.png, run_dir/plot_ate.png]
-    write_report(run_dir, n_matches)     -> run_dir/report.png
+    write_report(run_dir, n_matches)     -> run_dir/report.png   (`mslam-ns run` writes it after every run)
 
 Matplotlib is used through its object API on an Agg canvas (no global pyplot state, safe in threads).
 """
@@ -30,13 +30,15 @@ COLORS = {
     "estimate": "#1f5fd6",
     "lost": "#e01b1b",
     "keyframe": "#ff8c00",
-    "error": "#1f5fd6",
-    "rmse": "#ff8c00",
-    "median": "#2ca02c",
+    "error": "#17becf",
+    "rmse": "#8c564b",
+    "median": "#bcbd22",
     "mean": "#9b30d9",
-    "matches": "#1f5fd6",
+    "matches": "#e377c2",
+    "tracked_kf": "#0a7d6e",
+    "timings": "#3b3b98",
 }
-"""Colour of each series (fixed, so that a plot can be checked from its pixels)."""
+"""Colour of each series, all different (fixed, so that a plot can be checked from its pixels)."""
 DPI = 100
 
 
@@ -193,13 +195,14 @@ def write_plots(run_dir: Path, gt: Path, max_dt: float = EVO_MAX_DIFF) -> list[P
 
 def write_report(run_dir: Path, n_matches: Sequence[int] | None = None) -> Path:
     """Write `report.png`, the page to open first after a run: trajectory top view (keyframes, lost frames),
-    per-frame tracking (matches per frame when given, else the keyframe each frame tracks; lost frames
+    per-frame tracking (matches per frame when known, else the keyframe each frame tracks; lost frames
     shaded), where the time went, and the run's numbers (ATE when eval.json is there).
 
     Args:
-        run_dir: output folder of `mslam-ns run` (reads trajectory.txt, frames.txt, summary.json, eval.json).
-        n_matches: valid matches of every input frame (trajectory.txt's order), e.g. the runs'
-            `StepResult.n_matches`; None when not recorded.
+        run_dir: output folder of `mslam-ns run` (reads trajectory.txt, frames.txt, matches.txt,
+            summary.json, eval.json).
+        n_matches: valid matches of every input frame (trajectory.txt's order; -1: not matched), e.g. the
+            run's `StepResult.n_matches`; None: matches.txt's, when the run has one.
 
     Returns:
         the PNG path.
@@ -209,6 +212,8 @@ def write_report(run_dir: Path, n_matches: Sequence[int] | None = None) -> Path:
     run_dir = Path(run_dir)
     rd, ts, T, lost, is_kf, kf_ids = _read_run(run_dir)
     summary = rd.read_summary() if rd.file(rd.SUMMARY).is_file() else {}
+    if n_matches is None:
+        n_matches = rd.read_matches()
     ev = {}
     if rd.file(rd.EVAL).is_file():
         try:
@@ -238,15 +243,15 @@ def write_report(run_dir: Path, n_matches: Sequence[int] | None = None) -> Path:
     ax = fig.add_subplot(2, 2, 2)
     frame = np.arange(len(ts))
     _lost_spans(ax, frame.astype(np.float64), lost)
-    if n_matches is not None and len(n_matches) == len(ts):
-        ax.plot(
-            frame, np.asarray(n_matches, dtype=np.float64), "-", color=COLORS["matches"], lw=2.0, label="valid matches"
-        )
+    nm = None if n_matches is None else np.asarray(n_matches, dtype=np.float64).reshape(-1)
+    if nm is not None and len(nm) == len(ts) and (nm >= 0).any():
+        m = nm >= 0  # frames that were matched (not the first one, not motion-filter skips)
+        ax.plot(frame[m], nm[m], "-", color=COLORS["matches"], lw=2.0, label="valid matches")
         ax.set_ylabel("matches")
     else:
-        if n_matches is not None:
-            log.warning("report: %d match counts for %d frames; showing keyframe ids", len(n_matches), len(ts))
-        ax.step(frame, kf_ids, where="post", color=COLORS["matches"], lw=2.0, label="keyframe tracked against")
+        if nm is not None:
+            log.warning("report: %d match counts for %d frames; showing keyframe ids", len(nm), len(ts))
+        ax.step(frame, kf_ids, where="post", color=COLORS["tracked_kf"], lw=2.0, label="keyframe tracked against")
         ax.set_ylabel("keyframe id")
     kf_frames = frame[is_kf]
     if len(kf_frames):
@@ -264,7 +269,7 @@ def write_report(run_dir: Path, n_matches: Sequence[int] | None = None) -> Path:
     }
     if tm:
         keys = sorted(tm, key=tm.get)
-        ax.barh(keys, [tm[k] for k in keys], color=COLORS["estimate"])
+        ax.barh(keys, [tm[k] for k in keys], color=COLORS["timings"])
         ax.set_xlabel("seconds (whole run)")
     else:
         ax.text(0.5, 0.5, "no timings in summary.json", ha="center", va="center", transform=ax.transAxes)

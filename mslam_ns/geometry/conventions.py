@@ -37,6 +37,8 @@ __all__ = [
     "to_nerfstudio_points",
     "xyzw_to_wxyz",
     "wxyz_to_xyzw",
+    "euroc_row_to_pose7",
+    "CV_CAMERA_UP",
     "c2w_to_colmap",
     "colmap_to_c2w",
     "PIXEL_CENTER_OFFSET",
@@ -141,16 +143,28 @@ def to_nerfstudio_points(X_W: np.ndarray) -> np.ndarray:  # [N, 3] -> [N, 3]
     return X @ APPLIED_TRANSFORM[:, :3].T + APPLIED_TRANSFORM[:, 3]
 
 
-def xyzw_to_wxyz(q: np.ndarray) -> np.ndarray:  # [..., 4]
-    """Quaternion `(qx qy qz qw)` (ours, TUM) -> `(qw qx qy qz)` (COLMAP)."""
-    q = np.asarray(q, dtype=np.float64)
-    return np.concatenate([q[..., 3:4], q[..., :3]], axis=-1)
+def xyzw_to_wxyz(q):  # [..., 4] numpy array (float64) or torch tensor (same dtype) -> same type
+    """Quaternion `(qx qy qz qw)` (ours, TUM) -> `(qw qx qy qz)` (COLMAP, EuRoC, gsplat, viser)."""
+    if not isinstance(q, np.ndarray) and hasattr(q, "roll"):  # a torch tensor
+        return q.roll(1, dims=-1)
+    return np.roll(np.asarray(q, dtype=np.float64), 1, axis=-1)
 
 
-def wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:  # [..., 4]
-    """Quaternion `(qw qx qy qz)` (COLMAP) -> `(qx qy qz qw)` (ours, TUM)."""
-    q = np.asarray(q, dtype=np.float64)
-    return np.concatenate([q[..., 1:4], q[..., 0:1]], axis=-1)
+def wxyz_to_xyzw(q):  # [..., 4] numpy array (float64) or torch tensor (same dtype) -> same type
+    """Quaternion `(qw qx qy qz)` (COLMAP, EuRoC, gsplat, viser) -> `(qx qy qz qw)` (ours, TUM)."""
+    if not isinstance(q, np.ndarray) and hasattr(q, "roll"):
+        return q.roll(-1, dims=-1)
+    return np.roll(np.asarray(q, dtype=np.float64), -1, axis=-1)
+
+
+def euroc_row_to_pose7(row: np.ndarray) -> np.ndarray:  # [..., 7] (p, qw qx qy qz) -> [..., 7] (p, qx qy qz qw)
+    """A EuRoC ground-truth row's pose part (position, then the quaternion scalar first) -> our pose7."""
+    row = np.asarray(row, dtype=np.float64)
+    return np.concatenate([row[..., :3], wxyz_to_xyzw(row[..., 3:7])], axis=-1)
+
+
+# The world "up" direction of an OpenCV camera: image rows grow downwards (+y down), so up is -y.
+CV_CAMERA_UP = np.array([0.0, -1.0, 0.0])
 
 
 def c2w_to_colmap(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # [N, 4, 4] -> ([N, 4], [N, 3])

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_output_dir"]
+__all__ = ["atomic_write", "atomic_output_dir", "check_writable"]
 
 
 def _current_umask() -> int:
@@ -104,3 +104,25 @@ def _move_tree(src: Path, dst: Path) -> None:
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(entry, target)
+
+
+def check_writable(out: str | os.PathLike) -> None:
+    """UserError unless `out` can be made (or replaced) here: creates and removes a file in the folder the
+    output is built next to (the nearest existing folder above `out`), so that read-only places and paths
+    under a regular file are refused before any work, also as root (where `os.access` says yes)."""
+    from mslam_ns.errors import UserError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{out}: cannot be created ({parent} is a file, not a folder)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mslam_probe.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{out}: not writable ({e.strerror or e} in {parent})") from None

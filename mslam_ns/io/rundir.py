@@ -13,6 +13,9 @@ read and write a run through this class. Layout:
                       confidence (float, average C / N), keyframe (int), u v (float: the source pixel in
                       ORIGINAL image coordinates of that keyframe's image)
     edges.txt         keyframe graph: `i j kind` (kind: seq | loop | reloc)
+    matches.txt       per input frame, trajectory.txt's order: `timestamp n_matches` (valid matches of its
+                      tracking, -1 where nothing was matched: the first frame, motion-filter skips); optional
+                      (runs written before it have none)
     thumbnails/       kf_000012.jpg: each keyframe's network-size image
     summary.json      counts, timings, intrinsics {fx fy cx cy width height} in ORIGINAL image pixels, ...
     config.yaml       the resolved command configuration (reload with `--config OUT/config.yaml`)
@@ -34,7 +37,7 @@ import numpy as np
 
 from mslam_ns.io.atomic import atomic_write
 
-__all__ = ["RunDir", "RunRecord", "PointCloud", "FrameTable"]
+__all__ = ["RunDir", "RunRecord", "PointCloud", "FrameTable", "DatasetDir"]
 
 _PLY_FIELDS = [
     ("x", "<f4"),
@@ -117,6 +120,8 @@ class RunRecord:
     edge_kind: list[str] = field(default_factory=list)
     thumbnails: dict[int, np.ndarray] = field(default_factory=dict)  # kf_id -> [H, W, 3] uint8
     config: dict[str, Any] | None = None
+    n_matches: np.ndarray | None = None
+    """[N] int: valid matches of every frame (-1: not matched); None: not recorded (no matches.txt)."""
 
 
 def _user_error(msg: str) -> Exception:
@@ -133,6 +138,7 @@ class RunDir:
     FRAMES = "frames.txt"
     POINTS = "points.ply"
     EDGES = "edges.txt"
+    MATCHES = "matches.txt"
     THUMBNAILS = "thumbnails"
     SUMMARY = "summary.json"
     CONFIG = "config.yaml"
@@ -181,6 +187,8 @@ class RunDir:
         self.write_frames(rec.frames)
         self.write_points(rec.points)
         self.write_edges(rec.edges, rec.edge_kind)
+        if rec.n_matches is not None:
+            self.write_matches(rec.frames.timestamps, rec.n_matches)
         self.write_thumbnails(rec.thumbnails)
         summary = dict(rec.summary)
         summary["points"] = len(rec.points)
@@ -212,6 +220,17 @@ class RunDir:
             f.write("# i j kind\n")
             for (i, j), k in zip(e.tolist(), kinds):
                 f.write(f"{i} {j} {k}\n")
+
+    def write_matches(self, timestamps: np.ndarray, n_matches: np.ndarray) -> None:
+        """matches.txt: `timestamp n_matches` per frame (-1: the frame was not matched)."""
+        ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)
+        n = np.asarray(n_matches, dtype=np.int64).reshape(-1)
+        if len(ts) != len(n):
+            raise ValueError(f"{len(n)} match counts for {len(ts)} frames")
+        with atomic_write(self.file(self.MATCHES)) as f:
+            f.write("# timestamp n_matches\n")
+            for t, k in zip(ts.tolist(), n.tolist()):
+                f.write(f"{t:.6f} {k}\n")
 
     def write_thumbnails(self, thumbs: dict[int, np.ndarray]) -> None:
         from PIL import Image
@@ -299,6 +318,22 @@ class RunDir:
                 kinds.append(k)
         return np.asarray(e, dtype=np.int64).reshape(-1, 2), kinds
 
+    def read_matches(self) -> np.ndarray | None:
+        """[N] int64 valid matches of every frame from matches.txt (-1: not matched); None without the file."""
+        path = self.file(self.MATCHES)
+        if not path.is_file():
+            return None
+        out = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            parts = line.split()
+            try:
+                out.append(int(parts[1]))
+            except (IndexError, ValueError):
+                raise _user_error(f"{path}: line {n}: expected 'timestamp n_matches'") from None
+        return np.asarray(out, dtype=np.int64)
+
     def read_thumbnail(self, kf_id: int) -> np.ndarray | None:
         """[H, W, 3] uint8 network-size image of keyframe `kf_id` (None if not written)."""
         p = self.thumbnail_path(kf_id)
@@ -315,6 +350,16 @@ class RunDir:
             return json.loads(path.read_text(encoding="utf-8"))
         except OSError as e:
             raise _user_error(f"{path}: cannot read ({e.strerror or e})") from None
+        except ValueError as e:
+            raise _user_error(f"{path}: not valid JSON ({e})") from None
+
+    def read_eval(self) -> dict[str, Any]:
+        """The report `mslam-ns eval` wrote (UserError when there is none)."""
+        path = self.file(self.EVAL)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise _user_error(f"{path}: cannot read ({e.strerror or e}; run `mslam-ns eval` first)") from None
         except ValueError as e:
             raise _user_error(f"{path}: not valid JSON ({e})") from None
 
@@ -344,6 +389,65 @@ class RunDir:
         if len(ts) != len(table.timestamps) or not np.allclose(ts, table.timestamps, atol=1e-5):
             raise _user_error(f"{self.path}: {self.TRAJECTORY} and {self.FRAMES} disagree (not one run?)")
         return table, pose7_to_c2w(poses)
+
+
+class DatasetDir:
+    """An exported dataset folder (`mslam-ns export`, `ns-process-data mslam`, the dataparser's cache): the
+    ONLY code that knows its file names.
+
+        transforms.json   nerfstudio's `nerfstudio-data` format      sparse_pc.ply   seed points
+        images/ images_2/ ... frames (and downscaled copies)         depth/          per-frame depth PNGs
+        mslam_run/        the run folder behind it (`RunDir`)        sparse/0/       COLMAP text model
+    """
+
+    TRANSFORMS = "transforms.json"
+    SPARSE_PC = "sparse_pc.ply"
+    IMAGES = "images"
+    DEPTH = "depth"
+    RUN = "mslam_run"
+    RUN_PENDING = ".mslam_run.pending"
+    """A finished SLAM run not yet swapped in with its export (a rerun with new settings that was interrupted)."""
+    COLMAP_MODEL = "sparse/0"
+    COLMAP_CAMERAS = "cameras.txt"
+    COLMAP_IMAGES = "images.txt"
+    COLMAP_POINTS = "points3D.txt"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"DatasetDir({str(self.path)!r})"
+
+    @classmethod
+    def images_folder(cls, downscale: int = 1) -> str:
+        """`images` (full resolution) or `images_{downscale}`."""
+        return cls.IMAGES if downscale == 1 else f"{cls.IMAGES}_{int(downscale)}"
+
+    @property
+    def transforms(self) -> Path:
+        return self.path / self.TRANSFORMS
+
+    @property
+    def colmap_model(self) -> Path:
+        return self.path / self.COLMAP_MODEL
+
+    def is_dataset(self) -> bool:
+        return self.transforms.is_file()
+
+    def run(self) -> RunDir:
+        return RunDir(self.path / self.RUN)
+
+    def pending_run(self) -> RunDir:
+        return RunDir(self.path / self.RUN_PENDING)
+
+    def read_transforms(self) -> dict[str, Any]:
+        path = self.transforms
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise _user_error(f"{path}: cannot read ({e.strerror or e})") from None
+        except ValueError as e:
+            raise _user_error(f"{path}: not valid JSON ({e})") from None
 
 
 def write_point_cloud(path: Path, pc: PointCloud) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from mslam_ns.io.synth_scene import SyntheticRoom, default_intrinsics
 from mslam_ns.io.synth_trajectory import TRAJECTORIES, Trajectory, make_trajectory
 from mslam_ns.io.tum import write_tum_trajectory
 
-__all__ = ["generate_sequence", "synth_command", "FPS", "DEPTH_SCALE"]
+__all__ = ["generate_sequence", "FPS", "DEPTH_SCALE"]
 
 FPS = 30.0
 DEPTH_SCALE = 5000.0
@@ -112,28 +111,3 @@ def generate_sequence(
         }
         (tmp / "segments.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
-
-
-def synth_command(
-    out: Path,
-    frames: int = 120,
-    width: int = 640,
-    height: int = 480,
-    seed: int = 0,
-    trajectory: str = "loop",
-) -> int:
-    """Write a synthetic RGB-D sequence (textured room, exact depth and poses) in the TUM RGB-D layout.
-
-    Args:
-        out: output folder (created; an earlier synthetic sequence there is replaced).
-        frames: number of frames (30 Hz).
-        width: image width in pixels.
-        height: image height in pixels.
-        seed: scene and texture seed.
-        trajectory: camera path: "loop" (a closed loop with a pure-rotation segment halfway).
-    """
-    t0 = time.perf_counter()
-    path = generate_sequence(out, frames, width, height, seed, trajectory)
-    dt = time.perf_counter() - t0
-    print(f"wrote {frames} frames ({width}x{height}, seed {seed}, {trajectory}) to {path} in {dt:.1f} s")
-    return 0

@@ -19,7 +19,7 @@ import numpy as np
 
 from mslam_ns.errors import UserError
 
-__all__ = ["load_codebook", "train_codebook", "check_codebook", "RestrictedUnpickler"]
+__all__ = ["load_codebook", "train_codebook", "check_codebook", "RestrictedUnpickler", "RefusedGlobal"]
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,42 @@ _ALLOWED: frozenset[tuple[str, str]] = frozenset(
 )
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside the safe set (its name is the message); nothing was called."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and plain containers; any other global raises `pickle.UnpicklingError`."""
+    """Unpickles numpy arrays and plain containers; any other global raises `RefusedGlobal`."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name}")
+        raise RefusedGlobal(f"{module}.{name}")
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # an .npz is a zip archive (the second: an empty one)
+# How a codebook pickle can start: PROTO (protocol 2 and later) or, for protocols 0 and 1, MARK, EMPTY_DICT,
+# EMPTY_LIST (a dict or a list) and GLOBAL (an array's reconstructor).
+_PICKLE_STARTS = b"\x80(}]c"
+
+
+def _format_of(p: Path) -> str:
+    """'npy', 'npz' or 'pickle', from the file's first bytes (whatever its name); UserError otherwise."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(6)
+    except OSError as e:
+        raise UserError(f"{p}: cannot read codebook ({e.strerror or e})") from None
+    if not head:
+        raise UserError(f"{p}: not a codebook (the file is empty)")
+    if head.startswith(_NPY_MAGIC):
+        return "npy"
+    if head.startswith(_ZIP_MAGIC):
+        return "npz"
+    if head[0] in _PICKLE_STARTS:
+        return "pickle"
+    raise UserError(f"{p}: not a codebook (neither a pickle of a dict or an array, an .npy nor an .npz file)")
 
 
 def _centroids_of(obj: Any) -> Any:
@@ -71,8 +100,16 @@ def check_codebook(c: Any, where: str = "codebook", dim: int | None = None) -> n
     return np.ascontiguousarray(c, dtype=np.float32)
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def load_codebook(path: str | os.PathLike, dim: int | None = None) -> np.ndarray:
     """Read an ASMK codebook [n_words, F] float32 from a pickle (official layout), ``.npy`` or ``.npz`` file.
+
+    The format is told by the file's first bytes (the numpy magic, a zip archive, the pickle PROTO opcode), so
+    random bytes or a file of another kind are reported as such before anything is parsed.
 
     Args:
         path: the file.
@@ -84,29 +121,33 @@ def load_codebook(path: str | os.PathLike, dim: int | None = None) -> np.ndarray
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: codebook file not found")
+    kind = _format_of(p)
     try:
-        if p.suffix == ".npy":
+        if kind == "npy":
             obj: Any = np.load(p, allow_pickle=False)
-        elif p.suffix == ".npz":
+        elif kind == "npz":
             with np.load(p, allow_pickle=False) as z:
                 keys = list(z.keys())
                 obj = z["centroids"] if "centroids" in keys else (z[keys[0]] if len(keys) == 1 else dict(z))
         else:
             with open(p, "rb") as fh:
                 obj = RestrictedUnpickler(fh).load()
-    except pickle.UnpicklingError as e:
+    except RefusedGlobal as e:
         raise UserError(
             f"{p}: refused to load: the pickle references {e} (a codebook holds only numpy arrays "
             "and plain containers; nothing from the file was run)"
         ) from None
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{p}: not a readable codebook (a damaged pickle: {_first_line(e)})") from None
     except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
-        raise UserError(f"{p}: not a readable codebook ({type(e).__name__}: {e})") from None
+        raise UserError(f"{p}: not a readable codebook ({type(e).__name__}: {_first_line(e)})") from None
     try:
         c = _centroids_of(obj)
     except ValueError as e:
         raise UserError(f"{p}: not an ASMK codebook ({e})") from None
     out = check_codebook(c, str(p), dim)
-    log.info("codebook %s: %d words of dimension %d", p, out.shape[0], out.shape[1])
+    if dim is not None:  # only once fully checked: a codebook refused later ends in its one error line alone
+        log.info("codebook %s: %d words of dimension %d", p, out.shape[0], out.shape[1])
     return out
 
 

@@ -61,13 +61,15 @@ class MslamDataParserConfig(NerfstudioDataParserConfig):
 
 
 def prepare_dataset(config: MslamDataParserConfig) -> Path:
-    """A folder with transforms.json for `config.data` (made and cached when needed)."""
+    """What nerfstudio's own parser reads for `config.data`: a folder with transforms.json, or a given .json
+    file itself (made and cached when needed)."""
     from mslam_ns.errors import UserError
+    from mslam_ns.io.rundir import DatasetDir
 
     data = Path(config.data)
     if data.suffix == ".json" and data.is_file():
-        return data.parent
-    if (data / "transforms.json").is_file():
+        return data  # nerfstudio reads this file (images relative to its folder)
+    if DatasetDir(data).is_dataset():
         return data
     if not data.exists():
         raise UserError(f"{data}: no such file or folder")
@@ -75,21 +77,24 @@ def prepare_dataset(config: MslamDataParserConfig) -> Path:
     from mslam_ns.io.rundir import RunDir
 
     if RunDir.is_run(data):
-        from mslam_ns.commands.export import open_run_source
+        from mslam_ns.commands.slam import open_run_source
         from mslam_ns.io.atomic import atomic_output_dir
         from mslam_ns.nerfstudio.export import write_nerfstudio
+        from mslam_ns.nerfstudio.process_data import select_frames
 
         key = settings_key({"run": str(data.resolve()), "frames": config.num_frames_target}, input_fingerprint(data))
         dest = Path(config.cache_dir) / f"run-{key}"
-        if not (dest / "transforms.json").is_file():
+        if not DatasetDir(dest).is_dataset():
             run = RunDir(data)
+            source = open_run_source(run)
+            frames = select_frames(len(source), config.num_frames_target)
             with atomic_output_dir(dest, replace=True) as tmp:
-                write_nerfstudio(run, open_run_source(run), tmp, num_downscales=3)
+                write_nerfstudio(run, source, tmp, num_downscales=3, frames=frames)
         return dest
     from mslam_ns.nerfstudio.process_data import process
 
     p, key, dest = _slam_plan(config)
-    if not (dest / "transforms.json").is_file():
+    if not DatasetDir(dest).is_dataset():
         process(replace(p, output_dir=dest, overwrite=True))
     return dest
 
@@ -119,9 +124,9 @@ def _slam_plan(config: MslamDataParserConfig):
 
 
 def _needs_slam(data: Path) -> bool:
-    from mslam_ns.io.rundir import RunDir
+    from mslam_ns.io.rundir import DatasetDir, RunDir
 
-    is_dataset = (data.suffix == ".json" and data.is_file()) or (data / "transforms.json").is_file()
+    is_dataset = (data.suffix == ".json" and data.is_file()) or DatasetDir(data).is_dataset()
     return data.exists() and not is_dataset and not RunDir.is_run(data)
 
 
@@ -134,8 +139,10 @@ def prepare_live(config: MslamDataParserConfig):
     data = Path(config.data)
     if not _needs_slam(data):
         return prepare_dataset(config), None
+    from mslam_ns.io.rundir import DatasetDir
+
     p, key, dest = _slam_plan(config)
-    if (dest / "transforms.json").is_file():
+    if DatasetDir(dest).is_dataset():
         return dest, None  # finished earlier: nothing to run
     o = run_options(p, dest)
     live = LiveSlam(o, config.live_warmup_frames, p.num_frames_target, p.num_downscales, p.max_points, dest, key)
@@ -198,21 +205,23 @@ class MslamDataParser(Nerfstudio):
         return out
 
 
-def _add_point_attributes(meta: dict, folder: Path) -> None:
+def _add_point_attributes(meta: dict, target: Path) -> None:
     """`points3D_confidence` [P] and `points3D_keyframe` [P] (same order as `points3D_xyz`) from the
     extra properties of an mslam_ns `sparse_pc.ply`, for seeding opacities and the keyframe each splat
-    follows when the SLAM moves it. Left out when the PLY has none (another tool wrote it)."""
+    follows when the SLAM moves it. Left out when the PLY has none (another tool wrote it). `target`: the
+    dataset folder or its .json file, as handed to nerfstudio."""
     import json
 
     import numpy as np
     import torch
 
-    from mslam_ns.io.rundir import read_point_cloud
+    from mslam_ns.io.rundir import DatasetDir, read_point_cloud
 
     if "points3D_xyz" not in meta:
         return
     try:
-        ply = folder / json.loads((folder / "transforms.json").read_text()).get("ply_file_path", "")
+        path = target if target.suffix == ".json" else DatasetDir(target).transforms
+        ply = path.parent / json.loads(path.read_text(encoding="utf-8")).get("ply_file_path", "")
         pc = read_point_cloud(ply)
     except Exception:  # not ours / unreadable: nerfstudio's own xyz + rgb stay as they are
         return

@@ -5,17 +5,25 @@ Written (into a folder the caller makes atomic):
 
     transforms.json   nerfstudio's `nerfstudio-data` format: OPENCV camera at the resolution of images/,
                       one frame per input frame (lost frames left out unless asked, and flagged),
-                      `applied_transform` (our world -> the saved world), `ply_file_path`
+                      `applied_transform` (our world -> the saved world), `applied_scale` 1, `ply_file_path`
     images/           full-resolution frames (undistorted when the run undistorted), original file names
     images_2/4/8      downscaled copies (`num_downscales`)
     sparse_pc.ply     fused confident points, voxel down-sampled, coloured, SAME world as the poses; extra
                       per-point `confidence` and `keyframe` properties (read by the mslam-data dataparser)
-    depth/            optional 16-bit PNG depth in millimetres of the saved units (nerfstudio's default
-                      `depth_unit_scale_factor` 1e-3), rendered from the fused points
+    depth/            optional 16-bit PNG depth in millimetres (nerfstudio's default `depth_unit_scale_factor`
+                      1e-3), rendered from the fused points
 
-Scale: the SLAM's own units, i.e. those of the two-view prior's first pointmap (MASt3R's are roughly metric;
-the oracle prior's are not); `applied_scale` is 1. nerfstudio's `auto_scale_poses` rescales
-for training anyway. All axis conventions come from `mslam_ns.geometry.conventions`.
+File names come from `mslam_ns.io.rundir.DatasetDir`.
+
+Scale: the SLAM's own units, those of the two-view prior's pointmaps, which for MASt3R (its metric
+checkpoint) are approximately metres; they are kept as they are because the SLAM refresh of a training run
+(`refresh.py`) maps SLAM poses into nerfstudio's world with `dataparser_scale` / `dataparser_transform` only.
+transforms.json records `mslam.metres_per_slam_unit` (`metres_per_unit`): 1 for MASt3R, 1 / 0.45 for the
+oracle prior, whose pointmaps are ground truth times 0.45 by construction. `applied_scale` is written as 1
+(the saved world is the SLAM world): nerfstudio 1.1.5 multiplies it into `dataparser_scale` and the seed
+points but not the poses, so any other value would move the seed points off the cameras. nerfstudio's
+`auto_scale_poses` normalises for training anyway.
+All axis conventions come from `mslam_ns.geometry.conventions`.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from mslam_ns.geometry import conventions as cv
-from mslam_ns.io.rundir import PointCloud, RunDir, write_point_cloud
+from mslam_ns.io.rundir import DatasetDir, PointCloud, RunDir, write_point_cloud
 
 __all__ = [
     "write_nerfstudio",
@@ -35,12 +43,14 @@ __all__ = [
     "voxel_downsample",
     "voxel_downsample_cloud",
     "frame_file_name",
+    "metres_per_unit",
+    "check_crop",
     "TRANSFORMS",
     "SPARSE_PC",
 ]
 
-TRANSFORMS = "transforms.json"
-SPARSE_PC = "sparse_pc.ply"
+TRANSFORMS = DatasetDir.TRANSFORMS
+SPARSE_PC = DatasetDir.SPARSE_PC
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
 
@@ -50,8 +60,36 @@ def frame_file_name(name: str) -> str:
     return base if Path(base).suffix.lower() in _IMAGE_EXTS else base + ".png"
 
 
+def metres_per_unit(run: RunDir) -> float:
+    """Metres per SLAM unit of `run` (approximate): 1 for MASt3R, 1 / global_scale (0.45) for the oracle."""
+    summary = run.read_summary()
+    if summary.get("prior") != "oracle":
+        return 1.0
+    from mslam_ns.prior.noise import get_noise
+
+    return 1.0 / float(get_noise(summary.get("oracle_noise") or "mast3r").global_scale)
+
+
+def check_crop(crop) -> tuple[float, float, float, float]:
+    """`crop` as four fractions (top, bottom, left, right) in [0, 1) that leave part of the image (UserError)."""
+    from mslam_ns.errors import UserError
+
+    try:
+        c = tuple(float(x) for x in crop)
+    except (TypeError, ValueError):
+        c = ()
+    if len(c) != 4 or not all(0.0 <= x < 1.0 for x in c) or c[0] + c[1] >= 1.0 or c[2] + c[3] >= 1.0:
+        raise UserError(f"crop factor {tuple(crop)} must be four fractions in [0, 1) leaving part of the image")
+    return c  # type: ignore[return-value]
+
+
 def write_images(
-    source, names: list[str], out: Path, num_downscales: int = 0, folder: str = "images", progress: Any = None
+    source,
+    names: list[str],
+    out: Path,
+    num_downscales: int = 0,
+    folder: str = DatasetDir.IMAGES,
+    progress: Any = None,
 ) -> tuple[int, int]:
     """Write frame `i` of `source` as OUT/images/<name> (+ images_2/4/8 copies). Returns (width, height)."""
     from PIL import Image
@@ -157,6 +195,7 @@ def write_nerfstudio(
     frames: np.ndarray | None = None,
     crop: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
     images: bool = True,
+    run_ref: str | None = None,
 ) -> dict[str, Any]:
     """Write `transforms.json`, images, `sparse_pc.ply` (and depth) for `run` into `out`.
 
@@ -172,6 +211,7 @@ def write_nerfstudio(
         frames: indices of the frames to export (default: all).
         crop: (top, bottom, left, right) fractions of the image cropped away (nerfstudio's `crop_factor`).
         images: write images/ (False: only transforms.json, seed points and depth; images assumed there).
+        run_ref: how transforms.json names the run folder (default: its absolute path).
     Returns:
         the transforms.json dict.
     """
@@ -179,6 +219,7 @@ def write_nerfstudio(
     from mslam_ns.io.writers import write_json
 
     out = Path(out)
+    crop = check_crop(crop)
     table, c2w = run.frame_poses()
     if len(source) != len(table.names):
         raise UserError(f"{run.path}: the run has {len(table.names)} frames but its input now has {len(source)}")
@@ -191,8 +232,12 @@ def write_nerfstudio(
     if len(set(names)) != len(names):  # e.g. EuRoC cam0/cam1 with the same base names: keep them apart
         names = [f"{i:06d}_{n}" for i, n in enumerate(names)]
     sel = np.arange(len(names)) if frames is None else np.unique(np.asarray(frames, dtype=np.int64))
+    if not include_lost:  # neither in transforms.json nor in images/
+        sel = sel[~np.asarray(table.lost, dtype=bool)[sel]]
+    if not len(sel):
+        raise UserError(f"{run.path}: every frame was lost; nothing to export")
     top, bottom, left, right = (int(round(c * n)) for c, n in zip(crop, (H, H, W, W)))
-    if not all(0.0 <= c < 1.0 for c in crop) or top + bottom >= H or left + right >= W:
+    if top + bottom >= H or left + right >= W:
         raise UserError(f"crop factor {crop} must be four fractions in [0, 1) leaving part of the image")
     if images:
         view = _Selected(source, sel, (top, bottom, left, right))
@@ -218,11 +263,13 @@ def write_nerfstudio(
         "p1": 0.0,
         "p2": 0.0,
         "applied_transform": cv.APPLIED_TRANSFORM.tolist(),
+        "applied_scale": 1.0,
         "ply_file_path": SPARSE_PC,
         "frames": [],
         "mslam": {
-            "run": str(run.path.resolve()),
-            "units": "SLAM units (two-view prior; MASt3R ~ metres)",
+            "run": run_ref if run_ref is not None else str(run.path.resolve()),
+            "units": "SLAM units (the prior's; MASt3R ~ metres)",
+            "metres_per_slam_unit": metres_per_unit(run),
             "voxel_size": voxel,
             "points": int(len(xyz)),
             "lost_frames_included": include_lost,
@@ -230,7 +277,7 @@ def write_nerfstudio(
     }
     M = cv.to_nerfstudio_c2w(c2w)
     if depth:
-        (out / "depth").mkdir(parents=True, exist_ok=True)
+        (out / DatasetDir.DEPTH).mkdir(parents=True, exist_ok=True)
     Kc = K.copy()
     Kc[0, 2] -= left
     Kc[1, 2] -= top
@@ -240,7 +287,7 @@ def write_nerfstudio(
         if lost and not include_lost:
             continue
         fr = {
-            "file_path": f"images/{name}",
+            "file_path": f"{DatasetDir.IMAGES}/{name}",
             "transform_matrix": M[i].tolist(),
             "timestamp": float(table.timestamps[i]),
             "original_name": table.names[i],
@@ -254,8 +301,8 @@ def write_nerfstudio(
             d = render_depth(pc.xyz.astype(np.float64), c2w[i], Kc, (W - left - right, H - top - bottom))
             mm = np.clip(np.rint(d * 1000.0), 0, 65535).astype(np.uint16)
             dname = Path(name).with_suffix(".png").name
-            Image.fromarray(mm).save(out / "depth" / dname)
-            fr["depth_file_path"] = f"depth/{dname}"
+            Image.fromarray(mm).save(out / DatasetDir.DEPTH / dname)
+            fr["depth_file_path"] = f"{DatasetDir.DEPTH}/{dname}"
         meta["frames"].append(fr)
     if not meta["frames"]:
         raise UserError(f"{run.path}: every frame was lost; nothing to export")

@@ -8,7 +8,12 @@ Output folder (built in a temporary sibling folder and swapped in whole when eve
     mslam_run/              the SLAM run folder (`RunDir`): trajectories, summary, config
 
 A second call with the same input (by content) and settings reuses `mslam_run/`. A non-empty OUT that is
-not an earlier output of this command is refused unless `--overwrite`.
+not an earlier output of this command is refused unless `--overwrite`. A rerun with new settings next to an
+earlier dataset writes its SLAM result to `.mslam_run.pending/` first and swaps run and export in together, so
+`transforms.json` always matches `mslam_run/` (an interrupted rerun leaves the old pair and a pending run
+that the next call reuses). The output folder is probed by creating a file next to it, and the settings
+(crop factor, counts) are checked, before the SLAM runs. Every failure exits non-zero with one line: bad
+input and file-system errors 2, Ctrl-C 130, anything else 1 (`--verbose` adds the traceback).
 
 How `mslam` becomes a subcommand of nerfstudio's own `ns-process-data` (which has no plugin hook):
 `extend_commands` adds this dataclass to the `Commands` union of `nerfstudio.scripts.process_data`; it is
@@ -27,9 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from mslam_ns.io.rundir import DatasetDir  # light (numpy only): this module loads with ns-process-data
+
 __all__ = ["ProcessMslam", "extend_commands", "RUN_SUBDIR"]
 
-RUN_SUBDIR = "mslam_run"
+RUN_SUBDIR = DatasetDir.RUN
 logger = logging.getLogger(__name__)
 
 
@@ -78,17 +85,24 @@ class ProcessMslam:
     def main(self) -> None:
         from mslam_ns.errors import UserError
 
+        # nerfstudio's entrypoint logs RuntimeError / ValueError and exits 0: every failure ends here instead
         try:
             process(self)
         except UserError as e:
-            print(f"ns-process-data mslam: error: {e}", file=sys.stderr)
-            sys.exit(2)
+            _fail(str(e), 2)
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            _fail(f"{where}{e.strerror or e}", 2)
         except KeyboardInterrupt:
-            print(
-                "ns-process-data mslam: interrupted (nothing half-written; a rerun reuses finished work)",
-                file=sys.stderr,
-            )
-            sys.exit(130)
+            _fail("interrupted (nothing half-written; a rerun reuses finished work)", 130)
+        except Exception as e:
+            logger.info("traceback", exc_info=True)  # shown with --verbose
+            _fail(f"unexpected {type(e).__name__}: {e} (rerun with --verbose for the traceback)", 1)
+
+
+def _fail(msg: str, code: int) -> None:
+    print("ns-process-data mslam: error: " + " ".join(msg.split()), file=sys.stderr)
+    sys.exit(code)
 
 
 def run_options(p: ProcessMslam, out: Path):
@@ -139,7 +153,7 @@ def process(p: ProcessMslam) -> Path:
     from mslam_ns.errors import UserError
     from mslam_ns.io.atomic import atomic_output_dir
     from mslam_ns.io.rundir import RunDir
-    from mslam_ns.nerfstudio.export import write_nerfstudio
+    from mslam_ns.nerfstudio.export import check_crop, write_nerfstudio
 
     logging.basicConfig(level=logging.INFO if p.verbose else logging.WARNING)
     out = Path(p.output_dir)
@@ -147,30 +161,35 @@ def process(p: ProcessMslam) -> Path:
         raise UserError(f"{p.data}: no such file or folder")
     if p.num_frames_target < 1 or p.num_downscales < 0 or p.max_points < 1:
         raise UserError("--num-frames-target and --max-points must be >= 1, --num-downscales >= 0")
-    earlier = RunDir(out / RUN_SUBDIR)
-    ours = out.is_dir() and (earlier.path / RunDir.SUMMARY).is_file()
-    check_out(out, p.overwrite or ours)
-    o = run_options(p, out / RUN_SUBDIR)
+    crop = check_crop(p.crop_factor)  # everything that can be checked is checked before the SLAM runs
+    ds = DatasetDir(out)
+    earlier, pending = ds.run(), ds.pending_run()
+    ours = out.is_dir() and any((r.path / RunDir.SUMMARY).is_file() for r in (earlier, pending))
+    check_out(out, p.overwrite or ours)  # also probes that OUT can be written
+    if p.skip_image_processing and not (out / DatasetDir.IMAGES).is_dir():
+        raise UserError(f"{out}: --skip-image-processing needs the images/ of an earlier call")
+    o = run_options(p, earlier.path)
     key = settings_key(options_to_dict(o), input_fingerprint(Path(p.data)))
-    reuse = RunDir.is_run(earlier.path) and earlier.read_summary().get("cache_key") == key
-    if reuse:
-        logger.info("reusing the SLAM result in %s", earlier.path)
-        print(f"reusing the finished SLAM run in {earlier.path}")
+    done = [r for r in (earlier, pending) if RunDir.is_run(r.path) and r.read_summary().get("cache_key") == key]
+    run = done[0] if done else None
+    if run is not None:
+        print(f"reusing the finished SLAM run in {run.path}")
     else:
-        # the SLAM result goes in first, on its own: an interrupted export later still reuses it
-        execute_run(o, earlier.path, extra_summary={"cache_key": key}, replace=True)
+        # The SLAM result goes in first, on its own, so that an interrupted export still reuses it. Next to an
+        # earlier dataset it waits in the pending folder and moves in with its export: transforms.json and
+        # mslam_run/ always belong together.
+        run = pending if ds.is_dataset() else earlier
+        execute_run(o, run.path, extra_summary={"cache_key": key}, replace=True)
     source = open_dataset(Path(p.data), o.stride, o.max_frames, o.calib)
     n = len(source)
     frames = select_frames(n, p.num_frames_target)
-    if p.skip_image_processing and not (out / "images").is_dir():
-        raise UserError(f"{out}: --skip-image-processing needs the images/ of an earlier call")
     from rich.progress import Progress
 
-    with atomic_output_dir(out, replace=True) as tmp:
-        _link_tree(earlier.path, tmp / RUN_SUBDIR)
+    with atomic_output_dir(out, replace=True) as tmp:  # the pending run, if any, goes with the old folder
+        _link_tree(run.path, tmp / RUN_SUBDIR)
         if p.skip_image_processing:
             for d in out.iterdir():
-                if d.is_dir() and d.name.startswith("images"):
+                if d.is_dir() and d.name.startswith(DatasetDir.IMAGES):
                     _link_tree(d, tmp / d.name)
         with Progress(disable=o.quiet) as prog:
             task = prog.add_task("[bold]images", total=n if frames is None else len(frames))
@@ -182,10 +201,11 @@ def process(p: ProcessMslam) -> Path:
                 p.include_lost,
                 p.depth,
                 frames=frames,
-                crop=tuple(p.crop_factor),
+                crop=crop,
                 images=not p.skip_image_processing,
                 progress=lambda: prog.advance(task),
                 max_points=p.max_points,
+                run_ref=RUN_SUBDIR,
             )
     print(f"wrote a nerfstudio dataset to {out}/ (train with: ns-train splatfacto --data {out})")
     return out

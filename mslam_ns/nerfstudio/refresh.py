@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from mslam_ns.geometry import sim3
+from mslam_ns.geometry.conventions import xyzw_to_wxyz
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +292,7 @@ class SlamRefreshStrategy:
             tt = torch.as_tensor(t, dtype=p["means"].dtype, device=p["means"].device)
             p["means"].data[rows] = sigma * p["means"].data[rows] @ Rt.T + tt
             p["scales"].data[rows] += math.log(sigma)
-            q_xyzw = sim3.rotmat_to_quat(torch.from_numpy(R)).to(p["quats"])
-            q_wxyz = torch.cat([q_xyzw[3:], q_xyzw[:3]])
+            q_wxyz = xyzw_to_wxyz(sim3.rotmat_to_quat(torch.from_numpy(R)).to(p["quats"]))  # gsplat: wxyz
             p["quats"].data[rows] = _quat_mul_wxyz(q_wxyz.expand(rows.numel(), 4), p["quats"].data[rows])
             for name in ("means", "scales", "quats"):
                 self._zero_moments(p[name], rows)

@@ -5,7 +5,9 @@ encoding (MASt3R: the encoder tokens) and ~1.8 MB per directed graph edge of cor
 the newest keyframes and the edges among them are needed at every step (tracking, the backend's optimisation
 window); the rest is read back only for loop closure, relocalisation, snapshots and export. The map writes
 those payloads here (one file per keyframe or edge, `torch.save`), keeps a stub in memory and reads a payload
-back when somebody asks for it.
+back when somebody asks for it. The files hold tensors and plain containers only (arrays as tensors, our
+dataclasses as tagged dicts, see `_plain`), and are read back with `torch.load(weights_only=True)`: the folder
+may sit where the user said (`memory.spill_dir`), so nothing read from it is ever unpickled as code.
 
 The folder is the map's own: made with `tempfile.mkdtemp` (under ``root`` when given, else the system's
 temporary folder), removed by `close()`, at interpreter exit or when the store is garbage-collected. Files are
@@ -15,6 +17,7 @@ written to a temporary name and renamed, so a payload is either whole or absent.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import shutil
 import tempfile
@@ -104,6 +107,64 @@ def release_free_memory() -> bool:
     return True
 
 
+_TAG = "__mslam_spill__"  # key of the tagged dicts `_plain` writes (a payload's own dicts never use it)
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` as tensors, numbers, strings and tuples / lists / dicts of them (what ``weights_only`` loads):
+    numpy arrays become tensors, `_Half` and dataclasses tagged dicts. Inverse: `_rebuild`."""
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise TypeError("SpillStore: object arrays cannot be spilled")
+        return {_TAG: "ndarray", "value": torch.from_numpy(np.ascontiguousarray(obj).copy())}
+    if isinstance(obj, _Half):
+        return {_TAG: "half", "value": _plain(obj.value)}
+    if isinstance(obj, tuple):
+        return tuple(_plain(v) for v in obj)
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        cls = type(obj)
+        fields = {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return {_TAG: "dataclass", "type": f"{cls.__module__}:{cls.__qualname__}", "fields": fields}
+    raise TypeError(f"SpillStore: cannot spill a {type(obj).__name__}")
+
+
+def _dataclass_type(name: str) -> type:
+    """The dataclass ``module:qualname``, which must be one of this package's (nothing else is built)."""
+    module, _, qualname = name.partition(":")
+    if not module.startswith("mslam_ns."):
+        raise ValueError(f"SpillStore: refusing to rebuild {name!r} (not an mslam_ns dataclass)")
+    cls: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        cls = getattr(cls, part)
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise ValueError(f"SpillStore: {name!r} is not a dataclass")
+    return cls
+
+
+def _rebuild(obj: Any) -> Any:
+    """Inverse of `_plain`."""
+    if isinstance(obj, tuple):
+        return tuple(_rebuild(v) for v in obj)
+    if isinstance(obj, list):
+        return [_rebuild(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    kind = obj.get(_TAG)
+    if kind == "ndarray":
+        return obj["value"].numpy()
+    if kind == "half":
+        return _Half(_rebuild(obj["value"]))
+    if kind == "dataclass":
+        return _dataclass_type(obj["type"])(**{k: _rebuild(v) for k, v in obj["fields"].items()})
+    return {k: _rebuild(v) for k, v in obj.items()}
+
+
 def _remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -124,12 +185,13 @@ class SpillStore:
         return self.path / f"{key}.pt"
 
     def write(self, key: str, payload: Any) -> None:
-        """Store ``payload`` (tensors, arrays, dataclasses: anything `torch.save` pickles) under ``key``."""
+        """Store ``payload`` (tensors, arrays, numbers, strings, dataclasses and containers of them) under
+        ``key``."""
         if not self._finalizer.alive:
             raise RuntimeError("SpillStore: write after close()")
         f = self._file(key)
         tmp = f.with_suffix(".tmp")
-        torch.save(payload, tmp)
+        torch.save(_plain(payload), tmp)
         os.replace(tmp, f)
         self._sizes[key] = f.stat().st_size
         self.writes += 1
@@ -139,8 +201,8 @@ class SpillStore:
         if key not in self._sizes:
             raise KeyError(f"SpillStore: nothing stored under {key!r}")
         self.reads += 1
-        # our own files in our own private folder: full unpickling is safe here
-        return torch.load(self._file(key), map_location="cpu", weights_only=False)
+        # tensors and plain containers only (`_plain`): never unpickle code, wherever the folder is
+        return _rebuild(torch.load(self._file(key), map_location="cpu", weights_only=True))
 
     def delete(self, key: str) -> None:
         if self._sizes.pop(key, None) is not None:

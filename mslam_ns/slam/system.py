@@ -81,8 +81,8 @@ class SlamSystem:
         cfg: SlamConfig | None = None,
         K: Any = None,
         backend: Any = None,
-        max_lost: int = 10,
-        resident_keyframes: int = 8,
+        max_lost: int | None = None,
+        resident_keyframes: int | None = None,
     ):
         """
         Args:
@@ -92,9 +92,10 @@ class SlamSystem:
                only for export and are otherwise estimated).
             backend: a replacement for the built-in backend: any object with `step(kf_id)` (called after
                every new keyframe); None = the built-in `Backend` when `cfg.backend.enabled`.
-            max_lost: consecutive tracking failures without relocalisation after which a new keyframe is
-               started (see module doc).
-            resident_keyframes: with `cfg.offload_keyframes`, the newest keyframes kept on the device.
+            max_lost: overrides `cfg.max_lost` (consecutive tracking failures without relocalisation after
+               which a new keyframe is started, see module doc); None: the config's.
+            resident_keyframes: overrides `cfg.resident_keyframes` (with `cfg.offload_keyframes`, the newest
+               keyframes kept on the device); None: the config's.
         """
         self.prior = prior
         self.cfg = cfg or SlamConfig()
@@ -106,7 +107,7 @@ class SlamSystem:
         self.map = SharedMap(
             self.device,
             offload=self.cfg.offload_keyframes,
-            resident=resident_keyframes,
+            resident=self.cfg.resident_keyframes if resident_keyframes is None else resident_keyframes,
             spill=mem.spill,
             # a windowed backend reads the keyframes and edges of its window on every step: keep them in memory
             keep=max(mem.keep, self.cfg.backend.window + 4),  # + a backend thread's lag
@@ -118,7 +119,7 @@ class SlamSystem:
         self._custom_backend = backend
         self.backend: Any = backend
         self.reloc: Any = None
-        self.max_lost = max(1, int(max_lost))
+        self.max_lost = max(1, int(self.cfg.max_lost if max_lost is None else max_lost))
         self.state = SlamState.INIT
         self.tracker: Tracker | None = None  # built on the first frame (needs the image transform)
         self.transform: Any = None
@@ -481,12 +482,14 @@ class SlamSystem:
             ts = torch.tensor([f.timestamp for f in kfs], dtype=torch.float64)
             return ts, [f.name for f in kfs], self.keyframes.poses()
 
-    def points(self, conf_thresh: float = 1.5, max_points: int | None = None) -> tuple[Tensor, Tensor]:
+    def points(self, conf_thresh: float | None = None, max_points: int | None = None) -> tuple[Tensor, Tensor]:
         """Fused confident points of all keyframes in the world frame: xyz [P, 3] float32, rgb [P, 3] uint8.
 
-        A point is kept when its keyframe's average confidence C / N exceeds `conf_thresh`.
+        A point is kept when its keyframe's average confidence C / N exceeds `conf_thresh` (None:
+        `cfg.conf_thresh`).
         `max_points` subsamples uniformly (deterministically).
         """
+        conf_thresh = self.cfg.conf_thresh if conf_thresh is None else conf_thresh
         xyz, rgb = [], []
         with self.map.lock:
             for i in range(len(self.keyframes)):

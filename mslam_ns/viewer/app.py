@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from tyro.conf import Positional
 
+from mslam_ns.config import SlamConfig
 from mslam_ns.viewer.rundata import RunData, load_run
 from mslam_ns.viewer.scene import SlamScene, ViewerConfig, _rotation
 from mslam_ns.viewer.server import ViewerHandle, open_server
@@ -80,7 +81,9 @@ def serve_run(
     return ViewerHandle(url, server, scene)
 
 
-def view(run_dir: Positional[Path], host: str = "127.0.0.1", port: int = 8080, conf_thresh: float = 1.5) -> int:
+def view(
+    run_dir: Positional[Path], host: str = "127.0.0.1", port: int = 8080, conf_thresh: float = SlamConfig.conf_thresh
+) -> int:
     """Browser viewer of a run: keyframe cameras with their images, the trajectory (lost frames in red), graph
     edges, and the point cloud with a confidence threshold. Serves until Ctrl-C.
 

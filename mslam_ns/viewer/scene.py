@@ -8,7 +8,9 @@ Scene tree (world = the run's world frame, OpenCV camera axes; the first camera'
 - `/edges/...`: keyframe-graph edges, sequential and loop-closure ones in different colours.
 
 viser 0.2.7 has no line-segment primitive: polylines are cubic Bezier splines whose control points sit on
-the segment ends (straight pieces); newer viser's `add_line_segments` is used for edges where it exists.
+the segment ends (straight pieces); newer viser's `add_line_segments(name, points [E, 2, 3], colors, *,
+line_width, visible)` is used for edges where it exists. Spline points are passed by position (0.2.7 calls
+them `positions`, newer viser `points`).
 All methods may be called from any thread (one lock); GUI callbacks run in viser's worker threads.
 """
 
@@ -23,6 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from mslam_ns.config import SlamConfig
+from mslam_ns.geometry.conventions import CV_CAMERA_UP, xyzw_to_wxyz
 
 __all__ = ["ViewerConfig", "SlamScene", "EDGE_COLORS", "LOST_COLOR", "kf_node"]
 
@@ -40,7 +45,7 @@ SELECTED_COLOR = (250, 200, 0)
 class ViewerConfig:
     """What the viewer shows and how much of it it sends."""
 
-    conf_thresh: float = 1.5
+    conf_thresh: float = SlamConfig.conf_thresh
     """Initial value of the confidence-threshold slider (average confidence C / N of a point)."""
     point_size: float = 1.0
     """Initial point size, relative to the scene's automatic size (slider 0.1x to 5x)."""
@@ -64,8 +69,7 @@ def kf_node(kf_id: int) -> str:
 
 def _wxyz(T: np.ndarray) -> np.ndarray:  # [7 or 8] -> [4] (qw qx qy qz), normalised
     q = np.asarray(T[3:7], dtype=np.float64)
-    q = q / max(float(np.linalg.norm(q)), 1e-12)
-    return np.array([q[3], q[0], q[1], q[2]])
+    return xyzw_to_wxyz(q / max(float(np.linalg.norm(q)), 1e-12))
 
 
 def _rotation(T: np.ndarray) -> np.ndarray:  # [7 or 8] -> [3, 3]
@@ -147,10 +151,12 @@ class SlamScene:
         self._edges: tuple[np.ndarray, list[str]] = (np.zeros((0, 2), np.int64), [])
         self._edge_handles: list[Any] = []
         self._traj_handles: list[Any] = []
+        self._lost_handle: Any = None
+        """The lost-frame markers (also in `_traj_handles`); re-sent when the point size changes."""
         self._selected: int | None = None
         self._label_to_kf: dict[str, int] = {}
         self.info: dict[str, Any] = {}
-        server.scene.set_up_direction("-y")
+        server.scene.set_up_direction(tuple(CV_CAMERA_UP))  # the first camera's up
         self._build_gui(title)
 
     # ---- GUI ---------------------------------------------------------------------------------------
@@ -181,7 +187,7 @@ class SlamScene:
             self.gui_selected = gui.add_markdown("Click a camera or pick a keyframe.")
 
         self.gui_conf.on_update(lambda _: self._resend_clouds())
-        self.gui_size.on_update(lambda _: self._resend_clouds())
+        self.gui_size.on_update(lambda _: self._on_point_size())
         self.gui_points.on_update(lambda _: self._set_visible("clouds", self.gui_points.value))
         self.gui_frusta.on_update(lambda _: self._set_visible("frusta", self.gui_frusta.value))
         self.gui_traj.on_update(lambda _: self._set_visible("trajectory", self.gui_traj.value))
@@ -385,6 +391,12 @@ class SlamScene:
                 self._send_cloud(key, cloud)
             self._update_stats_text()
 
+    def _on_point_size(self) -> None:
+        """The point-size slider moved: re-send the clouds and the lost-frame markers (4x the point size)."""
+        with self.lock:
+            self._resend_clouds()
+            self._send_lost_markers()
+
     def points_shown(self) -> int:
         with self.lock:
             return sum(c.shown for c in self.clouds.values())
@@ -406,7 +418,7 @@ class SlamScene:
         with self.lock:
             for h in self._traj_handles:
                 h.remove()
-            self._traj_handles = []
+            self._traj_handles, self._lost_handle = [], None
             self.frame_T_WC, self.frame_positions, self.frame_lost = T, T[:, :3].copy(), lost
             ok = np.isfinite(T[:, :3]).all(axis=1)
             p = T[ok, :3]
@@ -416,27 +428,36 @@ class SlamScene:
                 self._traj_handles.append(
                     self.server.scene.add_spline_cubic_bezier(
                         "/trajectory/line",
-                        positions=p,
-                        control_points=_polyline_controls(p),
+                        p,
+                        _polyline_controls(p),
                         line_width=2.0,
                         color=TRAJECTORY_COLOR,
                         visible=vis,
                     )
                 )
-            lp = T[ok & lost, :3]
-            if len(lp):
-                self._traj_handles.append(
-                    self.server.scene.add_point_cloud(
-                        "/trajectory/lost",
-                        lp.astype(np.float32),
-                        LOST_COLOR,
-                        point_size=4 * self.point_size(),
-                        point_shape="circle",
-                        visible=vis,
-                    )
-                )
+            self._send_lost_markers()
             self.stats.trajectory_messages += 1
             self._update_stats_text()
+
+    def _send_lost_markers(self) -> None:
+        """Red markers at the lost frames, 4x the point size (re-added under the same name: replaces them)."""
+        T = self.frame_T_WC
+        lp = T[np.isfinite(T[:, :3]).all(axis=1) & self.frame_lost, :3] if len(T) else np.zeros((0, 3))
+        if self._lost_handle is not None:
+            self._traj_handles.remove(self._lost_handle)
+            if not len(lp):
+                self._lost_handle.remove()
+            self._lost_handle = None
+        if len(lp):
+            self._lost_handle = self.server.scene.add_point_cloud(
+                "/trajectory/lost",
+                lp.astype(np.float32),
+                LOST_COLOR,
+                point_size=4 * self.point_size(),
+                point_shape="circle",
+                visible=bool(self.gui_traj.value),
+            )
+            self._traj_handles.append(self._lost_handle)
 
     def set_edges(self, edges: np.ndarray, kinds: list[str]) -> None:
         """Keyframe-graph edges [E, 2] (keyframe ids) with their kinds, drawn between keyframe positions.
@@ -476,8 +497,8 @@ class SlamScene:
                     self._edge_handles.append(
                         scene.add_spline_cubic_bezier(
                             f"/edges/{kind}/{n:05d}",
-                            positions=p,
-                            control_points=p,
+                            p,
+                            p,
                             line_width=2.0,
                             color=color,
                             visible=vis,
@@ -511,7 +532,7 @@ class SlamScene:
             if not np.isfinite(T[:7]).all():
                 return
             R, p, u = _rotation(T), T[:3], self._unit()
-            fwd, up = R[:, 2], -R[:, 1]
+            fwd, up = R[:, 2], R @ CV_CAMERA_UP
             eye, target = p - 0.8 * u * fwd + 0.4 * u * up, p + 0.5 * u * fwd
         for c in self._clients(client):
             self._look(c, eye, target, up)
@@ -532,7 +553,7 @@ class SlamScene:
             dist = max(1.5 * extent, 1.2 * self._unit())
             T0 = next(iter(sorted(self.keyframes.items())), (None, None))[1]
             R = _rotation(T0.T_WC) if T0 is not None else np.eye(3)
-            fwd, up = R[:, 2], -R[:, 1]
+            fwd, up = R[:, 2], R @ CV_CAMERA_UP
             eye = center - dist * (0.7 * fwd - 0.7 * up) / np.linalg.norm(0.7 * fwd - 0.7 * up)
         for c in self._clients(client):
             self._look(c, eye, center, up)

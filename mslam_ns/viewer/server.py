@@ -9,7 +9,7 @@ from typing import Any
 
 from mslam_ns.errors import UserError
 
-__all__ = ["ViewerHandle", "open_server", "free_port"]
+__all__ = ["ViewerHandle", "open_server", "free_port", "viewer_url"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,15 @@ def _check_host(host: str) -> None:
             raise UserError(f"--host {host}: cannot listen on this address ({e.strerror})") from None
 
 
+def viewer_url(host: str, port: int) -> str:
+    """The URL to open for a server on host:port: a wildcard address becomes this machine's loopback (the
+    IPv6 one for '::'), and IPv6 literals are bracketed (`http://[::1]:8080`, RFC 3986)."""
+    shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"http://{shown}:{int(port)}"
+
+
 def open_server(host: str = "127.0.0.1", port: int = 8080) -> tuple[Any, str]:
     """A `viser.ViserServer` on host:port (the next free port when taken) and its URL."""
     if not 0 < int(port) < 65536:
@@ -70,7 +79,6 @@ def open_server(host: str = "127.0.0.1", port: int = 8080) -> tuple[Any, str]:
         raise UserError(f"the viewer needs viser (pip install 'mslam_ns[viewer]'): {e}") from None
     server = viser.ViserServer(host=host, port=int(port), verbose=False)
     actual = server.get_port()
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     if actual != int(port):
         log.info("port %d is taken; serving on %d", port, actual)
-    return server, f"http://{shown}:{actual}"
+    return server, viewer_url(host, actual)

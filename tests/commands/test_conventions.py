@@ -57,3 +57,17 @@ def test_tum_rows_and_pixel_centres():
     np.testing.assert_allclose(cv.sim3_to_matrix(T8), M, atol=1e-12)  # the scale is not part of a pose
     assert cv.principal_point_from_corner_origin(*cv.principal_point_to_corner_origin(79.5, 59.5)) == (79.5, 59.5)
     assert cv.principal_point_to_corner_origin(79.5, 59.5) == (80.0, 60.0)  # centre of a 160x120 image
+
+
+def test_quaternion_orders_for_numpy_and_torch():
+    q = np.array([0.1, 0.2, 0.3, 0.9])  # (qx qy qz qw)
+    assert np.array_equal(cv.xyzw_to_wxyz(q), [0.9, 0.1, 0.2, 0.3])
+    assert np.array_equal(cv.wxyz_to_xyzw(cv.xyzw_to_wxyz(q)), q)
+    qt = torch.tensor([[0.1, 0.2, 0.3, 0.9]], dtype=torch.float32)
+    out = cv.xyzw_to_wxyz(qt)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert torch.equal(out, qt[:, [3, 0, 1, 2]])
+    assert torch.equal(cv.wxyz_to_xyzw(out), qt)
+    # A EuRoC row: position, then the quaternion scalar first.
+    row = np.array([1.0, 2.0, 3.0, 0.9, 0.1, 0.2, 0.3])
+    assert np.array_equal(cv.euroc_row_to_pose7(row), [1.0, 2.0, 3.0, 0.1, 0.2, 0.3, 0.9])

@@ -50,4 +50,6 @@ def test_evaluate_ground_truth(tmp_path):
         "evaluate_ground_truth.py", str(tmp_path / "w"), "--frames", "16", "--size", "160", "120", "--img-size", "128"
     )
     assert "ATE RMSE" in r.stdout
-    assert json.loads((tmp_path / "w" / "run" / "eval.json").read_text())["all_frames"]["n_matched"] == 16
+    from mslam_ns.io.rundir import RunDir
+
+    assert RunDir(tmp_path / "w" / "run").read_eval()["all_frames"]["n_matched"] == 16

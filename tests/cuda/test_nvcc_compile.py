@@ -7,7 +7,7 @@ from mslam_ns.cuda import _backend
 
 pytestmark = pytest.mark.skipif(
     _backend.find_cuda_home() is None or torch.version.cuda is None,
-    reason="needs nvcc and a CUDA build of torch (compile-only check)",
+    reason="needs a CUDA device or toolchain (nvcc and a CUDA build of torch; a compile-only check)",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,26 @@ def _write_gt(run: Path, path: Path, noise: float = 0.03) -> Path:
     return path
 
 
+TIMINGS = {"total": 12.0, "prior": 7.0, "tracking": 4.0, "encode": 3.0, "decode": 4.0, "fuse": 1.5, "backend": 2.5}
+
+
 @pytest.fixture()
 def run(tmp_path: Path) -> Path:
-    return make_run_dir(tmp_path / "run")
+    root = make_run_dir(tmp_path / "run")
+    summary = json.loads((root / "summary.json").read_text())
+    summary["timings_s"] = TIMINGS
+    (root / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+def quadrants(img: np.ndarray, series: str) -> list[int]:
+    """Pixels of a series in each panel of the 2 x 2 report: [top left, top right, bottom left, bottom right]."""
+    h, w = img.shape[0] // 2, img.shape[1] // 2
+    return [pixels(img[y : y + h, x : x + w], series) for y in (0, h) for x in (0, w)]
+
+
+def test_every_series_has_its_own_colour():
+    assert len(set(COLORS.values())) == len(COLORS)
 
 
 def test_trajectory_and_ate_plots(run: Path, tmp_path: Path):
@@ -63,7 +81,7 @@ def test_trajectory_and_ate_plots(run: Path, tmp_path: Path):
     # trajectory: ground truth, estimate, lost frames (measured: 755, 879 and 183 pixels)
     for series, least in (("gt", 500), ("estimate", 580), ("lost", 120)):
         assert pixels(traj, series) > least, series
-    # ATE over time: the error curve and its rmse / mean / median lines (measured: 2583, then 465 each)
+    # ATE over time: the error curve and its rmse / mean / median lines (measured: 2565, then 465 each)
     for series, least in (("error", 1700), ("rmse", 310), ("mean", 310), ("median", 310)):
         assert pixels(err, series) > least, series
 
@@ -99,11 +117,42 @@ def test_plot_errors_name_the_file(run: Path, tmp_path: Path):
 
 def test_report(run: Path):
     n = len(read_tum_trajectory(run / "trajectory.txt")[0])
-    img = _read(write_report(run, n_matches=list(range(1000, 1000 + 10 * n, 10))))
-    assert img.shape == (800, 1200, 3) and nonwhite(img) > 0.033  # measured 5.0%
-    # measured: 1703, 475 and 183 pixels
-    for series, least in (("estimate", 1100), ("keyframe", 310), ("lost", 120)):
-        assert pixels(img, series) > least, series
-    # Without match counts the per-frame panel shows the keyframe each frame tracks: still drawn.
-    img2 = _read(write_report(run))
-    assert img2.shape == (800, 1200, 3) and pixels(img2, "matches") > 1050  # measured 1603
+    matches = [-1] + list(range(1010, 1000 + 10 * n, 10))  # the first frame is not matched
+    img = _read(write_report(run, n_matches=matches))
+    assert img.shape == (800, 1200, 3) and nonwhite(img) > 0.087  # measured 13%
+    tl, tr, bl, _ = range(4)
+    q = {s: quadrants(img, s) for s in COLORS}
+    # trajectory panel: every frame, keyframes, lost frames (measured: 812, 385, 183 pixels)
+    assert q["estimate"][tl] > 540 and q["keyframe"][tl] > 255 and q["lost"][tl] > 120
+    # tracking panel: the match counts (measured 869 pixels), new-keyframe ticks (measured 90)
+    assert q["matches"][tr] > 580 and q["keyframe"][tr] > 60
+    # timings panel: one bar per stage of summary.json's timings_s (measured 78900 pixels)
+    assert q["timings"][bl] > 52000
+    # each series only in its own panel (legend swatches aside), and no keyframe-id fallback
+    assert sum(q["matches"]) - q["matches"][tr] == 0 and sum(q["timings"]) == q["timings"][bl]
+    assert sum(q["tracked_kf"]) == 0 and q["estimate"][tr] == q["estimate"][bl] == 0
+
+
+def test_report_falls_back_to_keyframe_ids_and_reads_matches_txt(run: Path):
+    from mslam_ns.io.rundir import RunDir
+
+    # No match counts recorded (a run folder from before matches.txt): the keyframe each frame tracks.
+    img = _read(write_report(run))
+    q = {s: quadrants(img, s) for s in ("matches", "tracked_kf")}
+    assert q["tracked_kf"][1] > 510 and sum(q["matches"]) == 0  # measured 769
+    # The run's own matches.txt is used when no counts are passed.
+    rd = RunDir(run)
+    ts = rd.read_frames().timestamps
+    rd.write_matches(ts, np.arange(len(ts)) * 7 + 500)
+    assert rd.read_matches().tolist() == (np.arange(len(ts)) * 7 + 500).tolist()
+    img = _read(write_report(run))
+    q = {s: quadrants(img, s) for s in ("matches", "tracked_kf")}
+    assert q["matches"][1] > 615 and sum(q["tracked_kf"]) == 0  # measured 924
+
+
+def test_report_without_timings(run: Path):
+    summary = json.loads((run / "summary.json").read_text())
+    del summary["timings_s"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    img = _read(write_report(run))
+    assert sum(quadrants(img, "timings")) == 0

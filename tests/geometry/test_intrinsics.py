@@ -172,8 +172,9 @@ def test_fused_intrinsics_on_oracle_runs(loop_source, noise: str, f_tol: float, 
     """Keyframes every 3rd frame, each with the confidence-weighted average of its own view over a mono pass
     and three pair passes as canonical pointmap (as the SLAM fuses it); every pass has its own perturbed
     pinhole (3% / 1% for mast3r, doubled for hard). The fused K, mapped back to the ORIGINAL 160x120 image
-    through the crop/scale, is within the issue's 2% and near what was measured (seed 0: focal error 0.23% /
-    0.47%, principal point 0.22% / 0.68% of the image size), far better than one keyframe alone."""
+    through the crop/scale, is near what was measured (seed 0: focal error 0.23% / 0.47%, principal point
+    0.22% / 0.68% of the image size; README.md's oracle section quotes these), far better than one keyframe
+    alone."""
     from mslam_ns.model.preprocess import preprocess_image, to_unit_float
     from mslam_ns.prior.oracle import OraclePrior
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mslam_ns.cli import UserError
-from mslam_ns.model.commands import infer
+from mslam_ns.commands.infer import infer
 from tests.model._fixtures import check, reference, require_root
 
 

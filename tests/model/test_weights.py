@@ -2,7 +2,8 @@
 
 The server serves the tiny official-layout checkpoint (tests/data/mast3r/tiny_A) under the official file
 names, with Range support, and can misbehave on purpose: drop the connection half-way once, send corrupted
-bytes, ignore Range, stall, or answer 404.
+bytes, ignore Range, or answer 404. A stalled transfer is a connection the test fills before the client
+reads from it (`test_stalled_transfer_times_out_and_resumes`), so no server thread races the client's timer.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import logging
 import pickle
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,8 +52,6 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.requests.append((name, rng))
             n_get = sum(1 for r in srv.requests if r[0] == name)
-        if n_get > 1:
-            srv.retried.set()
         data = srv.files.get(name)
         mode = srv.mode
         if data is None or mode == "404":
@@ -80,16 +80,6 @@ class _Handler(BaseHTTPRequestHandler):
         body = data[start:]
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
-        if mode == "stall_once" and n_get == 1:
-            # headers and the first third in ONE write (they reach the client together), then silence until
-            # the client gives up and comes back: the stall ends on the server's event, not on a sleep
-            self._headers_buffer.append(b"\r\n")
-            self.wfile.write(b"".join(self._headers_buffer) + body[: len(body) // 3])
-            self._headers_buffer = []
-            self.wfile.flush()
-            srv.retried.wait(60.0)
-            self.close_connection = True
-            return
         self.end_headers()
         if mode == "drop_once" and n_get == 1:
             self.wfile.write(body[: len(body) // 2])  # then hang up
@@ -105,7 +95,6 @@ class _Server(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
-        self.retried = threading.Event()  # set by the second request for a file (a client retry)
         self.requests: list[tuple[str, str | None]] = []
         self.mode = "normal"
         self.files = {
@@ -136,7 +125,6 @@ def server(monkeypatch: pytest.MonkeyPatch):
     try:
         yield srv
     finally:
-        srv.retried.set()  # release a handler still stalling
         srv.shutdown()
         srv.server_close()
 
@@ -193,18 +181,53 @@ def test_interrupted_download_resumes_with_range(server: _Server, tmp_path: Path
     assert 0 < offset < len(CKPT)
 
 
+STALL_AT = 8192
+"""Body bytes the stalled connection delivers before it goes silent (with the headers, well inside one
+loopback segment and the socket buffers, so all of it is in the client's receive buffer before its first read)."""
+
+
 def test_stalled_transfer_times_out_and_resumes(
     server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server.mode = "stall_once"
-    # The server stalls after the first third until the client comes back, so the only clock is the client's
-    # read time-out; the first bytes arrive with the headers, so every byte before the stall is kept.
-    monkeypatch.setattr(W, "TIMEOUT_S", 1.0)
-    p = W.resolve_checkpoint(cache_dir=tmp_path)
+    """The first connection the client opens goes to a socket the test has already filled with the response
+    headers and the first STALL_AT bytes, and which then stays open and silent: the client must keep every
+    byte, give up on its read time-out (W.TIMEOUT_S, set tiny here: nothing is in flight that it could cut
+    short) and resume from the real server with a Range request. No thread, no sleep: the stalled peer's
+    bytes are in place before the client's timer starts, and later connections get a 60 s time-out (a
+    ceiling that only a hung server would reach), so nothing races a clock."""
+    real_connect = socket.create_connection
+    stalled: dict[str, socket.socket] = {}
+    asked: list[tuple[str, int]] = []
+
+    def connect(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):
+        asked.append(tuple(address))
+        if stalled:  # every later connection: the real server, with a long time-out
+            return real_connect(address, 60.0, source_address)
+        listener = socket.create_server(("127.0.0.1", 0))
+        client = real_connect(listener.getsockname(), timeout)  # the client's time-out (W.TIMEOUT_S)
+        peer, _ = listener.accept()
+        listener.close()
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(CKPT)}\r\nAccept-Ranges: bytes\r\n\r\n"
+        peer.sendall(head.encode() + CKPT[:STALL_AT])  # ... and then nothing more, connection kept open
+        stalled["peer"] = peer
+        monkeypatch.setattr(W, "TIMEOUT_S", 60.0)  # read by the next attempt's urlopen
+        return client
+
+    monkeypatch.setattr(socket, "create_connection", connect)  # http.client connects through it
+    monkeypatch.setattr(W, "TIMEOUT_S", 0.05)
+    try:
+        p = W.resolve_checkpoint(cache_dir=tmp_path)
+        peer = stalled["peer"]
+        peer.settimeout(5.0)
+        request = peer.recv(65536).decode("latin-1")  # what the client sent on the stalled connection
+    finally:
+        if stalled:
+            stalled["peer"].close()
     _assert_good_cache(p)
-    gets = server.gets()
-    assert len(gets) == 2 and gets[0] is None and gets[1] is not None
-    assert int(gets[1][6:-1]) == len(CKPT) // 3  # resumed exactly where the stall began: nothing lost
+    host, port = server.server_address[:2]
+    assert asked == [(host, port), (host, port)]  # the stalled attempt and one resume, both to the server
+    assert request.startswith(f"GET /ComputerVision/MASt3R/{MAST3R.filename} ") and "range:" not in request.lower()
+    assert server.gets() == [f"bytes={STALL_AT}-"]  # resumed exactly where the stall began: nothing lost
 
 
 def test_existing_part_file_is_resumed(server: _Server, tmp_path: Path) -> None:

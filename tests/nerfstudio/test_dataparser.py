@@ -115,3 +115,145 @@ def test_ns_train_offers_mslam_data():
     assert r.returncode == 0, r.stderr
     for flag in ("--prior", "--slam-config", "--cache-dir", "--orientation-method", "--auto-scale-poses"):
         assert flag in r.stdout, flag
+
+
+def test_a_json_file_is_read_itself(tmp_path):
+    """`--data x/foo.json`: nerfstudio reads foo.json (its frames), not x/transforms.json."""
+    from tests.nerfstudio._ns_dataset import write_ns_dataset
+
+    write_ns_dataset(tmp_path / "ds", frames=12)
+    meta = json.loads((tmp_path / "ds" / "transforms.json").read_text())
+    meta["frames"] = meta["frames"][:5]
+    (tmp_path / "ds" / "foo.json").write_text(json.dumps(meta))
+    outs = _outputs(tmp_path / "ds" / "foo.json", tmp_path / "unused", eval_mode="all")
+    assert [Path(f).name for f in outs.image_filenames] == [Path(f["file_path"]).name for f in meta["frames"]]
+    assert len(outs.metadata["points3D_xyz"]) > 100 and not (tmp_path / "unused").exists()
+
+
+def _cached(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.iterdir() if (p / "transforms.json").is_file())
+
+
+def test_run_folder_cache_follows_content_and_settings(seq, tmp_path):
+    """A run folder's dataset is cached by the run's content and --num-frames-target (which it now honours):
+    unchanged reuses the cached folder, a new target or a changed run makes a new one."""
+    from mslam_ns.cli import main
+
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    assert main(["run", str(seq), "--out", str(run), "--prior", "oracle", "--img-size", str(IMG), "--quiet"]) == 0
+    assert len(_outputs(run, cache, eval_mode="all", num_frames_target=20).image_filenames) == 20
+    (first,) = _cached(cache)
+    stamp = (first / "transforms.json").stat().st_mtime_ns
+    _outputs(run, cache, eval_mode="all", num_frames_target=20)
+    assert _cached(cache) == [first] and (first / "transforms.json").stat().st_mtime_ns == stamp
+    assert len(_outputs(run, cache, eval_mode="all", num_frames_target=8).image_filenames) == 8
+    assert len(_cached(cache)) == 2
+    with open(run / "edges.txt", "a") as f:  # new run content (a comment: still a valid run)
+        f.write("# edited\n")
+    assert len(_outputs(run, cache, eval_mode="all", num_frames_target=8).image_filenames) == 8
+    assert len(_cached(cache)) == 3
+
+
+def test_slam_cache_follows_input_content_and_settings(seq, tmp_path):
+    """A dataset folder run through the SLAM: a changed frame or another SLAM setting is a new cache entry;
+    the same input and settings are the same entry (its run folder untouched)."""
+    import shutil
+
+    from PIL import Image
+
+    data, cache = tmp_path / "seq", tmp_path / "cache"
+    shutil.copytree(seq, data)
+    _outputs(data, cache)
+    (first,) = _cached(cache)
+    stamp = (first / "mslam_run" / "summary.json").stat().st_mtime_ns
+    _outputs(data, cache)
+    assert _cached(cache) == [first] and (first / "mslam_run" / "summary.json").stat().st_mtime_ns == stamp
+    frame = sorted((data / "rgb").iterdir())[7]
+    img = np.asarray(Image.open(frame)).copy()
+    img[:8, :8] = 255 - img[:8, :8]
+    Image.fromarray(img).save(frame)
+    _outputs(data, cache)
+    assert len(_cached(cache)) == 2
+    from mslam_ns.nerfstudio.dataparser import MslamDataParserConfig
+
+    MslamDataParserConfig(data=data, prior="oracle", img_size=96, cache_dir=cache).setup().get_dataparser_outputs()
+    assert len(_cached(cache)) == 3
+
+
+def _tiny_checkpoint() -> Path:
+    from tests.model._fixtures import fixture_dirs
+
+    for d in fixture_dirs():
+        if (d / "checkpoint.pth").is_file():
+            return d / "checkpoint.pth"
+    pytest.skip("no MASt3R fixture checkpoint (tests/data/mast3r/tiny_A)")
+
+
+def _small_seq(root: Path) -> Path:
+    from mslam_ns.io.synthetic import generate_sequence
+
+    return generate_sequence(root / "small", 12, 128, 96, seed=5)
+
+
+def test_image_folder_through_the_dataparser(tmp_path):
+    """A plain image folder (no depth, no ground truth) runs the MASt3R prior (the tiny fixture network:
+    random weights, so only the plumbing is checked) and comes back as nerfstudio outputs of its tracked
+    frames, with the folder's own file names and size."""
+    from mslam_ns.nerfstudio.dataparser import MslamDataParserConfig
+
+    small = _small_seq(tmp_path)
+    cfg = MslamDataParserConfig(
+        data=small / "rgb",
+        prior="mast3r",
+        checkpoint=_tiny_checkpoint(),
+        calib=small / "calibration.txt",
+        img_size=96,
+        cache_dir=tmp_path / "cache",
+        downscale_factor=1,
+        eval_mode="all",
+        auto_scale_poses=False,  # random weights: the tracked poses may all sit at the origin
+    )
+    outs = cfg.setup().get_dataparser_outputs("train")
+    (folder,) = _cached(tmp_path / "cache")
+    run = json.loads((folder / "mslam_run" / "summary.json").read_text())
+    names = {p.name for p in (small / "rgb").iterdir()}
+    got = [Path(f).name for f in outs.image_filenames]
+    assert 1 <= len(got) <= 12 and set(got) <= names and run["frames"] == 12
+    assert (int(outs.cameras.width[0]), int(outs.cameras.height[0])) == (128, 96)
+
+
+def test_video_through_ns_process_data(tmp_path):
+    """A video file: decoded by PyAV, every frame written (with --include-lost) with the container's times."""
+    av = pytest.importorskip("av")
+    from PIL import Image
+
+    from mslam_ns.nerfstudio.process_data import ProcessMslam, process
+
+    small = _small_seq(tmp_path)
+    video = tmp_path / "clip.mp4"
+    c = av.open(str(video), "w")
+    s = c.add_stream("libx264", rate=10)
+    s.width, s.height, s.pix_fmt = 128, 96, "yuv420p"
+    for f in sorted((small / "rgb").iterdir()):
+        for pkt in s.encode(av.VideoFrame.from_ndarray(np.asarray(Image.open(f).convert("RGB")), format="rgb24")):
+            c.mux(pkt)
+    for pkt in s.encode():
+        c.mux(pkt)
+    c.close()
+    out = tmp_path / "out"
+    p = ProcessMslam(
+        data=video,
+        output_dir=out,
+        prior="mast3r",
+        checkpoint=_tiny_checkpoint(),
+        calib=small / "calibration.txt",
+        img_size=96,
+        num_downscales=1,
+        include_lost=True,
+    )
+    process(p)
+    meta = json.loads((out / "transforms.json").read_text())
+    assert len(meta["frames"]) == 12 and (meta["w"], meta["h"]) == (128, 96)
+    np.testing.assert_allclose([f["timestamp"] for f in meta["frames"]], np.arange(12) / 10.0, atol=1e-6)
+    assert all(Image.open(out / f["file_path"]).size == (128, 96) for f in meta["frames"])
+    assert not meta["frames"][0]["mslam_lost"]

@@ -23,8 +23,10 @@ STOCK = ["images", "video", "polycam", "metashape", "realitycapture", "record3d"
 ARGS = ["--prior", "oracle", "--img-size", "128", "--num-downscales", "1"]
 
 
-def _ns(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _ns(*args: str, timeout: float = 600, path: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
+    if path is not None:
+        env["PATH"] = path + os.pathsep + env.get("PATH", "")
     return subprocess.run([str(NS), *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -87,15 +89,43 @@ def test_without_the_hook_nerfstudio_is_untouched():
 
 
 def test_a_stock_subcommand_still_runs(tmp_path, seq):
-    """`images` reaches nerfstudio's own code (here it stops at its own check for ffmpeg / COLMAP, which these
-    machines do not have; with them it processes)."""
-    r = _ns("images", "--data", str(seq / "rgb"), "--output-dir", str(tmp_path / "o"), timeout=300)
-    text = r.stdout + r.stderr
-    if shutil.which("ffmpeg") and shutil.which("colmap"):
-        assert r.returncode == 0 and (tmp_path / "o" / "transforms.json").is_file()
-    else:
-        assert "Could not find" in text and ("ffmpeg" in text or "COLMAP" in text), text
-        assert "mslam" not in text.lower()
+    """`images` runs nerfstudio's own code end to end without external tools: `--skip-colmap
+    --skip-image-processing --colmap-model-path` on our COLMAP export (converted to binary by pycolmap), and
+    writes its transforms.json with every frame and our intrinsics. nerfstudio 1.1.5 checks in `__post_init__`
+    that ffmpeg and COLMAP exist even when it will call neither: `--colmap-cmd true` answers the COLMAP check,
+    and an `ffmpeg` on PATH that fails loudly if ever run answers the other (it is not run)."""
+    pycolmap = pytest.importorskip("pycolmap")
+    from mslam_ns.cli import main
+
+    run, o = tmp_path / "run", tmp_path / "o"
+    assert main(["run", str(seq), "--out", str(run), "--prior", "oracle", "--img-size", "128", "--quiet"]) == 0
+    assert main(["export", str(run), "--format", "colmap", "--out", str(o), "--quiet"]) == 0
+    (o / "colmap" / "sparse" / "0").mkdir(parents=True)
+    pycolmap.Reconstruction(str(o / "sparse" / "0")).write_binary(str(o / "colmap" / "sparse" / "0"))
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "ffmpeg").write_text("#!/bin/sh\necho 'ffmpeg shim was run' >&2\nexit 3\n")
+    (shim / "ffmpeg").chmod(0o755)
+    r = _ns(
+        "images",
+        "--data",
+        str(o / "images"),
+        "--output-dir",
+        str(o),
+        "--skip-colmap",
+        "--skip-image-processing",
+        "--colmap-model-path",
+        "colmap/sparse/0",
+        "--colmap-cmd",
+        "true",
+        timeout=300,
+        path=str(shim),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "mslam" not in (r.stdout + r.stderr).lower() and "shim was run" not in r.stdout + r.stderr
+    meta = json.loads((o / "transforms.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(meta["frames"]) == 20 and abs(meta["fl_x"] - summary["intrinsics"]["fx"]) < 1e-3
 
 
 def test_mslam_runs_reuses_and_refuses(tmp_path, seq):
@@ -165,3 +195,102 @@ def test_interrupted_export_keeps_the_finished_slam(tmp_path, seq, monkeypatch):
     assert (out / "transforms.json").is_file()
     assert (out / "mslam_run" / "summary.json").stat().st_mtime_ns == stamp
     assert not [q for q in tmp_path.iterdir() if q.name.startswith(".")]
+
+
+def _run_poses_in_transforms(out: Path) -> None:
+    """transforms.json's poses are those of the run folder next to it (the pair belongs together)."""
+    import numpy as np
+
+    from mslam_ns.geometry.conventions import to_nerfstudio_c2w
+    from mslam_ns.io.rundir import RunDir
+
+    meta = json.loads((out / "transforms.json").read_text())
+    table, c2w = RunDir(out / "mslam_run").frame_poses()
+    index = {n: i for i, n in enumerate(table.names)}
+    M = to_nerfstudio_c2w(c2w)
+    for f in meta["frames"]:
+        np.testing.assert_allclose(f["transform_matrix"], M[index[f["original_name"]]], atol=1e-6)
+
+
+def test_interrupted_rerun_with_new_settings_keeps_the_old_pair(tmp_path, seq, monkeypatch, capsys):
+    """A rerun with other SLAM settings, interrupted in its export (a file-system copy fails): transforms.json
+    and mslam_run/ stay the old, matching pair; the next call reuses the new SLAM result and swaps both in."""
+    from mslam_ns.nerfstudio.process_data import ProcessMslam, process
+
+    out = tmp_path / "out"
+    p = ProcessMslam(data=seq, output_dir=out, prior="oracle", img_size=128, num_downscales=0)
+    process(p)
+    old_meta = (out / "transforms.json").read_bytes()
+    old_key = json.loads((out / "mslam_run" / "summary.json").read_text())["cache_key"]
+    p2 = ProcessMslam(data=seq, output_dir=out, prior="oracle", img_size=96, num_downscales=0)
+
+    def no_space(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", no_space)  # the export's copy of the run folder
+    with pytest.raises(OSError):
+        process(p2)
+    assert (out / "transforms.json").read_bytes() == old_meta
+    assert json.loads((out / "mslam_run" / "summary.json").read_text())["cache_key"] == old_key
+    _run_poses_in_transforms(out)
+    pending = out / ".mslam_run.pending"
+    new_key = json.loads((pending / "summary.json").read_text())["cache_key"]
+    assert new_key != old_key
+    stamp = (pending / "summary.json").stat().st_mtime_ns
+    monkeypatch.undo()
+    capsys.readouterr()
+    process(p2)
+    assert "reusing" in capsys.readouterr().out
+    summary = out / "mslam_run" / "summary.json"
+    assert json.loads(summary.read_text())["cache_key"] == new_key and summary.stat().st_mtime_ns == stamp
+    assert (out / "transforms.json").read_bytes() != old_meta
+    _run_poses_in_transforms(out)
+    assert not pending.exists() and not [q for q in tmp_path.iterdir() if q.name.startswith(".")]
+
+
+@pytest.mark.parametrize("case", ["parent_is_a_file", "under_proc", "bad_crop"])
+def test_unusable_output_or_crop_is_refused_before_the_slam(tmp_path, seq, case):
+    """Refused with one line, exit 2, before any SLAM work (nothing is written). Read-only places as root:
+    `os.access` says yes for a path under a regular file and under /proc (procfs refuses new files even to
+    root), so the check creates a file; a chmod'ed folder would not stop root."""
+    import time
+
+    out = tmp_path / "out"
+    extra: list[str] = []
+    if case == "parent_is_a_file":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "out"
+    elif case == "under_proc":
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc")
+        out = Path("/proc") / f"mslam_ns_test_{os.getpid()}" / "out"
+    else:
+        extra = ["--crop-factor", "0.6", "0.5", "0", "0"]
+    t0 = time.perf_counter()
+    r = _ns("mslam", "--data", str(seq), "--output-dir", str(out), *ARGS, *extra, timeout=300)
+    dt = time.perf_counter() - t0
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1, r.stdout + r.stderr
+    assert (str(out) in err[0]) if case != "bad_crop" else ("crop factor" in err[0])
+    assert not out.exists() and not [q for q in tmp_path.iterdir() if q.name.startswith(".")]
+    print(f"{case}: refused in {dt:.1f} s")
+
+
+@pytest.mark.parametrize("exc, code", [(OSError, 2), (RuntimeError, 1)])
+def test_every_failure_exits_non_zero_with_one_line(tmp_path, seq, monkeypatch, capsys, exc, code):
+    """An OSError mid-run (a file-system copy fails) is exit 2, anything unexpected exit 1: one line each
+    (nerfstudio's own entrypoint would log a RuntimeError and exit 0)."""
+    from mslam_ns.nerfstudio.process_data import ProcessMslam
+
+    def fail(src, dst, *a, **k):
+        raise OSError(28, "No space left on device", str(dst)) if exc is OSError else RuntimeError("boom")
+
+    monkeypatch.setattr(shutil, "copytree", fail)
+    p = ProcessMslam(data=seq, output_dir=tmp_path / "out", prior="oracle", img_size=128, num_downscales=0)
+    with pytest.raises(SystemExit) as e:
+        p.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == code and len(err) == 1, err
+    assert err[0].startswith("ns-process-data mslam: error:")
+    assert ("No space left on device" in err[0] and "mslam_run" in err[0]) if exc is OSError else "boom" in err[0]
+    assert not (tmp_path / "out" / "transforms.json").exists()

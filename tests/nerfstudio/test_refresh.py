@@ -87,7 +87,7 @@ def _camopt():
     return CameraOptimizerConfig(mode="SO3xR3")
 
 
-def _strategy(pipe, smap, opt=None):
+def _strategy(pipe, smap, opt=None, viewer=None):
     from mslam_ns.nerfstudio.refresh import SlamRefreshStrategy, frames_for_images
 
     snap = smap.snapshot(with_points=False)
@@ -96,7 +96,7 @@ def _strategy(pipe, smap, opt=None):
     evals = frames_for_images([str(p) for p in dm.eval_dataset._dataparser_outputs.image_filenames], snap.frame_names)
     assert -1 not in train and -1 not in evals
     r = SlamRefreshStrategy(smap, train_frames=train, eval_frames=evals)
-    r.attach(pipe, opt)
+    r.attach(pipe, opt, viewer)
     return r
 
 
@@ -205,6 +205,45 @@ def test_loop_closure_moves_exactly_the_affected_cameras_and_splats(setup):
     losses = _train(cfg, pipe, 4)
     assert all(np.isfinite(losses))
     assert all(bool(torch.isfinite(v).all()) for v in model.gauss_params.values())
+
+
+def test_viewer_frusta_move_by_the_correction(setup):
+    """nerfstudio's viewer draws the training cameras it picked from `viewer_state.original_c2w` ({training
+    image index: [3, 4] camera-to-world}, numpy; `update_camera_poses` multiplies it by the camera optimiser's
+    delta). A refresh moves the drawn frusta of corrected cameras by exactly their correction, in nerfstudio's
+    world, and leaves the others (and the images it did not draw) alone."""
+    from types import SimpleNamespace
+
+    cfg, pipe, smap, facts = setup
+    dm = pipe.datamanager
+    c2w0 = dm.train_dataset.cameras.camera_to_worlds.detach().cpu().numpy().copy()  # [N, 3, 4]
+    drawn = [i for i in range(len(c2w0)) if i != 1]  # nerfstudio may draw a subset of the images
+    viewer = SimpleNamespace(original_c2w={i: c2w0[i].copy() for i in drawn})  # the attribute refresh touches
+    refresh = _strategy(pipe, smap, viewer=viewer)
+    snap0 = smap.snapshot(with_points=False)
+
+    moved = {1: _correction(3, 1.05), 3: _correction(4, 0.9)}
+    T = torch.as_tensor(snap0.T_WC)
+    smap.set_poses(torch.stack([sim3.mul(S, T[k]) for k, S in moved.items()]), ids=list(moved))
+    assert refresh.step_pre_forward(1)
+
+    assert sorted(viewer.original_c2w) == drawn  # no frustum added or dropped
+    kinds = {"moved": 0, "kept": 0}
+    for i in drawn:
+        got = viewer.original_c2w[i]
+        assert isinstance(got, np.ndarray) and got.shape == (3, 4)  # what update_camera_poses multiplies
+        kf = int(snap0.frame_kf[refresh.train_frames[i]])
+        if kf in moved:
+            sig, R, t = _ns_sim(pipe, moved[kf])
+            np.testing.assert_allclose(got[:, :3], R @ c2w0[i][:, :3], atol=2e-5, rtol=0)
+            np.testing.assert_allclose(got[:, 3], sig * R @ c2w0[i][:, 3] + t, atol=2e-5, rtol=0)
+            # ... which is where the training camera itself went
+            np.testing.assert_allclose(got, dm.train_dataset.cameras.camera_to_worlds[i].numpy(), atol=1e-6)
+            kinds["moved"] += 1
+        else:
+            assert np.array_equal(got, c2w0[i])
+            kinds["kept"] += 1
+    assert kinds["moved"] > 0 and kinds["kept"] > 0
 
 
 def test_live_writer_ends_on_final_poses(setup):

@@ -54,6 +54,22 @@ def _run(
     return system, src
 
 
+@pytest.fixture(scope="module")
+def shared_runs(loop2):
+    """`_run(loop2, noise, mode, fuse_edges=...)` computed once per module and configuration, for the tests
+    that only read the finished system (the 120-frame runs take 4-15 s each on a CPU). A test that changes
+    the system calls `_run` itself."""
+    cache: dict[tuple, tuple] = {}
+
+    def get(noise: str = "mast3r", mode: str = "rays", fuse_edges: bool = True):
+        key = (noise, mode, fuse_edges)
+        if key not in cache:
+            cache[key] = _run(loop2, noise, mode, fuse_edges=fuse_edges)
+        return cache[key]
+
+    return get
+
+
 def _ate(system, src, frontend: bool = False, keep=None):
     ts, _, T = system.frame_poses(frontend=frontend)
     ts, P = ts.numpy(), T.double().numpy()[:, :7]
@@ -63,38 +79,55 @@ def _ate(system, src, frontend: bool = False, keep=None):
     return r.rmse_percent_of_path, r.rot_median_deg
 
 
+# Rays mode, fused intrinsics mapped back to the original 160x120 images: (focal error, principal-point error
+# as a fraction of the image size). Measured: mast3r fx/fy +0.12%, cx/cy 0.02% / 0.02%; hard fx/fy -0.33%,
+# cx/cy 0.07% / 0.21%.
+SELF_CALIB_TOL = {"mast3r": (0.002, 0.001), "hard": (0.005, 0.0032)}
+
+
 @pytest.mark.parametrize(
-    "noise,mode,bound_pct,bound_deg,min_cut",
+    "noise,mode,bound_pct,bound_deg,min_cut,min_loop,min_prox",
     [
-        ("mast3r", "rays", 0.5, 1.9, 4.0),  # measured 0.35% / 1.57 deg, frontend 1.95% (cut 5.5x)
-        ("hard", "calib", 0.35, 1.75, 6.0),  # measured 0.27% / 1.39 deg, frontend 2.05% (cut 7.7x)
+        # measured 0.35% / 1.57 deg, frontend 1.95% (cut 5.5x); 19 loop edges, 14 proximity candidates
+        ("mast3r", "rays", 0.5, 1.9, 4.0, 13, 10),
+        # measured 0.25% / 1.16 deg, frontend 1.43% (cut 5.7x); 20 loop edges, 14 proximity candidates
+        ("mast3r", "calib", 0.38, 1.75, 3.8, 13, 10),
+        # measured 0.34% / 1.12 deg, frontend 3.93% (cut 11.7x); 109 loop edges, 54 proximity candidates
+        ("hard", "rays", 0.5, 1.7, 7.8, 73, 36),
+        # measured 0.27% / 1.39 deg, frontend 2.05% (cut 7.7x); 103 loop edges, 52 proximity candidates
+        ("hard", "calib", 0.35, 1.75, 6.0, 69, 35),
     ],
 )
-def test_backend_closes_the_loop_and_cuts_drift(loop2, noise, mode, bound_pct, bound_deg, min_cut):
-    system, src = _run(loop2, noise, mode)
+def test_backend_closes_the_loop_and_cuts_drift(
+    shared_runs, noise, mode, bound_pct, bound_deg, min_cut, min_loop, min_prox
+):
+    system, src = shared_runs(noise, mode)
     st = system.stats()
-    assert st["loop_edges"] >= 12, st  # second-lap keyframes connected to first-lap ones (measured 19 / 103)
-    assert st["backend"]["proximity_candidates"] >= 10, st  # measured 14 / 52
+    assert st["loop_edges"] >= min_loop, st  # second-lap keyframes connected to first-lap ones
+    assert st["backend"]["proximity_candidates"] >= min_prox, st
     assert st["backend"]["failed_optimisations"] == 0
-    assert int(system.trajectory.lost_mask().sum()) == 0 and system.restarts == 0  # incl. the pure rotation
+    # every frame tracked, the pure-rotation pan (frames 25-42) included, and no map restart
+    assert int(system.trajectory.lost_mask().sum()) == 0 and system.restarts == 0
     err, rot = _ate(system, src)
     err_f, rot_f = _ate(system, src, frontend=True)
     assert err < bound_pct and rot < bound_deg, (err, rot)
     assert err_f / err >= min_cut, (err_f, err)
     if mode == "rays":  # self-calibration: the fused intrinsics, mapped back to the original images
         K, K_gt = system.intrinsics(), src.intrinsics.K
-        assert abs(K[0, 0] / K_gt[0, 0] - 1) < 0.02 and abs(K[1, 1] / K_gt[1, 1] - 1) < 0.02
-        assert abs(K[0, 2] - K_gt[0, 2]) < 0.02 * W and abs(K[1, 2] - K_gt[1, 2]) < 0.02 * H
+        f_tol, pp_tol = SELF_CALIB_TOL[noise]
+        f_err = max(abs(K[0, 0] / K_gt[0, 0] - 1), abs(K[1, 1] / K_gt[1, 1] - 1))
+        pp_err = max(abs(K[0, 2] - K_gt[0, 2]) / W, abs(K[1, 2] - K_gt[1, 2]) / H)
+        assert f_err < f_tol and pp_err < pp_tol, (f_err, pp_err)
 
 
 @pytest.mark.parametrize("noise,ratio", [("mast3r", 0.95), ("hard", 0.85)])
-def test_fusing_edge_decodes_into_the_keyframes_lowers_the_error(loop2, noise, ratio):
+def test_fusing_edge_decodes_into_the_keyframes_lowers_the_error(shared_runs, noise, ratio):
     """`backend.fuse_edges`: every accepted edge's two own-view pointmaps are fused into their keyframes
     (scaled onto them). Measured on this loop: mast3r 0.385% -> 0.352% (0.91x), hard 0.463% -> 0.335% (0.72x)
     (all frames); when fusion was added, over 8 noise seeds the mean mast3r ATE went 0.71% -> 0.64%."""
     errs, systems = {}, {}
     for fuse in (False, True):
-        systems[fuse], src = _run(loop2, noise, fuse_edges=fuse)
+        systems[fuse], src = shared_runs(noise, fuse_edges=fuse)
         errs[fuse] = _ate(systems[fuse], src)[0]
     on, off = systems[True].backend.stats, systems[False].backend.stats
     assert on.fused_passes == 2 * on.edges_accepted > 0 and off.fused_passes == 0
@@ -123,10 +156,10 @@ def test_proximity_candidates_close_the_loop_without_retrieval(loop2):
     assert e_p < 0.5 and e_p < 0.6 * e_0, (e_p, e_0)
 
 
-def test_thread_mode_gives_complete_results_like_the_deterministic_run(loop2):
+def test_thread_mode_gives_complete_results_like_the_deterministic_run(loop2, shared_runs):
     """The worker thread changes when corrected poses reach the frontend, so the keyframe decisions may
     differ by one or two (CI once gave 15 against 14); every keyframe must still go through the backend."""
-    det, src = _run(loop2)
+    det, src = shared_runs()
     thr, _ = _run(loop2, thread=True)
     assert thr.backend._worker is None  # flushed and stopped
     assert abs(len(thr.keyframes) - len(det.keyframes)) <= 2, (len(thr.keyframes), len(det.keyframes))

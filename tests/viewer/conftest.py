@@ -37,8 +37,8 @@ def chromium() -> str:
     exe = _find_or_install_chromium()
     if exe is None:
         pytest.skip(
-            "headless Chromium is not installed and cannot be installed here "
-            "(needs root and apt-get: `apt-get install chromium`)"
+            "headless Chromium is not installed and cannot be installed here (needs root and apt-get: "
+            "`apt-get install chromium`); a local run skips the browser test, on CI (CI=true) this is a failure"
         )
     return exe
 

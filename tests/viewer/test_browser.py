@@ -13,6 +13,7 @@ import torch
 from mslam_ns.slam.shared_map import SharedMap
 from mslam_ns.viewer.app import serve_run
 from mslam_ns.viewer.live import start_live_viewer
+from mslam_ns.viewer.scene import SELECTED_COLOR
 from mslam_ns.viewer.server import free_port
 from tests.viewer import scenes
 
@@ -37,6 +38,25 @@ def drawn_fraction(img: np.ndarray) -> float:
     canvas = img[:, :PANEL_X].astype(np.int32)
     background = np.median(canvas.reshape(-1, 3), axis=0)
     return float((np.abs(canvas - background).sum(axis=2) > 60).mean())
+
+
+def colour_mask(img: np.ndarray, color: tuple[int, int, int], max_white: float = 0.6, tol: int = 30) -> np.ndarray:
+    """[H, PANEL_X] bool: canvas pixels of a line drawn in `color`, anti-aliased against the white background
+    (pixel = color + a (255 - color) with a <= max_white, every channel within `tol`)."""
+    px = img[:, :PANEL_X].astype(np.float64)
+    c = np.asarray(color, dtype=np.float64)
+    a = np.clip(((px - c) * (255 - c)).sum(axis=2) / max(((255 - c) ** 2).sum(), 1e-9), 0, 1)
+    return (a <= max_white) & (np.abs(px - (c + a[..., None] * (255 - c))).max(axis=2) <= tol)
+
+
+def wait_for(browser, out: Path, test, wait_s: float = 20.0) -> np.ndarray:
+    """The first screenshot for which `test(img)` holds (the last one taken when none does in `wait_s`)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        img = browser.screenshot(out)
+        if test(img) or time.monotonic() > deadline:
+            return img
+        time.sleep(0.5)
 
 
 def rendered(browser, out: Path, min_drawn: float, wait_s: float = 20.0) -> np.ndarray:
@@ -68,8 +88,42 @@ def test_run_viewer_in_chromium(browser, run_dir: Path, tmp_path: Path):
         r, g, b = np.moveaxis(img[:, :PANEL_X].astype(np.int32), 2, 0)
         orange = ((r > 150) & (g > 50) & (g < 200) & (b < 90) & (g - b > 10)).sum()
         assert orange > 3500, f"the points are not on screen ({orange} point-coloured pixels)"
+
+        # Every frustum is drawn, each in its own place: selecting a keyframe re-draws its frustum in the
+        # selection colour; the pixels that turn that colour are that frustum. (Points hidden: some are
+        # yellow-orange too.) Measured over runs: 72 to 709 pixels per frustum (the far cameras look smaller,
+        # SwiftShader's lines vary); at most 18% of the smaller frustum's pixels shared by two; the closest
+        # two centroids 18 to 31 px apart (the far cameras overlap on screen). One place for two: ~100%, 0 px.
+        h.scene.gui_points.value = False
+        base = wait_for(browser, tmp_path / "nopoints.png", lambda im: orange_pixels(im) < orange / 3)
+        assert orange_pixels(base) < orange / 3, "hiding the points did not reach the page"  # the loop edge stays
+        before = colour_mask(base, SELECTED_COLOR)
+
+        def selected(im: np.ndarray) -> np.ndarray:  # pixels that turned the selection colour
+            return colour_mask(im, SELECTED_COLOR) & ~before
+
+        masks = []
+        for k in range(scenes.N_KEYFRAMES):
+            h.scene.select(k)
+            m = selected(wait_for(browser, tmp_path / f"kf{k}.png", lambda im: selected(im).sum() > 45))
+            assert m.sum() > 45, f"keyframe {k}'s frustum is not drawn ({m.sum()} pixels of the selection colour)"
+            masks.append(m)
+            h.scene.select(None)
+            wait_for(browser, tmp_path / "none.png", lambda im: selected(im).sum() < 20)
+        centroids = [np.argwhere(m).mean(axis=0) for m in masks]
+        for i in range(len(masks)):
+            for j in range(i):
+                shared = (masks[i] & masks[j]).sum() / min(masks[i].sum(), masks[j].sum())
+                assert shared < 0.5, f"keyframes {j} and {i} drawn in the same place ({shared:.0%} shared)"
+                assert np.linalg.norm(centroids[i] - centroids[j]) > 12, f"keyframes {j} and {i} drawn in one place"
     finally:
         h.stop()
+
+
+def orange_pixels(img: np.ndarray) -> int:
+    """Canvas pixels of the fixture's point colours (200, 60 + 30 k, 40)."""
+    r, g, b = np.moveaxis(img[:, :PANEL_X].astype(np.int32), 2, 0)
+    return int(((r > 150) & (g > 50) & (g < 200) & (b < 90) & (g - b > 10)).sum())
 
 
 def test_live_viewer_in_chromium(browser, tmp_path: Path):

@@ -113,3 +113,99 @@ def test_stop_ends_the_thread():
     h.stop()
     assert not h._thread.is_alive()
     h.stop()  # idempotent
+
+
+class StandInClient:
+    """viser's `ClientHandle` as far as the scene uses it: `camera` (position, look_at, up_direction) and
+    `atomic()`. A real one needs a connected browser."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.client_id = 7
+        self.camera = SimpleNamespace(position=None, look_at=None, up_direction=None)
+
+    def atomic(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = self.camera
+        return np.array(c.position, float), np.array(c.look_at, float), np.array(c.up_direction, float)
+
+
+def _frame(m: SharedMap, kf: int, t_cam: tuple[float, float, float], i: int) -> None:
+    """A tracked frame on keyframe `kf`, moved by `t_cam` in that keyframe's camera axes (same rotation)."""
+    m.add_frame(1.0 + 0.1 * i, f"f{i}.png", kf, torch.tensor([*t_cam, 0, 0, 0, 1, 1.0]))
+
+
+def _wait(cond, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cond()
+
+
+def test_follow_camera_and_reset_view(monkeypatch):
+    from mslam_ns.io.poses import quat_to_matrix
+    from mslam_ns.viewer.live import SnapshotApplier
+    from mslam_ns.viewer.scene import SlamScene
+    from mslam_ns.viewer.server import open_server
+
+    server, _ = open_server("127.0.0.1", free_port())
+    try:
+        client = StandInClient()
+        monkeypatch.setattr(server, "get_clients", lambda: {client.client_id: client})
+        sc = SlamScene(server)
+        applier = SnapshotApplier(sc)
+        m = SharedMap()
+        for k in range(2):
+            _add_keyframe(m, k)
+        _frame(m, 1, (0.0, 0.0, 0.2), 0)
+        applier.apply(m.snapshot(since=applier.version))
+        assert client.camera.position is None  # follow is off: the view is the user's
+        sc.reset_view(client)  # what a browser gets when it connects
+        initial = client.view()
+        u = sc.unit
+        assert u is not None and u > 0
+
+        # Follow on: the view jumps behind the newest frame, looking where it looks.
+        sc.gui_follow.value = True  # its callback runs in viser's worker thread
+        assert _wait(lambda: not np.allclose(client.view()[0], initial[0]))
+        snap = m.snapshot(with_points=False)
+        p, R = np.asarray(snap.frame_T_WC[-1][:3]), quat_to_matrix(np.asarray(snap.frame_T_WC[-1][3:7]))
+        eye, target, up = client.view()
+        fwd = R[:, 2]
+        assert np.linalg.norm(eye - p) < 1.0 * u and np.dot(p - eye, fwd) > 0.5 * u  # behind it, close
+        look = (target - eye) / np.linalg.norm(target - eye)
+        assert np.dot(look, fwd) > 0.8 and np.dot(up, -R[:, 1]) > 0.99  # looking along it, its up
+
+        # Reset view (the button, as a click from this client calls it) restores the initial overview.
+        for cb in sc.gui_reset._impl.update_cb:  # viser 0.2.7 keeps a button's click callbacks here
+            cb(type("GuiEvent", (), {"client": client, "client_id": client.client_id, "target": sc.gui_reset})())
+        for a, b in zip(client.view(), initial):
+            np.testing.assert_allclose(a, b, atol=1e-9)
+
+        # Each snapshot applied with follow on moves the view with the newest frame.
+        before = client.view()
+        _frame(m, 1, (0.0, 0.0, 0.5), 1)
+        applier.apply(m.snapshot(since=applier.version))
+        p1 = np.asarray(m.snapshot(with_points=False).frame_T_WC[-1][:3])
+        eye1, target1, _ = client.view()
+        assert not np.allclose(eye1, before[0])
+        _frame(m, 1, (0.1, 0.0, 0.9), 2)
+        applier.apply(m.snapshot(since=applier.version))
+        p2 = np.asarray(m.snapshot(with_points=False).frame_T_WC[-1][:3])
+        eye2, target2, _ = client.view()
+        np.testing.assert_allclose(eye2 - eye1, p2 - p1, atol=1e-6)  # same rotation: moved exactly as it did
+        np.testing.assert_allclose(target2 - target1, p2 - p1, atol=1e-6)
+
+        # Follow off: new frames leave the view alone.
+        sc.gui_follow.value = False
+        time.sleep(0.2)
+        _frame(m, 1, (0.2, 0.0, 1.2), 3)
+        applier.apply(m.snapshot(since=applier.version))
+        np.testing.assert_allclose(client.view()[0], eye2)
+    finally:
+        server.stop()

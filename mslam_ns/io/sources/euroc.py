@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mslam_ns.errors import UserError
+from mslam_ns.geometry.conventions import euroc_row_to_pose7
 from mslam_ns.io.calibration import load_calibration
 from mslam_ns.io.frames import FrameSource
 from mslam_ns.io.gt import poses_at_times
@@ -71,7 +72,7 @@ def _read_gt(path: Path, t_bs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ts = np.array([int(f[0]) for _, f in rows], dtype=np.int64) * 1e-9
     except ValueError:
         raise UserError(f"{path}: not a number in the ground-truth rows") from None
-    p7 = np.concatenate([vals[:, 1:4], vals[:, 5:8], vals[:, 4:5]], axis=1)  # (p, qx qy qz qw)
+    p7 = euroc_row_to_pose7(vals[:, 1:8])  # (p, qx qy qz qw)
     return ts, pose7_to_matrix(p7) @ t_bs
 
 
