@@ -17,7 +17,7 @@ import numpy as np
 from mslam_ns.geometry import conventions as cv
 from mslam_ns.io.atomic import atomic_write
 from mslam_ns.io.rundir import DatasetDir, RunDir
-from mslam_ns.nerfstudio.export import _Selected, frame_file_name, voxel_downsample, write_images
+from mslam_ns.nerfstudio.export import SelectedFrames, frame_file_name, voxel_downsample, write_images
 
 __all__ = ["write_colmap"]
 
@@ -45,7 +45,7 @@ def write_colmap(
         names = [f"{i:06d}_{n}" for i, n in enumerate(names)]
     keep = np.array([i for i in range(len(names)) if include_lost or not table.lost[i]], dtype=np.int64)
     if images:  # the frames in images.txt only
-        write_images(_Selected(source, keep, (0, 0, 0, 0)), [names[i] for i in keep], out, 0, progress=progress)
+        write_images(SelectedFrames(source, keep, (0, 0, 0, 0)), [names[i] for i in keep], out, 0, progress=progress)
     model = out / DatasetDir.COLMAP_MODEL
     model.mkdir(parents=True, exist_ok=True)
     cx, cy = cv.principal_point_to_corner_origin(K[0, 2], K[1, 2])

@@ -14,6 +14,7 @@ This module is imported by nerfstudio at the start of every `ns-*` command (entr
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,8 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, Nerfst
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
 __all__ = ["MslamDataParserConfig", "MslamDataParser", "mslam_data", "prepare_dataset"]
+
+logger = logging.getLogger(__name__)
 
 
 def _default_cache() -> Path:
@@ -82,10 +85,13 @@ def prepare_dataset(config: MslamDataParserConfig) -> Path:
         from mslam_ns.nerfstudio.export import write_nerfstudio
         from mslam_ns.nerfstudio.process_data import select_frames
 
-        key = settings_key({"run": str(data.resolve()), "frames": config.num_frames_target}, input_fingerprint(data))
+        run = RunDir(data)
+        # the run's own files and the frames it was made from (the images come from there)
+        src = (run.read_config() or {}).get("dataset") or run.read_summary().get("dataset")
+        fp = input_fingerprint(data) + (input_fingerprint(Path(src)) if src and Path(src).exists() else "")
+        key = settings_key({"run": str(data.resolve()), "frames": config.num_frames_target}, fp)
         dest = Path(config.cache_dir) / f"run-{key}"
         if not DatasetDir(dest).is_dataset():
-            run = RunDir(data)
             source = open_run_source(run)
             frames = select_frames(len(source), config.num_frames_target)
             with atomic_output_dir(dest, replace=True) as tmp:
@@ -195,7 +201,7 @@ class MslamDataParser(Nerfstudio):
         self.config.data = folder
         camera_utils.auto_orient_and_center_poses = _consistent_orient(orig_orient)
         try:
-            out = super()._generate_dataparser_outputs(split, **kwargs)
+            out = self._outputs_scaled(split, **kwargs)
         finally:
             self.config.data = original
             camera_utils.auto_orient_and_center_poses = orig_orient
@@ -203,6 +209,37 @@ class MslamDataParser(Nerfstudio):
         if live is not None:
             out.metadata["mslam_live"] = live
         return out
+
+
+    def _outputs_scaled(self, split: str, **kwargs):
+        """nerfstudio's outputs, except where the camera centres (nearly) coincide, as in a tripod pan:
+        `auto_scale_poses` divides by their extent (ZeroDivisionError at 0, a scene blown up beyond any
+        box when tiny). There the scale comes from the seed points instead: they fill +/- 1, as the cameras
+        would have."""
+        cfg = self.config
+        try:
+            out = super()._generate_dataparser_outputs(split, **kwargs)
+            pts = out.metadata.get("points3D_xyz")
+            if not cfg.auto_scale_poses or pts is None or len(pts) == 0 or float(pts.abs().max()) < TRIPOD_RATIO:
+                return out
+        except ZeroDivisionError:
+            if not cfg.auto_scale_poses:
+                raise
+        auto, factor = cfg.auto_scale_poses, cfg.scale_factor
+        try:
+            cfg.auto_scale_poses = False  # the poses as they are (times cfg.scale_factor), points alike
+            pts = super()._generate_dataparser_outputs(split, **kwargs).metadata.get("points3D_xyz")
+            if pts is not None and len(pts) and float(pts.abs().max()) > 0:
+                cfg.scale_factor = factor / float(pts.abs().max())
+                logger.warning("the cameras hardly move (a pan from one place): scene scaled by its points")
+            return super()._generate_dataparser_outputs(split, **kwargs)
+        finally:
+            cfg.auto_scale_poses, cfg.scale_factor = auto, factor
+
+
+TRIPOD_RATIO = 1e3
+"""With `auto_scale_poses`, seed points this far out of the cameras' +/- 1 box mean the cameras hardly moved:
+the scale comes from the points instead (`MslamDataParser._outputs_scaled`)."""
 
 
 def _add_point_attributes(meta: dict, target: Path) -> None:

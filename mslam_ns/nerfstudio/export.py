@@ -45,6 +45,7 @@ __all__ = [
     "frame_file_name",
     "metres_per_unit",
     "check_crop",
+    "SelectedFrames",
     "TRANSFORMS",
     "SPARSE_PC",
 ]
@@ -240,7 +241,7 @@ def write_nerfstudio(
     if top + bottom >= H or left + right >= W:
         raise UserError(f"crop factor {crop} must be four fractions in [0, 1) leaving part of the image")
     if images:
-        view = _Selected(source, sel, (top, bottom, left, right))
+        view = SelectedFrames(source, sel, (top, bottom, left, right))
         size = write_images(view, [names[i] for i in sel], out, num_downscales, progress=progress)
         if size != (W - left - right, H - top - bottom):
             raise UserError(f"{run.path}: intrinsics are for {W}x{H} images but the frames are not")
@@ -310,7 +311,7 @@ def write_nerfstudio(
     return meta
 
 
-class _Selected:
+class SelectedFrames:
     """Frames `sel` of a source, cropped by (top, bottom, left, right) pixels."""
 
     def __init__(self, source, sel: np.ndarray, crop: tuple[int, int, int, int]):

@@ -130,16 +130,52 @@ def test_a_json_file_is_read_itself(tmp_path):
     assert len(outs.metadata["points3D_xyz"]) > 100 and not (tmp_path / "unused").exists()
 
 
+@pytest.mark.parametrize("jitter", [0.0, 1e-6])
+def test_a_pan_from_one_place_is_scaled_by_its_points(tmp_path, jitter):
+    """A tripod pan: every camera centre at one place (nerfstudio's auto_scale_poses divides by zero) or
+    within a micrometre of it (its scale would blow the points up a million times): the points fill +/- 1,
+    every camera stays at the centre, and points and cameras are scaled together (nothing else changes)."""
+    import torch
+
+    from tests.nerfstudio._ns_dataset import write_ns_dataset
+
+    write_ns_dataset(tmp_path / "ds", frames=12)
+    meta = json.loads((tmp_path / "ds" / "transforms.json").read_text())
+    rng = np.random.default_rng(0)
+    for f in meta["frames"]:
+        m = np.array(f["transform_matrix"])
+        m[:3, 3] = meta["frames"][0]["transform_matrix"][0][3], 0.2, -0.1
+        m[:3, 3] += jitter * rng.standard_normal(3)
+        f["transform_matrix"] = m.tolist()
+    (tmp_path / "ds" / "pan.json").write_text(json.dumps(meta))
+    outs = _outputs(tmp_path / "ds" / "pan.json", tmp_path / "unused", eval_mode="all")
+    pts = outs.metadata["points3D_xyz"]
+    assert torch.isfinite(pts).all() and abs(float(pts.abs().max()) - 1.0) < 1e-5
+    centres = outs.cameras.camera_to_worlds[:, :3, 3]
+    assert float(centres.abs().max()) < 1e-5  # centred (and jitter * scale stays tiny)
+    # the same scene, nerfstudio's own scale left out: points and cameras scaled together (the ratio is kept)
+    plain = _outputs(tmp_path / "ds" / "pan.json", tmp_path / "unused", eval_mode="all", auto_scale_poses=False)
+    s = float(plain.metadata["points3D_xyz"].abs().max())
+    np.testing.assert_allclose(pts.numpy() * s, plain.metadata["points3D_xyz"].numpy(), atol=1e-4 * s)
+    assert abs(outs.dataparser_scale * s - plain.dataparser_scale) < 1e-5 * plain.dataparser_scale
+
+
 def _cached(cache: Path) -> list[Path]:
     return sorted(p for p in cache.iterdir() if (p / "transforms.json").is_file())
 
 
 def test_run_folder_cache_follows_content_and_settings(seq, tmp_path):
-    """A run folder's dataset is cached by the run's content and --num-frames-target (which it now honours):
-    unchanged reuses the cached folder, a new target or a changed run makes a new one."""
+    """A run folder's dataset is cached by the run's content, its input frames and --num-frames-target (which
+    it honours): unchanged reuses the cached folder, a new target, a changed run or new input images make a
+    new one."""
+    import shutil
+
+    from PIL import Image
+
     from mslam_ns.cli import main
 
     run, cache = tmp_path / "run", tmp_path / "cache"
+    seq = Path(shutil.copytree(seq, tmp_path / "seq"))  # its images are edited below
     assert main(["run", str(seq), "--out", str(run), "--prior", "oracle", "--img-size", str(IMG), "--quiet"]) == 0
     assert len(_outputs(run, cache, eval_mode="all", num_frames_target=20).image_filenames) == 20
     (first,) = _cached(cache)
@@ -152,6 +188,14 @@ def test_run_folder_cache_follows_content_and_settings(seq, tmp_path):
         f.write("# edited\n")
     assert len(_outputs(run, cache, eval_mode="all", num_frames_target=8).image_filenames) == 8
     assert len(_cached(cache)) == 3
+    frame = sorted((seq / "rgb").iterdir())[0]  # the exported images would come from these files
+    with Image.open(frame) as im:
+        flipped = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    flipped.save(frame)
+    outs = _outputs(run, cache, eval_mode="all", num_frames_target=8)
+    assert len(_cached(cache)) == 4
+    with Image.open(outs.image_filenames[0]) as im:
+        np.testing.assert_array_equal(np.asarray(im.convert("RGB")), np.asarray(flipped.convert("RGB")))
 
 
 def test_slam_cache_follows_input_content_and_settings(seq, tmp_path):

@@ -92,8 +92,9 @@ def test_run_viewer_in_chromium(browser, run_dir: Path, tmp_path: Path):
         # Every frustum is drawn, each in its own place: selecting a keyframe re-draws its frustum in the
         # selection colour; the pixels that turn that colour are that frustum. (Points hidden: some are
         # yellow-orange too.) Measured over runs: 72 to 709 pixels per frustum (the far cameras look smaller,
-        # SwiftShader's lines vary); at most 18% of the smaller frustum's pixels shared by two; the closest
-        # two centroids 18 to 31 px apart (the far cameras overlap on screen). One place for two: ~100%, 0 px.
+        # SwiftShader's lines vary); at most 18% of the smaller frustum's pixels shared by two. Two frusta in
+        # one place share ~100%. (Centroid distances are no test: the far cameras overlap on screen, their
+        # centroids 11 to 31 px apart over runs.)
         h.scene.gui_points.value = False
         base = wait_for(browser, tmp_path / "nopoints.png", lambda im: orange_pixels(im) < orange / 3)
         assert orange_pixels(base) < orange / 3, "hiding the points did not reach the page"  # the loop edge stays
@@ -110,12 +111,10 @@ def test_run_viewer_in_chromium(browser, run_dir: Path, tmp_path: Path):
             masks.append(m)
             h.scene.select(None)
             wait_for(browser, tmp_path / "none.png", lambda im: selected(im).sum() < 20)
-        centroids = [np.argwhere(m).mean(axis=0) for m in masks]
         for i in range(len(masks)):
             for j in range(i):
                 shared = (masks[i] & masks[j]).sum() / min(masks[i].sum(), masks[j].sum())
                 assert shared < 0.5, f"keyframes {j} and {i} drawn in the same place ({shared:.0%} shared)"
-                assert np.linalg.norm(centroids[i] - centroids[j]) > 12, f"keyframes {j} and {i} drawn in one place"
     finally:
         h.stop()
 
