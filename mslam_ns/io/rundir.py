@@ -345,21 +345,18 @@ class RunDir:
             return np.asarray(im.convert("RGB"))
 
     def read_summary(self) -> dict[str, Any]:
-        path = self.file(self.SUMMARY)
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise _user_error(f"{path}: cannot read ({e.strerror or e})") from None
-        except ValueError as e:
-            raise _user_error(f"{path}: not valid JSON ({e})") from None
+        return self._read_json(self.SUMMARY)
 
     def read_eval(self) -> dict[str, Any]:
         """The report `mslam-ns eval` wrote (UserError when there is none)."""
-        path = self.file(self.EVAL)
+        return self._read_json(self.EVAL, "; run `mslam-ns eval` first")
+
+    def _read_json(self, name: str, hint: str = "") -> dict[str, Any]:
+        path = self.file(name)
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except OSError as e:
-            raise _user_error(f"{path}: cannot read ({e.strerror or e}; run `mslam-ns eval` first)") from None
+            raise _user_error(f"{path}: cannot read ({e.strerror or e}{hint})") from None
         except ValueError as e:
             raise _user_error(f"{path}: not valid JSON ({e})") from None
 
