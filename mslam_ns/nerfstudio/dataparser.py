@@ -210,7 +210,6 @@ class MslamDataParser(Nerfstudio):
             out.metadata["mslam_live"] = live
         return out
 
-
     def _outputs_scaled(self, split: str, **kwargs):
         """nerfstudio's outputs, except where the camera centres (nearly) coincide, as in a tripod pan:
         `auto_scale_poses` divides by their extent (ZeroDivisionError at 0, a scene blown up beyond any
