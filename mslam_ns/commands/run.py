@@ -132,7 +132,7 @@ def demo(
         rd = RunDir(tmp)
         rd.write(record_run(system, summary, opts.conf_thresh, options_to_dict(opts), n_matches=matches))
         rd.write_eval(res)
-        write_run_report(tmp)  # report.png, with the ATE panel (eval.json is there already)
+    write_run_report(out)  # report.png with the ATE panel, titled with OUT's name (after the move: not tmp's)
     _print_summary(summary, out)
     for name, r in res.items():
         console.print(

@@ -306,5 +306,5 @@ def write_report(run_dir: Path, n_matches: Sequence[int] | None = None) -> Path:
     if summary.get("dataset"):
         lines.append(f"dataset: {summary['dataset']}")
     ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=10, transform=ax.transAxes)
-    ax.set_title(f"run {run_dir.name}")
+    ax.set_title(f"run {Path(run_dir).resolve().name}")
     return _save(fig, run_dir / REPORT_PLOT)
