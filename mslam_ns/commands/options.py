@@ -110,13 +110,8 @@ class RunOptions:
     """Write OUT/report.png (trajectory, keyframes, matches per frame, lost frames, timings)."""
     slam: Annotated[SlamOptions, tyro.conf.arg(name="")] = field(default_factory=SlamOptions)
 
-    # The SLAM's own settings live in `slam` (SlamConfig, with its defaults); these read them under the names
-    # the run code uses (`--max-lost`, `--conf-thresh` and config-file keys are the SlamConfig fields).
-    @property
-    def max_lost(self) -> int:
-        """`slam.max_lost`."""
-        return self.slam.max_lost
-
+    # The SLAM's own settings live in `slam` (SlamConfig, with its defaults); this reads one under the name the
+    # run code uses (`--conf-thresh` and the config-file key are the SlamConfig field).
     @property
     def conf_thresh(self) -> float:
         """`slam.conf_thresh`."""

@@ -480,7 +480,6 @@ def execute_run(o, out: Path, extra_summary: dict | None = None, replace: bool |
         prior_obj,
         cfg,
         K,
-        max_lost=o.max_lost,
         quiet=o.quiet,
         on_system=_live_viewer(o) if o.view else None,
         on_step=lambda r: matches.append(match_count(r)),

@@ -437,15 +437,6 @@ class DatasetDir:
     def pending_run(self) -> RunDir:
         return RunDir(self.path / self.RUN_PENDING)
 
-    def read_transforms(self) -> dict[str, Any]:
-        path = self.transforms
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise _user_error(f"{path}: cannot read ({e.strerror or e})") from None
-        except ValueError as e:
-            raise _user_error(f"{path}: not valid JSON ({e})") from None
-
 
 def write_point_cloud(path: Path, pc: PointCloud) -> None:
     """Binary little-endian PLY of `pc` (x y z, red green blue, confidence, keyframe, u v), atomically."""

@@ -70,10 +70,8 @@ def prepare_dataset(config: MslamDataParserConfig) -> Path:
     from mslam_ns.io.rundir import DatasetDir
 
     data = Path(config.data)
-    if data.suffix == ".json" and data.is_file():
-        return data  # nerfstudio reads this file (images relative to its folder)
-    if DatasetDir(data).is_dataset():
-        return data
+    if _is_dataset(data):
+        return data  # a .json file: nerfstudio reads it itself (images relative to its folder)
     if not data.exists():
         raise UserError(f"{data}: no such file or folder")
     from mslam_ns.commands.slam import input_fingerprint, settings_key
@@ -129,11 +127,17 @@ def _slam_plan(config: MslamDataParserConfig):
     return p, key, Path(config.cache_dir) / f"{data.stem or 'data'}-{key}"
 
 
-def _needs_slam(data: Path) -> bool:
-    from mslam_ns.io.rundir import DatasetDir, RunDir
+def _is_dataset(data: Path) -> bool:
+    """A folder with transforms.json, or such a .json file itself: nerfstudio's parser reads it as it is."""
+    from mslam_ns.io.rundir import DatasetDir
 
-    is_dataset = (data.suffix == ".json" and data.is_file()) or DatasetDir(data).is_dataset()
-    return data.exists() and not is_dataset and not RunDir.is_run(data)
+    return (data.suffix == ".json" and data.is_file()) or DatasetDir(data).is_dataset()
+
+
+def _needs_slam(data: Path) -> bool:
+    from mslam_ns.io.rundir import RunDir
+
+    return data.exists() and not _is_dataset(data) and not RunDir.is_run(data)
 
 
 def prepare_live(config: MslamDataParserConfig):

@@ -284,9 +284,7 @@ def write_nerfstudio(
     Kc[1, 2] -= top
     for i in sel.tolist():
         name = names[i]
-        lost = bool(table.lost[i])
-        if lost and not include_lost:
-            continue
+        lost = bool(table.lost[i])  # only with include_lost: `sel` has no lost frame otherwise
         fr = {
             "file_path": f"{DatasetDir.IMAGES}/{name}",
             "transform_matrix": M[i].tolist(),
@@ -305,8 +303,6 @@ def write_nerfstudio(
             Image.fromarray(mm).save(out / DatasetDir.DEPTH / dname)
             fr["depth_file_path"] = f"{DatasetDir.DEPTH}/{dname}"
         meta["frames"].append(fr)
-    if not meta["frames"]:
-        raise UserError(f"{run.path}: every frame was lost; nothing to export")
     write_json(out / TRANSFORMS, meta)
     return meta
 

@@ -86,7 +86,7 @@ class LiveSlam:
             self.source, o.prior, o.oracle_noise, cfg.img_size, o.seed, o.checkpoint, cfg.device,
             o.retrieval_checkpoint, o.codebook,
         )  # fmt: skip
-        self.system = SlamSystem(prior, cfg, K=K, max_lost=o.max_lost)
+        self.system = SlamSystem(prior, cfg, K=K)  # cfg carries max_lost
         self.warmup_frames = max(1, min(int(warmup_frames), len(self.source)))
         self.frames = None if num_frames_target is None else select_frames(len(self.source), num_frames_target)
         self.num_downscales, self.max_points = num_downscales, max_points

@@ -302,8 +302,8 @@ def test_slam_settings_and_their_defaults_have_one_home(tmp_path):
     cfg_file.write_text("max_lost: 3\nresident_keyframes: 2\nconf_thresh: 2.5\n")
     from_file = load_options(RunOptions, cfg_file, dataset="seq")
     from_flags = parse_options(RunOptions, ["seq", "--max-lost", "4", "--resident-keyframes", "5"], "mslam-ns run")
-    assert (from_file.max_lost, from_file.slam.resident_keyframes, from_file.conf_thresh) == (3, 2, 2.5)
-    assert (from_flags.max_lost, from_flags.slam.resident_keyframes) == (4, 5)
+    assert (from_file.slam.max_lost, from_file.slam.resident_keyframes, from_file.conf_thresh) == (3, 2, 2.5)
+    assert (from_flags.slam.max_lost, from_flags.slam.resident_keyframes) == (4, 5)
     system = SlamSystem(None, to_slam_config(from_file.slam, "rays"))
     assert system.max_lost == 3 and system.map.resident == 2
     default = SlamSystem(None, SlamConfig())
