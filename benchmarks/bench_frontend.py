@@ -5,7 +5,8 @@ Sim(3)-aligned ATE RMSE of keyframes and of all frames as a percentage of the gr
 
 Throughput: a 640x480 synthetic sequence at the MASt3R size 512x384; frames/s of the frontend without the
 prior (matching + Gauss-Newton + fusion, goal >= 15 frames/s on 2 cores), with and without the descriptor
-refinement, after a short warm-up run (kernel loading); prior cost (oracle encode/decode) reported separately.
+refinement, tracking every pixel and the stride-2 grid (`--strides`, `tracking.pixel_stride`), after a
+short warm-up run (kernel loading); prior cost (oracle encode/decode) reported separately.
 Run with MSLAM_NS_KERNELS=compiled to make sure the compiled kernels are measured. Timings depend on the machine
 and on its load: compare figures from the same run.
 
@@ -32,7 +33,7 @@ from mslam_ns.io.synthetic import generate_sequence  # noqa: E402
 from mslam_ns.prior.oracle import OraclePrior  # noqa: E402
 
 
-def accuracy(tmp: Path, frames: int, size: int, width: int, height: int, seed: int) -> list[dict]:
+def accuracy(tmp: Path, frames: int, size: int, width: int, height: int, seed: int, stride: int = 1) -> list[dict]:
     seq = generate_sequence(tmp / f"acc_{seed}", frames, width, height, seed)
     src = open_source(seq)
     rows = []
@@ -41,12 +42,15 @@ def accuracy(tmp: Path, frames: int, size: int, width: int, height: int, seed: i
             prior = OraclePrior.from_source(src, size=size, noise=noise, seed=seed)
             K = src.intrinsics.K if src.intrinsics is not None else None
             t0 = time.perf_counter()
-            system, summary = run_slam(src, prior, SlamConfig(mode=mode, img_size=size), K)
+            cfg = SlamConfig(mode=mode, img_size=size)
+            cfg.tracking.pixel_stride = stride
+            system, summary = run_slam(src, prior, cfg, K)
             ev = evaluate_run(system, src)
             rows.append(
                 {
                     "noise": noise,
                     "mode": mode,
+                    "pixel_stride": stride,
                     "frames": summary["frames"],
                     "keyframes": summary["keyframes"],
                     "lost": summary["lost_frames"],
@@ -61,7 +65,7 @@ def accuracy(tmp: Path, frames: int, size: int, width: int, height: int, seed: i
             )
             r = rows[-1]
             print(
-                f"  noise {noise:6s} mode {mode:5s}: ATE keyframes {r['ate_kf_pct']:6.2f}%  all frames "
+                f"  noise {noise:6s} mode {mode:5s} stride {stride}: ATE keyframes {r['ate_kf_pct']:6.2f}%  all frames "
                 f"{r['ate_all_pct']:6.2f}% of path {r['path']:.2f}  ({r['keyframes']} kf, {r['lost']} lost, "
                 f"{r['restarts']} restarts, {r['wall_s']:.1f} s)",
                 flush=True,
@@ -69,13 +73,14 @@ def accuracy(tmp: Path, frames: int, size: int, width: int, height: int, seed: i
     return rows
 
 
-def throughput(tmp: Path, frames: int, mode: str, refine: bool, noise: str = "mast3r") -> dict:
+def throughput(tmp: Path, frames: int, mode: str, refine: bool, noise: str = "mast3r", stride: int = 1) -> dict:
     seq = tmp / "speed"
     if not seq.exists():
         generate_sequence(seq, frames, 640, 480, 1)
     prior = OraclePrior.from_source(open_source(seq), size=512, noise=noise, seed=0)
     cfg = SlamConfig(mode=mode, img_size=512)
     cfg.matching.refine = refine
+    cfg.tracking.pixel_stride = stride
     src = open_source(seq)
     K = src.intrinsics.K if src.intrinsics is not None else None
     run_slam(open_source(seq, max_frames=3), prior, cfg, K)  # warm-up: kernel loading / first-call costs
@@ -85,6 +90,7 @@ def throughput(tmp: Path, frames: int, mode: str, refine: bool, noise: str = "ma
     out = {
         "mode": mode,
         "refine": refine,
+        "pixel_stride": stride,
         "frames": summary["frames"],
         "network_size": "512x384",
         "keyframes": summary["keyframes"],
@@ -98,7 +104,8 @@ def throughput(tmp: Path, frames: int, mode: str, refine: bool, noise: str = "ma
         "overall_fps": summary["fps"]["overall"],
     }
     print(
-        f"  {mode:5s} refine {'on ' if refine else 'off'} 512x384: frontend {out['frontend_fps']:.1f} frames/s "
+        f"  {mode:5s} refine {'on ' if refine else 'off'} stride {stride} 512x384: "
+        f"frontend {out['frontend_fps']:.1f} frames/s "
         f"(goal >= 15): match {out['match_ms']:.1f} ms + GN {out['solve_ms']:.1f} ms + fusion "
         f"{out['fuse_ms']:.1f} ms + intrinsics sample {out['intrinsics_ms']:.1f} ms per frame; "
         f"oracle prior {out['prior_ms']:.1f} ms/frame (separate); "
@@ -116,6 +123,9 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--quick", action="store_true", help="30 frames, size 160, 8 speed frames")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument(
+        "--strides", type=int, nargs="+", default=[1, 2], help="tracking grid strides (`tracking.pixel_stride`)"
+    )
     a = ap.parse_args()
     if a.quick:
         a.frames, a.size, a.speed_frames = 30, 160, 8
@@ -125,11 +135,13 @@ def main() -> int:
         tmp = Path(d)
         print(f"accuracy: {a.frames} frames 320x240, network long side {a.size}")
         for seed in a.seeds:
-            res["accuracy"] += accuracy(tmp, a.frames, a.size, 320, 240, seed)
+            for stride in a.strides:
+                res["accuracy"] += accuracy(tmp, a.frames, a.size, 320, 240, seed, stride)
         print(f"throughput: {a.speed_frames} frames 640x480 -> 512x384")
-        for refine in (False, True):
-            for mode in ("rays", "calib"):
-                res["throughput"].append(throughput(tmp, a.speed_frames, mode, refine))
+        for stride in a.strides:
+            for refine in (False, True):
+                for mode in ("rays", "calib"):
+                    res["throughput"].append(throughput(tmp, a.speed_frames, mode, refine, stride=stride))
     if a.json:
         a.json.write_text(json.dumps(res, indent=2))
     return 0

@@ -202,6 +202,11 @@ CASES = [
         ["run", "{frames}", "--out", "{d}/out", "--device", "cuda:99"],
         "cuda:99",
     ),
+    (
+        "run: a tracking grid stride below 1",
+        ["run", "{frames}", "--out", "{d}/out", "--tracking.pixel-stride", "0"],
+        "pixel-stride 0",
+    ),
     ("export: missing run", ["export", "{d}/no_run", "--out", "{d}/exported"], "no_run"),
     ("export: not a run folder", ["export", "{existing}", "--out", "{d}/exported"], "existing"),
     ("export: out is a file", ["export", "{run}", "--format", "ply", "--out", "{a_file}"], "a_file"),

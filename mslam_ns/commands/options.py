@@ -44,6 +44,8 @@ def to_slam_config(o: SlamConfig, mode: str) -> SlamConfig:
     kw = {f.name: getattr(o, f.name) for f in dataclasses.fields(SlamConfig)}
     kw["mode"] = mode
     check_device(kw["device"])
+    if int(kw["tracking"].pixel_stride) < 1:
+        raise UserError(f"--tracking.pixel-stride {kw['tracking'].pixel_stride}: must be >= 1 (1 = every pixel)")
     return SlamConfig(**kw)
 
 

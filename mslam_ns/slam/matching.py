@@ -27,7 +27,9 @@ def pixel_grid(B: int, H: int, W: int, device: torch.device | str = "cpu") -> Te
     return uv[None].expand(B, H * W, 2)
 
 
-def _check_inputs(X_i: Tensor, X_ji: Tensor, D_i: Tensor, D_ji: Tensor, idx_init: Tensor | None) -> None:
+def _check_inputs(
+    X_i: Tensor, X_ji: Tensor, D_i: Tensor, D_ji: Tensor, idx_init: Tensor | None, query: Tensor | None
+) -> int:  # -> N, the number of pixels of image j to match
     if X_i.dim() != 4 or X_i.shape[-1] != 3:
         raise ValueError(f"match: X_i must be [B, H, W, 3], got shape {tuple(X_i.shape)}")
     if X_ji.shape != X_i.shape:
@@ -41,13 +43,23 @@ def _check_inputs(X_i: Tensor, X_ji: Tensor, D_i: Tensor, D_ji: Tensor, idx_init
         raise ValueError(f"match: X_i and X_ji must be float32, got {X_i.dtype} and {X_ji.dtype}")
     _check_finite("match", "X_i", X_i)
     _check_finite("match", "X_ji", X_ji)
-    if idx_init is not None:
-        if tuple(idx_init.shape) != (B, H * W) or idx_init.dtype != torch.int64:
+    N = H * W
+    if query is not None:
+        if query.dim() != 1 or query.dtype != torch.int64 or query.device != X_i.device:
             raise ValueError(
-                f"match: idx_init must be [B={B}, H*W={H * W}] int64, got {tuple(idx_init.shape)} {idx_init.dtype}"
+                f"match: query must be [N] int64 on {X_i.device}, got {tuple(query.shape)} {query.dtype} "
+                f"on {query.device}"
             )
+        if query.numel() and (int(query.min()) < 0 or int(query.max()) >= H * W):
+            raise ValueError(f"match: query values must lie in [0, H*W={H * W})")
+        N = int(query.numel())
+    if idx_init is not None:
+        if tuple(idx_init.shape) != (B, N) or idx_init.dtype != torch.int64:
+            got = f"{tuple(idx_init.shape)} {idx_init.dtype}"
+            raise ValueError(f"match: idx_init must be [B={B}, N={N}] int64, got {got}")
         if idx_init.numel() and (int(idx_init.min()) < 0 or int(idx_init.max()) >= H * W):
             raise ValueError(f"match: idx_init values must lie in [0, H*W={H * W})")
+    return N
 
 
 def match(
@@ -55,32 +67,41 @@ def match(
     X_ji: Tensor,  # [B, H, W, 3] float32: X^j_i, image j's pointmap in frame i
     D_i: Tensor,  # [B, H, W, F] float16/float32: descriptors of image i's pixels
     D_ji: Tensor,  # [B, H, W, F] same dtype: descriptors of image j's pixels
-    idx_init: Tensor | None = None,  # [B, H*W] int64 warm start (u + W v in image i), None = identity
+    idx_init: Tensor | None = None,  # [B, N] int64 warm start (u + W v in image i), None = identity
     cfg: MatchingConfig | None = None,
-) -> tuple[Tensor, Tensor]:  # idx [B, H*W] int64, valid [B, H*W] bool
-    """Match every pixel n of image j to a pixel of image i.
+    query: Tensor | None = None,  # [N] int64 pixels (u + W v) of image j to match; None = every pixel
+) -> tuple[Tensor, Tensor]:  # idx [B, N] int64, valid [B, N] bool  (N = H*W without `query`)
+    """Match every pixel n of image j (or every pixel listed in `query`) to a pixel of image i.
 
     Returns ``idx[b, n]`` = linear index ``u + W v`` in image i and ``valid[b, n]`` = IPM converged and
     ``|X_i[idx] - X_ji[n]| < cfg.dist_thresh`` (the occlusion test uses the IPM pixel; the refinement may
-    then move idx by a few pixels). Works on CPU and CUDA tensors, B >= 1.
+    then move idx by a few pixels). A pixel's match does not depend on which other pixels are matched: with
+    `query` the result is the full result's columns `query`. Works on CPU and CUDA tensors, B >= 1.
     """
-    _check_inputs(X_i, X_ji, D_i, D_ji, idx_init)
+    N = _check_inputs(X_i, X_ji, D_i, D_ji, idx_init, query)
     cfg = cfg or MatchingConfig()
     B, H, W, _ = X_i.shape
     X_i, X_ji = X_i.contiguous(), X_ji.contiguous()
     rays = ray_image(X_i)  # [B, H, W, 9]
     pts_j = X_ji.reshape(B, H * W, 3)  # [B, HW, 3]
-    targets = pts_j / torch.linalg.vector_norm(pts_j, dim=-1, keepdim=True).clamp_min(1e-12)  # [B, HW, 3]
+    D_j = D_ji.reshape(B, H * W, -1)
+    if query is not None:
+        pts_j, D_j = pts_j[:, query], D_j[:, query]  # [B, N, 3], [B, N, F]
+    targets = pts_j / torch.linalg.vector_norm(pts_j, dim=-1, keepdim=True).clamp_min(1e-12)  # [B, N, 3]
     if idx_init is None:
         p0 = pixel_grid(B, H, W, X_i.device)
+        if query is not None:
+            p0 = p0[:, query]
     else:
-        p0 = torch.stack([idx_init % W, idx_init // W], dim=-1).to(torch.float32)  # [B, HW, 2]
-    p, converged = iproj(rays, targets, p0, cfg.max_iter, cfg.lambda_init, cfg.convergence_thresh, cfg.step_tol)
-    p_int = p.to(torch.int64)  # truncation; p >= 1 so this is floor. [B, HW, 2]
-    idx = p_int[..., 0] + W * p_int[..., 1]  # [B, HW]
-    X_at = torch.gather(X_i.reshape(B, H * W, 3), 1, idx[..., None].expand(B, H * W, 3))  # [B, HW, 3]
+        p0 = torch.stack([idx_init % W, idx_init // W], dim=-1).to(torch.float32)  # [B, N, 2]
+    p, converged = iproj(
+        rays, targets.contiguous(), p0.contiguous(), cfg.max_iter, cfg.lambda_init, cfg.convergence_thresh, cfg.step_tol
+    )
+    p_int = p.to(torch.int64)  # truncation; p >= 1 so this is floor. [B, N, 2]
+    idx = p_int[..., 0] + W * p_int[..., 1]  # [B, N]
+    X_at = torch.gather(X_i.reshape(B, H * W, 3), 1, idx[..., None].expand(B, N, 3))  # [B, N, 3]
     valid = converged & (torch.linalg.vector_norm(X_at - pts_j, dim=-1) < cfg.dist_thresh)
     if cfg.refine:
-        p_int = refine_matches(D_i, D_ji.reshape(B, H * W, -1), p_int, cfg.radius, cfg.dilation_max)
+        p_int = refine_matches(D_i, D_j.contiguous(), p_int, cfg.radius, cfg.dilation_max)
         idx = p_int[..., 0] + W * p_int[..., 1]
     return idx, valid

@@ -1,7 +1,8 @@
 """`Tracker`: Sim(3) pose of a frame against the current keyframe (docs/algorithm.md section 3).
 
 Given the asymmetric decode (frame f as view 1, keyframe k as view 2) -> X^f_f, X^k_f (both in f's camera):
-1. match keyframe pixels into the frame (IPM + descriptor refinement, warm-started from the previous frame);
+1. match keyframe pixels into the frame (IPM + descriptor refinement, warm-started from the previous frame):
+   every pixel, or a regular grid of every `pixel_stride`-th pixel in each direction (`TrackingGrid`);
 2. weight q = sqrt(Q^f_f[idx] * Q^k_f); valid = matched & C^f_f[idx] > C_conf & C_k/N_k > C_conf & q > Q_conf;
    fewer than `min_match_frac` valid -> tracking failure;
 3. damped Gauss-Newton (Levenberg-Marquardt) with Huber IRLS on T_CkCf: the residual/Jacobian kernel is the
@@ -43,17 +44,67 @@ class TrackResult:
     new_keyframe: bool = False
     iters: int = 0
     cost: float = float("nan")
-    idx: Tensor | None = None  # [HW] int64 frame pixel of every keyframe pixel (warm start of the next frame)
+    idx: Tensor | None = None  # [N] int64 frame pixel of every tracked keyframe pixel (warm start of the next frame)
     X_ff: Tensor | None = None  # [HW, 3] the frame's own pointmap (constrained to rays in calib mode)
     X_kf: Tensor | None = None  # [HW, 3] keyframe pixels seen by the frame, in the KEYFRAME camera
     C_kf: Tensor | None = None  # [HW] their confidences
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TrackingGrid:
+    """The keyframe pixels tracked: every `stride`-th pixel in each direction, starting at `offset` (the
+    middle of each stride x stride cell). stride 1 = every pixel."""
+
+    stride: int
+    hw: tuple[int, int]  # the full image (H, W)
+    sel: Tensor  # [N] int64 linear pixel indices u + W v, row-major
+
+    @staticmethod
+    def make(stride: int, hw: tuple[int, int], device: torch.device | str) -> TrackingGrid:
+        H, W = hw
+        o = stride // 2
+        v, u = torch.meshgrid(
+            torch.arange(o, H, stride, device=device), torch.arange(o, W, stride, device=device), indexing="ij"
+        )
+        return TrackingGrid(stride, (H, W), (u + W * v).reshape(-1))
+
+    @property
+    def offset(self) -> int:
+        return self.stride // 2
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:  # (H', W') of the grid
+        H, W, s, o = *self.hw, self.stride, self.offset
+        return (H - o + s - 1) // s, (W - o + s - 1) // s
+
+    def grid_K(self, K: Tensor) -> Tensor:
+        """The intrinsics of the grid as an image of its own: grid pixel (u', v') is pixel (o + s u', o + s v')."""
+        s, o = self.stride, self.offset
+        Kg = K.clone()
+        Kg[0, 0], Kg[1, 1] = K[0, 0] / s, K[1, 1] / s
+        Kg[0, 2], Kg[1, 2] = (K[0, 2] - o) / s, (K[1, 2] - o) / s
+        return Kg
+
+    def cells(self, idx: Tensor) -> tuple[Tensor, int]:
+        """The stride x stride cell of each (full-image) pixel index, and the number of cells."""
+        H, W, s = *self.hw, self.stride
+        if s == 1:
+            return idx, H * W
+        Wc = (W + s - 1) // s
+        return (idx % W) // s + Wc * ((idx // W) // s), Wc * ((H + s - 1) // s)
+
+
 class Tracker:
     """Frame-to-keyframe tracking. Stateless apart from its configuration and intrinsics."""
 
-    def __init__(self, cfg: TrackingConfig, matching: MatchingConfig, mode: str = "rays", K: Tensor | None = None):
+    def __init__(
+        self,
+        cfg: TrackingConfig,
+        matching: MatchingConfig,
+        mode: str = "rays",
+        K: Tensor | None = None,
+    ):
         """
         Args:
             cfg: tracking parameters.
@@ -66,9 +117,13 @@ class Tracker:
         if mode == "calib" and K is None:
             raise ValueError("calib mode needs intrinsics K")
         self.cfg, self.matching, self.mode = cfg, matching, mode
+        self.stride = int(cfg.pixel_stride)
+        if self.stride < 1:
+            raise ValueError(f"tracking.pixel_stride must be >= 1, not {self.stride}")
         self.K = None if K is None else torch.as_tensor(K, dtype=torch.float32)
         self.K_est: Tensor | None = None  # rays mode: self-calibrated intrinsics (see `set_estimated_K`)
         self._rays: dict[tuple, Tensor] = {}
+        self._grids: dict[tuple, TrackingGrid] = {}
 
     def set_estimated_K(self, K: Tensor | None) -> None:
         """Rays mode: from now on constrain every view's own pointmap to the rays of `K` [3, 3] (network
@@ -87,6 +142,13 @@ class Tracker:
             self._rays[key] = pixel_rays(K.to(device, torch.float64), hw).float()
         return self._rays[key]
 
+    def grid(self, hw: tuple[int, int], device: torch.device) -> TrackingGrid:
+        """The tracked keyframe pixels of an image of size hw (cached)."""
+        key = (tuple(hw), str(device))
+        if key not in self._grids:
+            self._grids[key] = TrackingGrid.make(self.stride, hw, device)
+        return self._grids[key]
+
     def canonical_points(self, X: Tensor, hw: tuple[int, int]) -> Tensor:  # [HW,3] -> [HW,3]
         """A view's own pointmap as stored: constrained to the known rays in calib mode, or to the
         self-calibrated rays in rays mode once they are set; else as predicted."""
@@ -102,15 +164,16 @@ class Tracker:
             kf: the keyframe (canonical X, C, N on the tracking device).
             pred: `prior.decode(enc_frame, enc_keyframe)`: ii = X^f_f, ji = X^k_f.
             T_init: [8] initial T_CkCf (previous frame's relative pose).
-            idx_init: [HW] previous frame's matches (warm start) or None (identity start).
+            idx_init: [N] previous frame's matches of the tracked pixels (warm start) or None (identity start).
         """
         from mslam_ns.slam.matching import match
 
         t0 = _now()
         H, W = pred.ii.X.shape[:2]
         dev = kf.X.device
-        bound = self.valid_match_bound(kf, pred)
-        if bound < self.cfg.min_match_frac * H * W:  # cannot track, whatever the matching finds: skip it
+        grid = self.grid((H, W), dev)
+        bound = self.valid_match_bound(kf, pred, grid)
+        if bound < self.cfg.min_match_frac * grid.sel.numel():  # cannot track, whatever matching finds: skip it
             res = TrackResult(False, T_init.clone(), n_valid=0, idx=idx_init, reason="few_matches")
             res.timings["match"] = _now() - t0
             return res
@@ -121,18 +184,20 @@ class Tracker:
             X_kf_f[None],
             pred.ii.D.to(dev)[None],
             pred.ji.D.to(dev)[None],
-            None if idx_init is None else idx_init.reshape(1, H * W).to(dev),
+            None if idx_init is None else idx_init.reshape(1, -1).to(dev),
             self.matching,
+            query=None if grid.stride == 1 else grid.sel,
         )
-        res = self.track_matches(kf, pred, idx[0].long(), matched[0].bool(), T_init)
+        res = self.track_matches(kf, pred, idx[0].long(), matched[0].bool(), T_init, grid, X_ff)
         res.timings["match"] = _now() - t0 - res.timings.get("solve", 0.0)
         return res
 
-    def valid_match_bound(self, kf: Frame, pred: PairPrediction) -> int:
+    def valid_match_bound(self, kf: Frame, pred: PairPrediction, grid: TrackingGrid | None = None) -> int:
         """An upper bound on the valid matches `track_matches` can find, from confidences alone (before any
         matching): a valid match needs Ck > C_conf at the keyframe pixel, C_ff > C_conf at its frame pixel and
         Q_ff * Q_kf_f > Q_conf^2, so at most the keyframe pixels with Ck > C_conf and Q_kf_f * Q_max > Q_conf^2,
-        Q_max being the largest Q_ff among frame pixels with C_ff > C_conf (a black or blank frame: 0)."""
+        Q_max being the largest Q_ff among frame pixels with C_ff > C_conf (a black or blank frame: 0). Counted
+        over the grid's pixels (every pixel without one)."""
         rc = self.cfg.residual
         dev = kf.X.device
         C_ff = pred.ii.C.reshape(-1).to(dev).float()
@@ -142,51 +207,69 @@ class Tracker:
             return 0
         q_max = float(Q_ff[conf].max())
         Q_kf_f = pred.ji.Q.reshape(-1).to(dev).float()
-        ok = (kf.average_conf() > rc.C_conf) & (torch.sqrt(Q_kf_f * q_max) > rc.Q_conf)
+        Ck = kf.average_conf()
+        if grid is not None and grid.stride > 1:
+            Q_kf_f, Ck = Q_kf_f[grid.sel], Ck[grid.sel]
+        ok = (Ck > rc.C_conf) & (torch.sqrt(Q_kf_f * q_max) > rc.Q_conf)
         return int(ok.sum())
 
     def track_matches(
-        self, kf: Frame, pred: PairPrediction, idx: Tensor, matched: Tensor, T_init: Tensor
+        self,
+        kf: Frame,
+        pred: PairPrediction,
+        idx: Tensor,
+        matched: Tensor,
+        T_init: Tensor,
+        grid: TrackingGrid | None = None,
+        X_ff: Tensor | None = None,
     ) -> TrackResult:
-        """Steps 3-8 of the tracking given the matches: idx [HW] int64 (frame pixel of every keyframe
-        pixel) and matched [HW] bool."""
+        """Steps 3-8 of the tracking given the matches: idx [N] int64 (frame pixel of every tracked keyframe
+        pixel: the grid's, or every pixel without a grid) and matched [N] bool. `X_ff` [HW, 3]: the frame's
+        canonical pointmap when the caller has it."""
         cfg = self.cfg
         H, W = pred.ii.X.shape[:2]
         HW = H * W
         dev = kf.X.device
-        X_ff = self.canonical_points(pred.ii.X.reshape(HW, 3).to(dev).float(), (H, W))  # [HW, 3]
+        if grid is None or grid.stride == 1:
+            grid = None
+        if X_ff is None:
+            X_ff = self.canonical_points(pred.ii.X.reshape(HW, 3).to(dev).float(), (H, W))  # [HW, 3]
         X_kf_f = pred.ji.X.reshape(HW, 3).to(dev).float()  # [HW, 3] keyframe pixels in f's camera
         C_ff = pred.ii.C.reshape(HW).to(dev).float()
         C_kf_f = pred.ji.C.reshape(HW).to(dev).float()
         Q_ff = pred.ii.Q.reshape(HW).to(dev).float()
-        Q_kf_f = pred.ji.Q.reshape(HW).to(dev).float()
+        Q_kf = pred.ji.Q.reshape(HW).to(dev).float()  # of the tracked keyframe pixels, below
         idx, matched = idx.to(dev), matched.to(dev)
+        X_k, Ck = kf.X, kf.average_conf()
+        if grid is not None:
+            X_k, Ck, Q_kf = X_k[grid.sel], Ck[grid.sel], Q_kf[grid.sel]
+        N = int(idx.numel())
 
         rc = cfg.residual
-        q = torch.sqrt(Q_ff[idx] * Q_kf_f)  # [HW]
-        Ck = kf.average_conf()
+        q = torch.sqrt(Q_ff[idx] * Q_kf)  # [N]
         valid = matched & (C_ff[idx] > rc.C_conf) & (Ck > rc.C_conf) & (q > rc.Q_conf)
         n_valid = int(valid.sum())
         good = matched & (q > rc.Q_conf)
         match_frac = float(good.float().mean())
-        hit = torch.zeros(HW, dtype=torch.bool, device=dev)
-        hit[idx[good]] = True  # frame pixels matched at least once (a scatter: no sort, unlike torch.unique)
-        unique_frac = float(hit.sum()) / HW
+        cells, n_cells = (idx, HW) if grid is None else grid.cells(idx)
+        hit = torch.zeros(n_cells, dtype=torch.bool, device=dev)
+        hit[cells[good]] = True  # frame pixels (cells) matched at least once (a scatter: no sort)
+        unique_frac = float(hit.sum()) / n_cells
         res = TrackResult(
             False,
             T_init.clone(),
             n_valid=n_valid,
-            valid_frac=n_valid / HW,
+            valid_frac=n_valid / N,
             match_frac=match_frac,
             unique_frac=unique_frac,
             idx=idx,
         )
-        if n_valid / HW < cfg.min_match_frac:
+        if n_valid / N < cfg.min_match_frac:
             res.reason = "few_matches"
             return res
 
         t1 = _now()
-        T, iters, cost, ok = self._solve(kf.X, Ck, X_ff[idx], C_ff[idx], valid, q, T_init.to(dev), (H, W))
+        T, iters, cost, ok = self._solve(X_k, Ck, X_ff[idx], C_ff[idx], valid, q, T_init.to(dev), (H, W), grid)
         res.timings["solve"] = _now() - t1
         res.iters, res.cost = iters, cost
         if not ok:
@@ -216,8 +299,12 @@ class Tracker:
         q: Tensor,  # [HW] match weights
         T: Tensor,  # [8] initial T_CkCf
         hw: tuple[int, int],
+        grid: TrackingGrid | None = None,
     ) -> tuple[Tensor, int, float, bool]:
-        """Levenberg-Marquardt (`mslam_ns.slam.lm`) on the frame's pose. Returns (T, iterations, cost, ok)."""
+        """Levenberg-Marquardt (`mslam_ns.slam.lm`) on the frame's pose. Returns (T, iterations, cost, ok).
+
+        With a grid, the inputs are the grid's pixels and calib mode sees the grid as an image of its own
+        (`TrackingGrid.grid_K`, pixel residuals and border in grid pixels): the same residuals, whitened alike."""
         from mslam_ns.cuda.gn import edge_normal_equations
 
         dev = X_k.device
@@ -230,6 +317,12 @@ class Tracker:
         valid_e, q_e = valid[None].contiguous(), q[None].float().contiguous()
         I8 = sim3.identity(dtype=torch.float32, device=dev)
         K = None if self.K is None or self.mode != "calib" else self.K.to(dev)
+        rc, over = self.cfg.residual, {}
+        if grid is not None:
+            hw = grid.grid_hw
+            if K is not None:
+                K = grid.grid_K(K)
+                over = {"sigma_pixel": rc.sigma_pixel / grid.stride, "pixel_border": rc.pixel_border / grid.stride}
 
         def linearize(T_f: Tensor):
             """The frame's 7x7 block of the Huber-weighted normal equations, b = -g, cost, count."""
@@ -244,10 +337,11 @@ class Tracker:
                 idx_e,
                 valid_e,
                 q_e,
-                residual=self.cfg.residual,
+                residual=rc,
                 K=K,
                 img_hw=hw,
                 return_count=True,
+                **over,
             )
             return H[0, 7:, 7:], -g[0, 7:], float(cost[0]), int(n[0])
 

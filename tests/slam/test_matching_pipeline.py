@@ -129,6 +129,39 @@ def test_match_rejects_bad_input(scene):
         match(X_i, X_ji, D_i[None], D_ji[None], torch.zeros(1, H * W, dtype=torch.int32))
 
 
+@pytest.mark.parametrize("impl", ["compiled", "torch"])
+def test_match_query_equals_the_full_match_columns(scene, impl, monkeypatch):
+    """Matching a subset of j's pixels (the tracking grid) gives exactly those pixels' full results, cold and
+    warm-started; and so it does the work of N pixels, not H*W (a shape the kernels see)."""
+    monkeypatch.setenv("MSLAM_NS_KERNELS", impl)
+    D_i, D_ji = _descriptors(scene, seed=7)
+    args = (scene.X_i[None], scene.X_ji[None], D_i[None].half(), D_ji[None].half())
+    v, u = torch.meshgrid(torch.arange(1, H, 2), torch.arange(1, W, 2), indexing="ij")
+    q = (u + W * v).reshape(-1)
+    idx, valid = match(*args)
+    idx_q, valid_q = match(*args, query=q)
+    assert idx_q.shape == valid_q.shape == (1, q.numel())
+    assert valid[0, q].sum() > 0.7 * q.numel()  # a real test: most grid pixels match (measured 79%)
+    torch.testing.assert_close(idx_q, idx[:, q], rtol=0, atol=0)
+    torch.testing.assert_close(valid_q, valid[:, q], rtol=0, atol=0)
+    warm = torch.roll(idx, 1, dims=1)  # a warm start that differs from the identity
+    idx_w, valid_w = match(*args, warm)
+    idx_wq, valid_wq = match(*args, warm[:, q], query=q)
+    torch.testing.assert_close(idx_wq, idx_w[:, q], rtol=0, atol=0)
+    torch.testing.assert_close(valid_wq, valid_w[:, q], rtol=0, atol=0)
+
+
+def test_match_rejects_a_bad_query(scene):
+    D_i, D_ji = _descriptors(scene, seed=8)
+    args = (scene.X_i[None], scene.X_ji[None], D_i[None], D_ji[None])
+    with pytest.raises(ValueError, match="query values must lie in"):
+        match(*args, query=torch.tensor([0, H * W]))
+    with pytest.raises(ValueError, match="query must be"):
+        match(*args, query=torch.tensor([0, 1], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"idx_init must be \[B=1, N=2\]"):
+        match(*args, torch.zeros(1, H * W, dtype=torch.int64), query=torch.tensor([0, 1]))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU path is tested above)")
 def test_match_cuda_matches_cpu(scene):
     D_i, D_ji = _descriptors(scene, seed=6)
