@@ -7,7 +7,8 @@ orientation error are compared (goal: preset ATE <= 1.5x every-frame).
 Cost with the full network: each network call of those runs is counted (encoder, tracking decode,
 symmetric backend decode, mono decode), the full ViT-L with random weights is timed per call at the same
 resolution in this run, and the projected wall time is the counts times those unit times plus the SLAM's own
-time measured in the run (its wall time minus the oracle's). Goal: a 30 s video (900 frames) under 30 min
+time measured in the run (its wall time minus the oracle's), each setting's network timed in its own
+`precision` (a preset with `precision: bf16` is timed in bf16). Goal: a 30 s video (900 frames) under 30 min
 on 2 CPU cores, every frame posed.
 
     .venv/bin/python benchmarks/bench_cpu_preset.py [--frames 900] [--threads 2] [--skip-network]
@@ -77,20 +78,22 @@ def run_setting(seq: Path, cfg) -> dict:
         "ate": r.rmse_percent_of_path,
         "rot": r.rot_median_deg,
         "counts": counts,
+        "precision": cfg.precision,
         "slam_s": wall - spent[0],
         "wall_s": wall,
     }
 
 
-def network_unit_times(H: int, W: int, repeats: int) -> dict[str, float]:
-    """Seconds per call of the full ViT-L (random weights) through `Mast3rPrior`, best of `repeats`."""
+def network_unit_times(H: int, W: int, repeats: int, precision: str = "fp32") -> dict[str, float]:
+    """Seconds per call of the full ViT-L (random weights) through `Mast3rPrior` in `precision` (the setting's
+    `SlamConfig.precision`), best of `repeats`."""
     from benchmarks.bench_network import init_random_
     from mslam_ns.model import Mast3rConfig, build_mast3r
-    from mslam_ns.prior.mast3r import Mast3rPrior
+    from mslam_ns.prior.mast3r import AMP_DTYPES, Mast3rPrior
 
     net = build_mast3r(Mast3rConfig())
     init_random_(net)
-    prior = Mast3rPrior(net)
+    prior = Mast3rPrior(net, amp_dtype=AMP_DTYPES[precision])
     img = torch.rand(3, H, W)
     e1, e2 = prior.encode(img, 0), prior.encode(img.flip(-1), 1)
 
@@ -135,17 +138,21 @@ def main() -> int:
         from mslam_ns.io.sources import open_source
 
         H, W = _network_hw(open_source(seq), preset.img_size)
-    unit = None if args.skip_network else network_unit_times(H, W, args.repeats)
+    precisions = {name: r["precision"] for name, r in res.items()}
+    units = {}
+    if not args.skip_network:
+        units = {p: network_unit_times(H, W, args.repeats, p) for p in sorted(set(precisions.values()))}
     seconds = args.frames / 30.0
     print(
         f"CPU preset benchmark: {args.frames} frames ({seconds:.0f} s at 30 fps) 640x480, network {W}x{H}, "
         f"{args.threads} threads, oracle prior (mast3r noise) for accuracy"
     )
-    if unit is not None:
-        print("  full ViT-L (random weights) per call: " + ", ".join(f"{k} {v:.2f} s" for k, v in unit.items()))
+    for p, unit in units.items():
+        print(f"  full ViT-L (random weights, {p}) per call: " + ", ".join(f"{k} {v:.2f} s" for k, v in unit.items()))
     base = None
     for name, r in res.items():
         c = r["counts"]
+        unit = units.get(precisions[name])
         line = (
             f"  {name:22s} ATE {r['ate']:.3f}% of path, rot {r['rot']:.2f} deg; {r['posed']}/{r['frames']} posed "
             f"({r['interpolated']} interpolated), {r['keyframes']} keyframes; calls: "
@@ -157,7 +164,7 @@ def main() -> int:
             total = net_s + r["slam_s"]
             r["projected_s"] = total
             print(
-                f"  {'':22s} projected with the full network: {total / 60:.1f} min "
+                f"  {'':22s} projected with the full network ({precisions[name]}): {total / 60:.1f} min "
                 f"(network {net_s / 60:.1f} min + SLAM {r['slam_s'] / 60:.1f} min)"
             )
         if base is None:

@@ -222,6 +222,11 @@ class SlamConfig:
     """Long side of the network input (MASt3R: 512). Smaller sizes are for the oracle prior / tests."""
     device: str = "cpu"
     """Torch device for the SLAM tensors ('cpu', 'cuda', 'cuda:1', ...)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """The MASt3R network's arithmetic (--prior mast3r): 'fp32', or autocast to 'bf16' / 'fp16' (the outputs
+    stay float32). `benchmarks/bench_precision.py` measures drift and speed: on the 2-core development CPU
+    (AVX512-BF16) bf16 encodes 1.5x and decodes 1.9x faster; on CPUs without bf16 instructions it is slower.
+    fp16 is for CUDA (refused on a CPU). The drift is measured on random weights only (README, "Precision")."""
     self_calibrate: bool = True
     """Rays mode: once `self_calib_keyframes` keyframes have given an intrinsics estimate, constrain every
     new pointmap to the rays of the fused estimate (depth kept), like calib mode with estimated intrinsics."""

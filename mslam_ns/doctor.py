@@ -14,6 +14,17 @@ def _version(pkg: str) -> str:
         return "not installed"
 
 
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str] | None:
+    """The CPU's bfloat16 instruction flags (avx512_bf16, amx_bf16) from `cpuinfo`; None where it is unreadable
+    (not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return [x for x in ("avx512_bf16", "amx_bf16") if x in flags]
+
+
 def doctor(build: bool = False, cuda_compile_check: bool = False) -> int:
     """Print versions, which kernel backend each op uses on each device, and where caches live.
 
@@ -38,6 +49,13 @@ def doctor(build: bool = False, cuda_compile_check: bool = False) -> int:
         lines.append(f"{pkg:<12} {_version(pkg)}")
     cuda_home = _backend.find_cuda_home()
     lines.append(f"nvcc         {cuda_home / 'bin' / 'nvcc' if cuda_home else 'not found'}")
+    bf16 = cpu_bf16_flags()
+    if bf16 is None:
+        lines.append("cpu bf16     unknown (no /proc/cpuinfo)")
+    elif bf16:
+        lines.append(f"cpu bf16     {', '.join(bf16)}: --precision bf16 runs the network faster on this CPU")
+    else:
+        lines.append("cpu bf16     none: --precision bf16 would be slower on this CPU (keep fp32)")
     lines.append(f"kernel mode  {_backend.kernel_mode()} (MSLAM_NS_KERNELS)")
     lines.append(f"cache        {_backend.cache_root()} (MSLAM_NS_CACHE)")
     from mslam_ns.model import weights

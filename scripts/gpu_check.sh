@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The ONE prepared check for a GPU machine (lent now and then, for minutes; budget: under 8 minutes).
-# Worst case 9 minutes (the step limits add up to 560 s), typically less. There: torch with CUDA, nvcc, numpy, pytest; no nerfstudio, no tyro, no package registry. From the
+# Worst case under 10 minutes (the step limits add up to 580 s), typically less. There: torch with CUDA, nvcc, numpy, pytest; no nerfstudio, no tyro, no package registry. From the
 # repository root:   bash scripts/gpu_check.sh [OUT_DIR]
 #  1. builds the CUDA (and CPU) kernels for THIS GPU's architecture only;
 #  2. runs the CUDA tests: kernels vs their PyTorch twins (float32 and float64), the keyframe store on CUDA,
 #     a SLAM run on CUDA against the same run on CPU;
 #  3. prints GPU timings: network encoder / decoder per pair in fp32 and bf16, IPM + refinement per pair,
-#     GN per edge, tracking frames/s with the oracle prior and with the full random-weight network.
+#     GN per edge, tracking frames/s with the oracle prior and with the full random-weight network;
+#  4. measures the bf16 / fp16 network's drift from fp32 (benchmarks/bench_precision.py).
 # Every step has its own time limit and the script goes on after a failure; the summary at the end says
 # which steps passed. Output also goes to OUT_DIR/gpu_check.log (default: $OUT or ./gpu_check_out).
 set -uo pipefail
@@ -50,7 +51,7 @@ else
   echo "building for sm_${CAP/./} with CUDA_HOME=${CUDA_HOME:-?}"
 fi
 
-step build 200 $PY - <<'EOF'
+step build 180 $PY - <<'EOF'
 import time, torch
 from mslam_ns.cuda import _backend
 devs = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -78,11 +79,13 @@ fi
 if [ -n "$CAP" ]; then
   step network_fp32 60 $PY benchmarks/bench_network.py --device cuda --amp none --repeats 3 --skip-unbatched
   step network_bf16 60 $PY benchmarks/bench_network.py --device cuda --amp bf16 --repeats 3 --skip-unbatched
+  step precision_drift 40 bash -c "$PY benchmarks/bench_precision.py --device cuda --amp bf16 && $PY benchmarks/bench_precision.py --device cuda --amp fp16"
 else
   step network_smoke 60 $PY benchmarks/bench_network.py --smoke --repeats 1 --skip-unbatched
+  step precision_drift 40 $PY benchmarks/bench_precision.py --smoke --repeats 1
 fi
 
 echo "=== summary ==="
-for k in build cuda_tests timings_kernels_and_slam network_fp32 network_bf16 network_smoke; do
+for k in build cuda_tests timings_kernels_and_slam network_fp32 network_bf16 network_smoke precision_drift; do
   [ -n "${status[$k]:-}" ] && echo "  $k: ${status[$k]}"
 done

@@ -207,6 +207,12 @@ CASES = [
         ["run", "{frames}", "--out", "{d}/out", "--tracking.pixel-stride", "0"],
         "pixel-stride 0",
     ),
+    (
+        "run: a network precision for the oracle prior",
+        ["run", "{seq}", "--out", "{d}/out", "--precision", "bf16"],
+        "--precision bf16",
+    ),
+    ("run: fp16 network on a CPU", [*MAST3R_RUN, "--precision", "fp16"], "--precision fp16"),
     ("export: missing run", ["export", "{d}/no_run", "--out", "{d}/exported"], "no_run"),
     ("export: not a run folder", ["export", "{existing}", "--out", "{d}/exported"], "existing"),
     ("export: out is a file", ["export", "{run}", "--format", "ply", "--out", "{a_file}"], "a_file"),

@@ -37,6 +37,20 @@ def test_doctor_reports_versions_and_kernels():
     assert out.returncode == 0, out.stderr
     assert "torch" in out.stdout and "kernels:" in out.stdout
     assert "matching/cpu" in out.stdout and "gn/cpu" in out.stdout
+    assert "cpu bf16" in out.stdout
+
+
+def test_doctor_reads_the_cpus_bf16_flags(tmp_path):
+    from mslam_ns.doctor import cpu_bf16_flags
+
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 f16c\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_bf16_flags(str(f)) == ["avx512_bf16"]
+    f.write_text("flags\t\t: fpu avx2 amx_bf16 amx_tile avx512_bf16\n")
+    assert cpu_bf16_flags(str(f)) == ["avx512_bf16", "amx_bf16"]
+    f.write_text("flags\t\t: fpu sse2 avx2 fma\n")
+    assert cpu_bf16_flags(str(f)) == []
+    assert cpu_bf16_flags(str(tmp_path / "missing")) is None
 
 
 def test_kernel_mode_rejects_garbage(monkeypatch):

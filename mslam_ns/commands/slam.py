@@ -70,6 +70,7 @@ def make_prior(
     device: str,
     retrieval_checkpoint: Path | None = None,
     codebook: Path | None = None,
+    precision: str = "fp32",
 ):
     """The two-view prior chosen on the command line.
 
@@ -87,6 +88,12 @@ def make_prior(
             f"{codebook}: --codebook indexes the retrieval head's features; with a custom --checkpoint it "
             "needs --retrieval-checkpoint too"
         )
+    if precision != "fp32" and prior != "mast3r":
+        raise UserError(
+            f"--precision {precision}: sets the network's arithmetic (--prior mast3r); the {prior} prior has none"
+        )
+    if precision == "fp16" and str(device).startswith("cpu"):
+        raise UserError("--precision fp16: needs a CUDA device (--device cuda); on a CPU use bf16")
     if prior == "oracle":
         from mslam_ns.prior.oracle import OraclePrior
 
@@ -103,7 +110,7 @@ def make_prior(
         try:
             from mslam_ns.model import load_mast3r
             from mslam_ns.model.weights import resolve_checkpoint
-            from mslam_ns.prior.mast3r import Mast3rPrior
+            from mslam_ns.prior.mast3r import AMP_DTYPES, Mast3rPrior
         except ImportError as e:
             raise UserError(f"mast3r prior unavailable: {e}") from None
         from mslam_ns.model.codebook import check_codebook, load_codebook
@@ -117,11 +124,11 @@ def make_prior(
         default_files = checkpoint is None and retrieval_checkpoint is None
         if retrieval_checkpoint is None and not default_files:
             log.warning("no --retrieval-checkpoint for this --checkpoint: no loop closure, no relocalisation")
-            return Mast3rPrior(net)
+            return Mast3rPrior(net, amp_dtype=AMP_DTYPES[precision])
         from mslam_ns.model import load_retrieval
 
         head = load_retrieval(resolve_checkpoint("retrieval", retrieval_checkpoint), net)
-        prior_obj = Mast3rPrior(net, head)
+        prior_obj = Mast3rPrior(net, head, amp_dtype=AMP_DTYPES[precision])
         if words is None and default_files:
             cb_path = resolve_checkpoint("codebook")
             words = load_codebook(cb_path)
@@ -473,6 +480,7 @@ def execute_run(o, out: Path, extra_summary: dict | None = None, replace: bool |
         cfg.device,
         o.retrieval_checkpoint,
         o.codebook,
+        cfg.precision,
     )
     matches: list[int] = []
     system, summary = run_slam(

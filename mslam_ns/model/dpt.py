@@ -71,6 +71,15 @@ def up2_rows(x: Tensor, lo: int, hi: int, pad_top: int = 0, pad_bottom: int = 0)
     return F.interpolate(rows, size=(A.shape[0], 2 * w), mode="bilinear", align_corners=ALIGN_CORNERS)
 
 
+def _float32_layer(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer(x)`` in float32 even under autocast: the per-pixel output layer, whose outputs are the
+    predictions (in bf16 they would carry its 8-bit mantissa's 0.4% steps). A 1x1 conv: cheap."""
+    if x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+        return layer(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.float())
+
+
 def band_rows(x: Tensor, band_bytes: int | None = None) -> int:
     """Rows of ``_up2(x)`` per band so that one band of it holds about ``band_bytes`` (default BAND_BYTES)."""
     B, C, _, w = x.shape
@@ -241,7 +250,7 @@ class DPT(nn.Module):
             b = slice(i, i + 1)
             q = self._fuse(0, _up2(p[b]), tokens, grid, b)
             q = conv3x3_on_up2(q, head[0])  # refinenet1's x2 upsampling -> head.0, in row bands
-            q = conv3x3_on_up2(q, head[2], tail=lambda y: head[4](head[3](y)))  # head.1 -> .2 -> .3 -> .4
+            q = conv3x3_on_up2(q, head[2], tail=lambda y: _float32_layer(head[4], head[3](y)))  # head.1 -> .4
             if out is None:
                 out = torch.empty(
                     (p.shape[0], *q.shape[1:]), dtype=q.dtype, device=q.device, memory_format=torch.channels_last

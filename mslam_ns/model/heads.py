@@ -125,14 +125,14 @@ class Mast3rHead(nn.Module):
                 y = F.linear(h, mlp.fc2.weight[cols], mlp.fc2.bias[cols])  # [B, n, (c1 - c0)*p*p]
                 # pixel shuffle as a view: channel c*p*p + i*p + j of token (y, x) is pixel (y*p + i, x*p + j)
                 v = y.view(B, ry, gw, c1 - c0, p, p).permute(0, 1, 4, 2, 5, 3)  # [B, y, i, x, j, c]
-                if desc is None:
-                    desc = y.new_empty(B, gh * p, gw * p, nf)
-                    desc_conf = y.new_empty(B, gh * p, gw * p) if cfg.two_confs else None
+                if desc is None:  # float32 under autocast too: normalised and activated in float32
+                    desc = y.new_empty(B, gh * p, gw * p, nf, dtype=torch.float32)
+                    desc_conf = y.new_empty(B, gh * p, gw * p, dtype=torch.float32) if cfg.two_confs else None
                 if c0 < nf:
                     k = min(c1, nf)
                     desc[:, y0 * p : y1 * p].view(B, ry, p, gw, p, nf)[..., c0:k].copy_(v[..., : k - c0])
                 if desc_conf is not None and c0 <= nf < c1:
-                    conf = _conf_act(v[..., nf - c0], cfg.desc_conf_mode)
+                    conf = _conf_act(v[..., nf - c0].float(), cfg.desc_conf_mode)
                     desc_conf[:, y0 * p : y1 * p].view(B, ry, p, gw, p).copy_(conf)
                 del y, v
             del h

@@ -15,6 +15,9 @@ from torch import Tensor
 from mslam_ns.model import Mast3rNet, RetrievalHead, load_mast3r, load_retrieval
 from mslam_ns.prior.base import Encoding, PairPrediction, TwoViewPrior, ViewPrediction
 
+#: `SlamConfig.precision` -> autocast dtype (None: float32 throughout)
+AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 def _view(res: dict[str, Tensor], b: int, desc_dtype: torch.dtype) -> ViewPrediction:
     return ViewPrediction(
@@ -31,7 +34,8 @@ class Mast3rPrior(TwoViewPrior):
     Args:
         net: the loaded network (its device is where everything runs).
         retrieval: optional retrieval head (enables `retrieval_features`).
-        amp_dtype: optional autocast dtype (torch.bfloat16 / torch.float16) on CUDA; None = float32.
+        amp_dtype: optional autocast dtype (torch.bfloat16 / torch.float16) of the encoder and decoder, on
+            the net's device (CPU or CUDA); None = float32. The predictions are returned in float32.
         desc_dtype: dtype of the returned descriptors ``D``.
         batch_symmetric: run both orderings of `decode_symmetric` as one batch-2 call.
     """
@@ -65,7 +69,7 @@ class Mast3rPrior(TwoViewPrior):
         return cls(net, retr, **kwargs)
 
     def _autocast(self):
-        if self.amp_dtype is None or self.device.type == "cpu":
+        if self.amp_dtype is None:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 

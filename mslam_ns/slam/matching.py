@@ -11,11 +11,13 @@ Example (tracking: i = the new frame f, j = the keyframe k, both from the pass d
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from mslam_ns.config import MatchingConfig
-from mslam_ns.cuda.matching import _check_finite, iproj, ray_image, refine_matches
+from mslam_ns.cuda.matching import iproj, ray_image, refine_matches
 
 __all__ = ["match", "pixel_grid"]
 
@@ -30,6 +32,9 @@ def pixel_grid(B: int, H: int, W: int, device: torch.device | str = "cpu") -> Te
 def _check_inputs(
     X_i: Tensor, X_ji: Tensor, D_i: Tensor, D_ji: Tensor, idx_init: Tensor | None, query: Tensor | None
 ) -> int:  # -> N, the number of pixels of image j to match
+    """Shapes and dtypes, then every value test in ONE host read (one device synchronisation on CUDA): the
+    sums of the four float inputs (non-finite iff some entry is, or the sum overflows: then the exact test)
+    and the ranges of `query` and `idx_init`. The kernels then run with ``check=False``."""
     if X_i.dim() != 4 or X_i.shape[-1] != 3:
         raise ValueError(f"match: X_i must be [B, H, W, 3], got shape {tuple(X_i.shape)}")
     if X_ji.shape != X_i.shape:
@@ -41,8 +46,6 @@ def _check_inputs(
         raise ValueError(f"match: D_ji must have D_i's shape {tuple(D_i.shape)}, got {tuple(D_ji.shape)}")
     if X_i.dtype != torch.float32 or X_ji.dtype != torch.float32:
         raise ValueError(f"match: X_i and X_ji must be float32, got {X_i.dtype} and {X_ji.dtype}")
-    _check_finite("match", "X_i", X_i)
-    _check_finite("match", "X_ji", X_ji)
     N = H * W
     if query is not None:
         if query.dim() != 1 or query.dtype != torch.int64 or query.device != X_i.device:
@@ -50,15 +53,23 @@ def _check_inputs(
                 f"match: query must be [N] int64 on {X_i.device}, got {tuple(query.shape)} {query.dtype} "
                 f"on {query.device}"
             )
-        if query.numel() and (int(query.min()) < 0 or int(query.max()) >= H * W):
-            raise ValueError(f"match: query values must lie in [0, H*W={H * W})")
         N = int(query.numel())
-    if idx_init is not None:
-        if tuple(idx_init.shape) != (B, N) or idx_init.dtype != torch.int64:
-            got = f"{tuple(idx_init.shape)} {idx_init.dtype}"
-            raise ValueError(f"match: idx_init must be [B={B}, N={N}] int64, got {got}")
-        if idx_init.numel() and (int(idx_init.min()) < 0 or int(idx_init.max()) >= H * W):
-            raise ValueError(f"match: idx_init values must lie in [0, H*W={H * W})")
+    if idx_init is not None and (tuple(idx_init.shape) != (B, N) or idx_init.dtype != torch.int64):
+        got = f"{tuple(idx_init.shape)} {idx_init.dtype}"
+        raise ValueError(f"match: idx_init must be [B={B}, N={N}] int64, got {got}")
+    floats = {"X_i": X_i, "X_ji": X_ji, "D_i": D_i, "D_ji": D_ji}
+    ints = {k: t for k, t in (("query", query), ("idx_init", idx_init)) if t is not None and t.numel()}
+    vals = [t.sum(dtype=torch.float64) if t.numel() else t.new_zeros((), dtype=torch.float64) for t in floats.values()]
+    for t in ints.values():
+        vals += [t.min().double(), t.max().double()]  # exact: pixel indices are far below 2^53
+    got = torch.stack([v.to(X_i.device) for v in vals]).tolist()  # the one host read
+    for (name, t), total in zip(floats.items(), got):
+        if not math.isfinite(total) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"match: {name} contains NaN or inf")
+    for k, name in enumerate(ints):
+        lo, hi = got[4 + 2 * k], got[5 + 2 * k]
+        if lo < 0 or hi >= H * W:
+            raise ValueError(f"match: {name} values must lie in [0, H*W={H * W})")
     return N
 
 
@@ -82,7 +93,7 @@ def match(
     cfg = cfg or MatchingConfig()
     B, H, W, _ = X_i.shape
     X_i, X_ji = X_i.contiguous(), X_ji.contiguous()
-    rays = ray_image(X_i)  # [B, H, W, 9]
+    rays = ray_image(X_i, check=False)  # [B, H, W, 9]
     pts_j = X_ji.reshape(B, H * W, 3)  # [B, HW, 3]
     D_j = D_ji.reshape(B, H * W, -1)
     if query is not None:
@@ -95,13 +106,20 @@ def match(
     else:
         p0 = torch.stack([idx_init % W, idx_init // W], dim=-1).to(torch.float32)  # [B, N, 2]
     p, converged = iproj(
-        rays, targets.contiguous(), p0.contiguous(), cfg.max_iter, cfg.lambda_init, cfg.convergence_thresh, cfg.step_tol
+        rays,
+        targets.contiguous(),
+        p0.contiguous(),
+        cfg.max_iter,
+        cfg.lambda_init,
+        cfg.convergence_thresh,
+        cfg.step_tol,
+        check=False,
     )
     p_int = p.to(torch.int64)  # truncation; p >= 1 so this is floor. [B, N, 2]
     idx = p_int[..., 0] + W * p_int[..., 1]  # [B, N]
     X_at = torch.gather(X_i.reshape(B, H * W, 3), 1, idx[..., None].expand(B, N, 3))  # [B, N, 3]
     valid = converged & (torch.linalg.vector_norm(X_at - pts_j, dim=-1) < cfg.dist_thresh)
     if cfg.refine:
-        p_int = refine_matches(D_i, D_j.contiguous(), p_int, cfg.radius, cfg.dilation_max)
+        p_int = refine_matches(D_i, D_j.contiguous(), p_int, cfg.radius, cfg.dilation_max, check=False)
         idx = p_int[..., 0] + W * p_int[..., 1]
     return idx, valid

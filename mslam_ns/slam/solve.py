@@ -7,10 +7,10 @@ system solved is ``(A + D) dx = b`` with ``A = sum H`` over the free poses (the 
 (`pose_retract`). A keyframe graph has O(M) edges (consecutive + a few retrieval edges per keyframe), so A
 is block-sparse with O(E) non-zero 7x7 blocks: it is assembled as a scipy CSC matrix and factorised by
 SuperLU (COLAMD ordering), whose cost per iteration grows with the edges and the fill-in of the loops, not
-with M^3 (see ``benchmarks/bench_graph.py``). Failures (singular systems, non-finite costs) never raise: the
-solver reports them in ``info`` and returns the best poses it has (the input poses if no step was
-accepted). The damped 7x7 step of frame tracking uses `solve_lm` (dense Cholesky).
-"""
+with M^3 (see the graph-solve part of ``benchmarks/bench_backend.py``). Failures (singular systems, non-finite
+costs) never raise: the solver reports them in ``info`` and returns the best poses it has (the input poses if
+no step was accepted). The damped 7x7 step of frame tracking uses `solve_lm_host` (dense Cholesky on the host,
+numpy)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from mslam_ns.config import BackendConfig
 from mslam_ns.cuda.gn import edge_normal_equations, pose_retract
 from mslam_ns.slam.lm import levenberg_marquardt
 
-__all__ = ["assemble", "assemble_sparse", "solve_lm", "solve_sparse", "optimize_graph"]
+__all__ = ["assemble", "assemble_sparse", "solve_lm", "solve_lm_host", "solve_sparse", "optimize_graph"]
 
 
 def _block_entries(
@@ -146,6 +146,25 @@ def solve_lm(A: Tensor, b: Tensor, damping: float) -> Tensor | None:
         return None
     x = torch.cholesky_solve(b[:, None], L)[:, 0]
     if not bool(torch.isfinite(x).all()):
+        return None
+    return x.reshape(-1, 7)
+
+
+def solve_lm_host(A: np.ndarray, b: np.ndarray, damping: float) -> np.ndarray | None:
+    """`solve_lm` on host arrays (float64 numpy [n, n], [n]): the same damped system, by the same LAPACK
+    Cholesky (potrf / potrs), without a torch call; dx [n // 7, 7] or None. Frame tracking's 7x7 pose step
+    (its normal equations are read from the device once per evaluation)."""
+    import scipy.linalg
+
+    if not (np.isfinite(A).all() and np.isfinite(b).all()):
+        return None
+    d = np.diagonal(A)
+    Ad = A + np.diag(damping * np.clip(d, 0.0, None) + 1e-9 * float(np.abs(d).mean()))
+    try:
+        x = scipy.linalg.cho_solve(scipy.linalg.cho_factor(Ad, lower=True, check_finite=False), b, check_finite=False)
+    except (np.linalg.LinAlgError, ValueError):
+        return None
+    if not np.isfinite(x).all():
         return None
     return x.reshape(-1, 7)
 

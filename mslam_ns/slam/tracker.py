@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,7 +27,7 @@ from mslam_ns.prior.base import PairPrediction
 from mslam_ns.slam.frame import Frame
 from mslam_ns.slam.fusion import constrain_to_rays, fuse_into_keyframe, pixel_rays
 from mslam_ns.slam.lm import levenberg_marquardt
-from mslam_ns.slam.solve import solve_lm
+from mslam_ns.slam.solve import solve_lm_host
 
 
 @dataclass
@@ -202,10 +203,9 @@ class Tracker:
         dev = kf.X.device
         C_ff = pred.ii.C.reshape(-1).to(dev).float()
         Q_ff = pred.ii.Q.reshape(-1).to(dev).float()
-        conf = C_ff > rc.C_conf
-        if not bool(conf.any()):
-            return 0
-        q_max = float(Q_ff[conf].max())
+        # Q_max on the device (0 without a confident pixel: then no pixel passes), so that the bound costs ONE
+        # host read (a device synchronisation on CUDA)
+        q_max = torch.where(C_ff > rc.C_conf, Q_ff, torch.zeros_like(Q_ff)).amax().clamp_min(0.0)
         Q_kf_f = pred.ji.Q.reshape(-1).to(dev).float()
         Ck = kf.average_conf()
         if grid is not None and grid.stride > 1:
@@ -248,13 +248,16 @@ class Tracker:
         rc = cfg.residual
         q = torch.sqrt(Q_ff[idx] * Q_kf)  # [N]
         valid = matched & (C_ff[idx] > rc.C_conf) & (Ck > rc.C_conf) & (q > rc.Q_conf)
-        n_valid = int(valid.sum())
         good = matched & (q > rc.Q_conf)
-        match_frac = float(good.float().mean())
         cells, n_cells = (idx, HW) if grid is None else grid.cells(idx)
-        hit = torch.zeros(n_cells, dtype=torch.bool, device=dev)
-        hit[cells[good]] = True  # frame pixels (cells) matched at least once (a scatter: no sort)
-        unique_frac = float(hit.sum()) / n_cells
+        # frame pixels (cells) matched at least once: a scatter of the good matches (no sort; no boolean mask,
+        # whose nonzero would be a device synchronisation)
+        hits = torch.zeros(n_cells, dtype=torch.int32, device=dev).index_add_(0, cells, good.to(torch.int32))
+        # the three counts that decide tracking and keyframes, in ONE host read (one sync on CUDA)
+        counts = torch.stack([valid.sum(), good.sum(), (hits > 0).sum()]).tolist()
+        n_valid, n_good, n_hit = (int(v) for v in counts)
+        match_frac = n_good / max(N, 1)
+        unique_frac = n_hit / n_cells
         res = TrackResult(
             False,
             T_init.clone(),
@@ -315,18 +318,22 @@ class Tracker:
         jj = torch.ones(1, dtype=torch.long, device=dev)
         idx_e = torch.arange(HW, device=dev)[None]  # [1, HW]
         valid_e, q_e = valid[None].contiguous(), q[None].float().contiguous()
-        I8 = sim3.identity(dtype=torch.float32, device=dev)
-        K = None if self.K is None or self.mode != "calib" else self.K.to(dev)
+        I8 = sim3.identity(dtype=torch.float32)
+        K = None if self.K is None or self.mode != "calib" else self.K  # [3, 3] on the host
         rc, over = self.cfg.residual, {}
         if grid is not None:
             hw = grid.grid_hw
             if K is not None:
                 K = grid.grid_K(K)
                 over = {"sigma_pixel": rc.sigma_pixel / grid.stride, "pixel_border": rc.pixel_border / grid.stride}
+        K = None if K is None else K.numpy()  # the kernel's intrinsics arguments, read without a tensor call
 
-        def linearize(T_f: Tensor):
+        # The pose is solved on the host: one read of the 7x7 system, cost and count per LM evaluation (one
+        # device synchronisation on CUDA); the inputs are built here, so the kernel's value tests are skipped (a
+        # non-finite input gives a non-finite cost, which the LM reports as a failure).
+        def linearize(T_f: Tensor):  # T_f [8] on the host
             """The frame's 7x7 block of the Huber-weighted normal equations, b = -g, cost, count."""
-            Twc = torch.stack([I8, T_f.float()])  # [2, 8]
+            Twc = torch.stack([I8, T_f.float()]).to(dev)  # [2, 8]
             H, g, cost, n = edge_normal_equations(
                 self.mode,
                 Twc,
@@ -341,17 +348,22 @@ class Tracker:
                 K=K,
                 img_hw=hw,
                 return_count=True,
+                check=False,
                 **over,
             )
-            return H[0, 7:, 7:], -g[0, 7:], float(cost[0]), int(n[0])
+            host = torch.cat([H[0, 7:, 7:].reshape(-1), g[0, 7:], cost[:1], n[:1].to(H.dtype)]).double().cpu().numpy()
+            return host[:49].reshape(7, 7), -host[49:56], float(host[56]), int(host[57])
 
-        def retract(T_f: Tensor, dx: Tensor) -> Tensor:
-            return sim3.normalize(sim3.retract(T_f.double(), dx[0])).float()
+        def retract(T_f: Tensor, dx: np.ndarray) -> Tensor:
+            return sim3.normalize(sim3.retract(T_f.double(), torch.from_numpy(dx[0]))).float()
+
+        def step_norm(dx: np.ndarray) -> float:
+            return float(np.linalg.norm(dx))
 
         r = levenberg_marquardt(
-            T.float(), linearize, solve_lm, retract, lambda dx: float(dx.norm()), self.cfg.lm, max_damping=1e6
+            T.float().cpu(), linearize, solve_lm_host, retract, step_norm, self.cfg.lm, max_damping=1e6
         )
-        return r.x, r.iterations, r.cost, not r.failed
+        return r.x.to(dev), r.iterations, r.cost, not r.failed
 
 
 def _now() -> float:

@@ -115,3 +115,25 @@ def test_bad_codebook_or_retrieval_checkpoint_is_one_line(tmp_path, capsys, kind
     bad = retrieval if kind == "not_a_checkpoint" else codebook
     assert len(err) == 1 and str(bad) in err[0], err
     assert not out.exists() and not marker.exists()
+
+
+def test_precision_bf16_reaches_the_network(tmp_path):
+    """`--precision bf16`: the run works, records the setting, and its points are the autocast network's (they
+    differ from the float32 run's, by about the drift tests/model/test_autocast.py bounds)."""
+    from mslam_ns.io.writers import read_ply
+
+    ckpt = _tiny_checkpoint()
+    video = tmp_path / "clip.mp4"
+    _write_room_video(video, 4, pts_ms=[0, 33, 66, 100])
+    pts = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        args = ["run", str(video), "--out", str(out), "--prior", "mast3r", "--checkpoint", str(ckpt)]
+        assert main([*args, "--img-size", "96", "--precision", precision, "--quiet"]) == 0
+        assert f"precision: {precision}" in (out / "config.yaml").read_text()
+        pts[precision] = read_ply(out / "points.ply")[0]
+    a, b = pts["fp32"], pts["bf16"]
+    assert len(a) > 1000 and abs(len(a) - len(b)) < 0.05 * len(a)  # measured 6144 and 6144
+    n = min(len(a), len(b))
+    rel = np.linalg.norm(a[:n] - b[:n], axis=1) / np.linalg.norm(a[:n], axis=1)
+    assert 2e-3 < np.median(rel) < 0.015, np.median(rel)  # measured 0.0059

@@ -341,3 +341,58 @@ def test_a_bad_pixel_stride_is_refused():
 
     with pytest.raises(ValueError, match="pixel_stride must be >= 1"):
         Tracker(TrackingConfig(pixel_stride=0), MatchingConfig())
+
+
+_HOST_READS = ("item", "tolist", "cpu", "__bool__", "__int__", "__float__", "__index__")
+
+
+@pytest.mark.parametrize("mode", ["rays", "calib"])
+def test_tracking_reads_the_device_once_per_lm_evaluation_plus_four(synthetic_source, mode, monkeypatch):
+    """Every read of a tensor's values on the host (a device synchronisation on CUDA) in one `track`: the
+    confidence bound, the matcher's input checks, the tracking / keyframe counts, the starting pose, then
+    one 7x7 system per Levenberg-Marquardt evaluation (solved on the host). Counted on CPU by wrapping the
+    tensor methods that read values (all of them count here, host tensors too: the host-side LM uses numpy)
+    and indexing with boolean masks; before this was bounded a frame made ~108 such reads."""
+    src, j = synthetic_source, 3
+    _, system, kf, pred = _setup_pair(src, mode, j, noise="mast3r")
+    reads = []
+
+    def counted(name):
+        orig = getattr(torch.Tensor, name)
+
+        def read(self, *a, **k):
+            reads.append(name)
+            return orig(self, *a, **k)
+
+        return read
+
+    for name in _HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+
+    def masked(name):  # indexing with a boolean mask needs its nonzero count: a synchronisation on CUDA too
+        orig = getattr(torch.Tensor, name)
+
+        def index(self, key, *a):
+            keys = key if isinstance(key, tuple) else (key,)
+            if any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in keys):
+                reads.append(f"{name} with a mask")
+            return orig(self, key, *a)
+
+        return index
+
+    for name in ("__getitem__", "__setitem__"):
+        monkeypatch.setattr(torch.Tensor, name, masked(name))
+    from mslam_ns.slam import lm
+
+    evals = []
+    orig_lm = lm.levenberg_marquardt
+
+    def counting_lm(x0, linearize, *a, **k):
+        return orig_lm(x0, lambda x: (evals.append(1), linearize(x))[1], *a, **k)
+
+    monkeypatch.setattr("mslam_ns.slam.tracker.levenberg_marquardt", counting_lm)
+    res = system.tracker.track(kf, pred, sim3.identity())
+    monkeypatch.undo()
+    assert res.ok, res.reason
+    assert 2 <= len(evals) <= res.iters + 1, (len(evals), res.iters)
+    assert len(reads) == 4 + len(evals), reads

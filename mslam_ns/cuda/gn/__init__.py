@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,10 +54,12 @@ def _prepare(
     idx: Tensor,
     valid: Tensor,
     Q: Tensor,
-    K: Tensor | None,
+    K: Tensor | np.ndarray | None,
     img_hw: tuple[int, int] | None,
+    check: bool = True,
 ) -> tuple[Tensor, ...]:
-    """Validate shapes, dtypes, devices, ranges and finiteness; return contiguous tensors in X's dtype."""
+    """Validate shapes, dtypes, devices, ranges and finiteness (the last two only with `check`: each is a host
+    read, a device synchronisation on CUDA); return contiguous tensors in X's dtype."""
     if mode not in _MODE_ID:
         _fail(f"mode must be one of {MODES}, not {mode!r}")
     if not isinstance(X, Tensor) or X.dtype not in (torch.float32, torch.float64):
@@ -91,6 +94,15 @@ def _prepare(
     dt = X.dtype
     Twc, C, Q = Twc.to(dt), C.to(dt), Q.to(dt)
     ii, jj, idx = ii.long(), jj.long(), idx.long()
+    if mode == "calib":
+        if K is None or img_hw is None:
+            _fail("calib mode needs K [3, 3] and img_hw (H, W)")
+        if tuple(K.shape) != (3, 3):
+            _fail("K must be a finite [3, 3] matrix")
+        if int(img_hw[0]) * int(img_hw[1]) != HW:
+            _fail(f"img_hw {tuple(img_hw)} does not match HW={HW}")
+    if not check:
+        return tuple(t.contiguous() for t in (Twc, X, C, ii, jj, idx, valid, Q))
     _check_finite("Twc", Twc)
     _check_finite("X", X)
     _check_finite("C", C)
@@ -106,13 +118,8 @@ def _prepare(
             mn, mx = torch.aminmax(idx)
             if mn < 0 or mx >= HW:
                 _fail(f"idx_ii2jj must be in [0, {HW})")
-    if mode == "calib":
-        if K is None or img_hw is None:
-            _fail("calib mode needs K [3, 3] and img_hw (H, W)")
-        if tuple(K.shape) != (3, 3) or not bool(torch.isfinite(K).all()):
-            _fail("K must be a finite [3, 3] matrix")
-        if int(img_hw[0]) * int(img_hw[1]) != HW:
-            _fail(f"img_hw {tuple(img_hw)} does not match HW={HW}")
+    if mode == "calib" and not bool(torch.isfinite(torch.as_tensor(K)).all()):
+        _fail("K must be a finite [3, 3] matrix")
     return tuple(t.contiguous() for t in (Twc, X, C, ii, jj, idx, valid, Q))
 
 
@@ -128,9 +135,10 @@ def edge_normal_equations(
     Q: Tensor,  # [E, HW] match weights
     *,
     residual: ResidualConfig | None = None,
-    K: Tensor | None = None,  # [3, 3] (calib)
+    K: Tensor | np.ndarray | None = None,  # [3, 3] (calib); a host array costs no device read
     img_hw: tuple[int, int] | None = None,  # (H, W) with H * W = HW (calib)
     return_count: bool = False,
+    check: bool = True,
     **overrides: float,
 ) -> tuple[Tensor, ...]:
     """Per-edge normal equations of the pointmap residuals (rays / calib / points; formulas in ``gn.h``).
@@ -141,9 +149,10 @@ def edge_normal_equations(
     ``z_eps``). Returns H [E, 14, 14] (block order [i, j]), g [E, 14] and cost [E] (sum of 2 * Huber(e) of
     the whitened residuals; = robust-weighted squared residuals for inliers), plus count [E] (int64,
     residual-contributing pixels) when ``return_count``. Invalid input -> ValueError. Results are in X's
-    dtype.
+    dtype. ``check=False`` skips the value tests (finiteness, index ranges, positive scales: host reads, each a
+    device synchronisation on CUDA) for a caller whose inputs are known good (the tracker's LM loop).
     """
-    Twc, X, C, ii, jj, idx, valid, Q = _prepare(mode, Twc, X, C, ii, jj, idx_ii2jj, valid_match, Q, K, img_hw)
+    Twc, X, C, ii, jj, idx, valid, Q = _prepare(mode, Twc, X, C, ii, jj, idx_ii2jj, valid_match, Q, K, img_hw, check)
     p = kernel_params(residual, K, img_hw, X.shape[1], **overrides)
     H, W = p.H, p.W
     mod = _backend.get("gn", X.device)
@@ -158,7 +167,11 @@ _KERNEL_NAMES = {"C_thresh": "C_conf", "Q_thresh": "Q_conf", "z_eps": "depth_eps
 
 
 def kernel_params(
-    residual: ResidualConfig | None, K: Tensor | None, img_hw: tuple[int, int] | None, HW: int, **overrides: float
+    residual: ResidualConfig | None,
+    K: Tensor | np.ndarray | None,
+    img_hw: tuple[int, int] | None,
+    HW: int,
+    **overrides: float,
 ) -> GnParams:
     """The ONE mapping from a `ResidualConfig` (+ intrinsics, image size) to the kernels' `GnParams`."""
     rc = dataclasses.replace(residual or ResidualConfig(), **{_KERNEL_NAMES.get(k, k): v for k, v in overrides.items()})
@@ -170,7 +183,8 @@ def kernel_params(
     fx = fy = 1.0
     cx = cy = 0.0
     if K is not None:
-        fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
+        k = K.tolist() if isinstance(K, Tensor) else np.asarray(K, dtype=np.float64).tolist()  # one read
+        fx, fy, cx, cy = (float(v) for v in (k[0][0], k[1][1], k[0][2], k[1][2]))
     return GnParams(
         rc.sigma_ray,
         rc.sigma_dist,

@@ -55,17 +55,19 @@ def _check_devices(op: str, **tensors: Tensor) -> torch.device:
     return first
 
 
-def ray_image(X: Tensor) -> Tensor:  # X [B, H, W, 3] float32 -> [B, H, W, 9] float32
+def ray_image(X: Tensor, *, check: bool = True) -> Tensor:  # X [B, H, W, 3] float32 -> [B, H, W, 9] float32
     """Unit rays of pointmap X plus their x and y image gradients (3x3 Scharr filter /32, reflect padding).
 
-    Channels: ray (3), d ray / du (3), d ray / dv (3). Zero points give zero rays.
+    Channels: ray (3), d ray / du (3), d ray / dv (3). Zero points give zero rays. ``check=False`` skips the
+    finiteness test (a host read: a device synchronisation on CUDA) for a caller that has made it already.
     """
     X = _check_tensor("ray_image", "X", X, 4, (torch.float32,))
     if X.shape[-1] != 3:
         raise ValueError(f"ray_image: X must be [B, H, W, 3], got shape {tuple(X.shape)}")
     if X.shape[1] < 3 or X.shape[2] < 3:
         raise ValueError(f"ray_image: X must be at least 3x3 pixels, got shape {tuple(X.shape)}")
-    _check_finite("ray_image", "X", X)
+    if check:
+        _check_finite("ray_image", "X", X)
     return _ray_image(X.contiguous())
 
 
@@ -77,12 +79,15 @@ def iproj(
     lambda_init: float = 1e-8,
     cost_thresh: float = 1e-6,
     step_tol: float = 1e-3,
+    *,
+    check: bool = True,
 ) -> tuple[Tensor, Tensor]:  # p [B, N, 2] float32 (u, v), converged [B, N] bool
     """Iterative projective matching: for each target ray, the pixel of the ray image that points at it.
 
     Levenberg-Marquardt on (u, v) (docs/algorithm.md section 2 step 4); pixels stay in [1, W-2] x [1, H-2];
     ``converged`` iff the final |psi_hat(p) - target|^2 < cost_thresh. A point stops early once its
     proposed step is below ``step_tol`` pixels in u and v (0 = always run max_iter iterations).
+    ``check=False``: no finiteness tests of the inputs (the caller has made them).
     """
     op = "iproj"
     rays_img = _check_tensor(op, "rays_img", rays_img, 4, (torch.float32,))
@@ -99,7 +104,7 @@ def iproj(
     if max_iter < 0 or not lambda_init > 0 or not cost_thresh > 0 or not step_tol >= 0:
         raise ValueError(f"{op}: need max_iter >= 0, lambda_init > 0, cost_thresh > 0, step_tol >= 0")
     device = _check_devices(op, rays_img=rays_img, targets=targets, p_init=p_init)
-    for name, t in (("rays_img", rays_img), ("targets", targets), ("p_init", p_init)):
+    for name, t in (("rays_img", rays_img), ("targets", targets), ("p_init", p_init)) if check else ():
         _check_finite(op, name, t)
     rays_img, targets, p_init = rays_img.contiguous(), targets.contiguous(), p_init.contiguous()
     mod = _backend.get("matching", device)
@@ -116,11 +121,14 @@ def refine_matches(
     p: Tensor,  # [B, N, 2] int64 (u, v) pixels in image i (clamped into the image)
     radius: int = 3,
     dilation_max: int = 5,
+    *,
+    check: bool = True,
 ) -> Tensor:  # [B, N, 2] int64 (u, v)
     """Descriptor refinement: multi-dilation window search for the best dot product (docs/algorithm.md 2.6).
 
     For d = dilation_max .. 1 the (2 radius + 1)^2 pixels p + d (dx, dy) inside the image are scored with
     dot(D_j[n], D_i[candidate]) (accumulated in float32); the best positive score is the next centre.
+    ``check=False``: no finiteness tests of the descriptors (the caller has made them).
     """
     op = "refine_matches"
     D_i = _check_tensor(op, "D_i", D_i, 4, (torch.float16, torch.float32))
@@ -139,8 +147,9 @@ def refine_matches(
     if radius < 0 or dilation_max < 0:
         raise ValueError(f"{op}: radius and dilation_max must be >= 0, got {radius}, {dilation_max}")
     device = _check_devices(op, D_i=D_i, D_j=D_j, p=p)
-    _check_finite(op, "D_i", D_i)
-    _check_finite(op, "D_j", D_j)
+    if check:
+        _check_finite(op, "D_i", D_i)
+        _check_finite(op, "D_j", D_j)
     D_i, D_j, p = D_i.contiguous(), D_j.contiguous(), p.contiguous()
     mod = _backend.get("matching", device)
     if mod is not None:
