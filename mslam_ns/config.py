@@ -123,6 +123,11 @@ class BackendConfig:
     the keyframe's canonical pointmap) into the two keyframes, as a tracked frame's view is fused: every
     verified pair decode also averages down the per-pass errors of the keyframes the graph stands on (the
     reference uses edge decodes for correspondences only)."""
+    decode_batch: int = 1
+    """Candidate pairs of a new keyframe decoded per network call (`TwoViewPrior.decode_symmetric_batch`: with
+    MASt3R one decoder call of batch 2 x this). 1 = one symmetric pair per call: on the 2-core development CPU
+    two pairs per call took 9.1-9.8 s per pair against 8.8-9.2 s one at a time (bf16: 3.9 against 3.8-4.2), so
+    batching more pairs only pays where the decoder is not already saturated (a GPU; `bench_gpu.py` times it)."""
     proximity_k: int = 2
     """Loop candidates by proximity, added to retrieval's: up to this many keyframes (verified by matching like
     every candidate) that see at least `proximity_min_overlap` of the new keyframe's confident points under

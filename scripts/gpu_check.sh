@@ -7,7 +7,8 @@
 #     a SLAM run on CUDA against the same run on CPU;
 #  3. prints GPU timings: network encoder / decoder per pair in fp32 and bf16, IPM + refinement per pair,
 #     GN per edge, tracking frames/s with the oracle prior and with the full random-weight network;
-#  4. measures the bf16 / fp16 network's drift from fp32 (benchmarks/bench_precision.py).
+#  4. times 4 candidate pairs per decoder call (backend.decode_batch) and measures the bf16 / fp16
+#     network's drift from fp32 (benchmarks/bench_precision.py).
 # Every step has its own time limit and the script goes on after a failure; the summary at the end says
 # which steps passed. Output also goes to OUT_DIR/gpu_check.log (default: $OUT or ./gpu_check_out).
 set -uo pipefail
@@ -65,7 +66,7 @@ for dev in devs:
 raise SystemExit(0 if ok else 1)
 EOF
 
-step cuda_tests 120 $PY -m pytest -q -x -p no:cacheprovider \
+step cuda_tests 110 $PY -m pytest -q -x -p no:cacheprovider \
   tests/cuda/test_matching_kernels.py tests/cuda/test_gn_kernels.py tests/cuda/test_gn_jacobians.py \
   tests/slam/test_shared_map.py tests/slam/test_cuda_slam.py \
   tests/slam/test_spill.py::test_spilled_keyframes_come_back_on_the_gpu
@@ -77,15 +78,19 @@ else  # the CPU dry run: the full random-weight network would take minutes per f
 fi
 
 if [ -n "$CAP" ]; then
-  step network_fp32 60 $PY benchmarks/bench_network.py --device cuda --amp none --repeats 3 --skip-unbatched
-  step network_bf16 60 $PY benchmarks/bench_network.py --device cuda --amp bf16 --repeats 3 --skip-unbatched
-  step precision_drift 40 bash -c "$PY benchmarks/bench_precision.py --device cuda --amp bf16 && $PY benchmarks/bench_precision.py --device cuda --amp fp16"
+  step network_fp32 50 $PY benchmarks/bench_network.py --device cuda --amp none --repeats 3 --skip-unbatched
+  step network_bf16 50 $PY benchmarks/bench_network.py --device cuda --amp bf16 --repeats 3 --skip-unbatched
+  # the backend's candidate pairs, 4 per decoder call (backend.decode_batch 4): per-pair time vs network_bf16's
+  step decode_batch4 35 $PY benchmarks/bench_network.py --device cuda --amp bf16 --repeats 3 --skip-unbatched \
+    --skip-peak --pairs 4
+  step precision_drift 35 bash -c "$PY benchmarks/bench_precision.py --device cuda --amp bf16 && $PY benchmarks/bench_precision.py --device cuda --amp fp16"
 else
   step network_smoke 60 $PY benchmarks/bench_network.py --smoke --repeats 1 --skip-unbatched
-  step precision_drift 40 $PY benchmarks/bench_precision.py --smoke --repeats 1
+  step precision_drift 35 $PY benchmarks/bench_precision.py --smoke --repeats 1
 fi
 
 echo "=== summary ==="
-for k in build cuda_tests timings_kernels_and_slam network_fp32 network_bf16 network_smoke precision_drift; do
+for k in build cuda_tests timings_kernels_and_slam network_fp32 network_bf16 decode_batch4 network_smoke \
+  precision_drift; do
   [ -n "${status[$k]:-}" ] && echo "  $k: ${status[$k]}"
 done

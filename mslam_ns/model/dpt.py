@@ -71,10 +71,17 @@ def up2_rows(x: Tensor, lo: int, hi: int, pad_top: int = 0, pad_bottom: int = 0)
     return F.interpolate(rows, size=(A.shape[0], 2 * w), mode="bilinear", align_corners=ALIGN_CORNERS)
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type without autocast (meta: FLOP counting)
+        return False
+
+
 def _float32_layer(layer: nn.Module, x: Tensor) -> Tensor:
     """``layer(x)`` in float32 even under autocast: the per-pixel output layer, whose outputs are the
     predictions (in bf16 they would carry its 8-bit mantissa's 0.4% steps). A 1x1 conv: cheap."""
-    if x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+    if x.dtype == torch.float32 and not _autocast_enabled(x.device.type):
         return layer(x)
     with torch.autocast(x.device.type, enabled=False):
         return layer(x.float())

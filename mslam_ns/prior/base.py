@@ -10,6 +10,7 @@ A pass ``decode(i, j)`` returns ``(X^i_i, X^j_i)`` with confidences and descript
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,13 @@ class TwoViewPrior(ABC):
     def decode_symmetric(self, enc_i: Encoding, enc_j: Encoding) -> tuple[PairPrediction, PairPrediction]:
         """Both orderings: ((X^i_i, X^j_i), (X^j_j, X^i_j))."""
         return self.decode(enc_i, enc_j), self.decode(enc_j, enc_i)
+
+    def decode_symmetric_batch(
+        self, enc_i: Encoding, encs_j: Sequence[Encoding]
+    ) -> list[tuple[PairPrediction, PairPrediction]]:
+        """`decode_symmetric(enc_i, e)` for every e of `encs_j` (a new keyframe against its candidates); a prior
+        may run them as one batched call (MASt3R: one decoder call of batch 2 len(encs_j))."""
+        return [self.decode_symmetric(enc_i, e) for e in encs_j]
 
     def decode_mono(self, enc_i: Encoding) -> PairPrediction:
         """The (i, i) pass used at initialisation and relocalisation."""

@@ -8,6 +8,7 @@ call. Everything runs under ``torch.inference_mode()``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -112,6 +113,30 @@ class Mast3rPrior(TwoViewPrior):
             PairPrediction(_view(r_ii, 0, d), _view(r_ji, 0, d)),
             PairPrediction(_view(r_jj, 0, d), _view(r_ij, 0, d)),
         )
+
+    def decode_symmetric_batch(
+        self, enc_i: Encoding, encs_j: Sequence[Encoding]
+    ) -> list[tuple[PairPrediction, PairPrediction]]:
+        """`decode_symmetric(enc_i, e)` for every e of `encs_j`, as ONE decoder call of batch 2 len(encs_j)
+        (one pair: `decode_symmetric`). The heads still process their large maps one sample at a time."""
+        if len(encs_j) <= 1 or not self.batch_symmetric:
+            return [self.decode_symmetric(enc_i, e) for e in encs_j]
+        if any(e.shape != enc_i.shape for e in encs_j):
+            raise ValueError(f"image sizes differ: {enc_i.shape} vs {[e.shape for e in encs_j]}")
+        K = len(encs_j)
+        fi, pi = self._unpack(enc_i)
+        fj, pj = (torch.cat(t) for t in zip(*(self._unpack(e) for e in encs_j)))
+        with torch.inference_mode(), self._autocast():
+            rep = (fi.expand(K, -1, -1), pi.expand(K, -1, -1))
+            (r_ii, r_ji), (r_jj, r_ij) = self.net.decode_symmetric(*rep, fj, pj, enc_i.shape)
+        d = self.desc_dtype
+        return [
+            (
+                PairPrediction(_view(r_ii, k, d), _view(r_ji, k, d)),
+                PairPrediction(_view(r_jj, k, d), _view(r_ij, k, d)),
+            )
+            for k in range(K)
+        ]
 
     def decode_mono(self, enc_i: Encoding) -> PairPrediction:
         """The (i, i) pass."""

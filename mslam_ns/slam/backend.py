@@ -236,11 +236,10 @@ class Backend:
         dev = self.map.device
         f_n = self.map.keyframes.raw(kf_id)
         edges = []
-        for c in candidates:
-            if self.map.has_edge(kf_id, c):
-                continue
-            f_c = self.map.keyframes.raw(c)
-            e_nc, e_cn, (p_nc, p_cn) = match_pair(self.prior, f_n.enc, f_c.enc, self.cfg, dev)
+        todo = [c for c in candidates if not self.map.has_edge(kf_id, c)]
+        B = max(1, int(self.cfg.backend.decode_batch))
+        for c, (p_nc, p_cn) in self._decoded(f_n.enc, todo, B):
+            e_nc, e_cn = _direction(p_nc, self.cfg, dev), _direction(p_cn, self.cfg, dev)
             self.stats.edges_tried += 1
             consecutive = sequential and c == kf_id - 1
             frac = min(e_nc.frac, e_cn.frac)
@@ -259,6 +258,16 @@ class Backend:
         if edges:
             self.map.add_edges(edges)
         return len(edges) // 2
+
+    def _decoded(self, enc_n: Any, cands: list[int], B: int):
+        """(c, (pass (n, c), pass (c, n))) for every candidate c, decoded B pairs per prior call; each chunk's
+        keyframes are read (back from the spill folder when spilled) just before their call."""
+        for s in range(0, len(cands), B):
+            chunk = cands[s : s + B]
+            encs = [self.map.keyframes.raw(c).enc for c in chunk]
+            passes = self.prior.decode_symmetric_batch(enc_n, encs)
+            del encs
+            yield from zip(chunk, passes)
 
     def _fuse_pass(self, kf_id: int, p: PairPrediction) -> None:
         """Fuse pass p's own-view pointmap X^i_i (i = keyframe `kf_id`) into that keyframe (`fuse_edges`)."""

@@ -70,3 +70,19 @@ def test_float32_layer_computes_in_float32_under_autocast():
             assert conv(x).dtype == torch.bfloat16  # what autocast would otherwise give
             got = _float32_layer(conv, x)
     assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+def test_the_network_still_runs_on_the_meta_device(tiny):
+    """Shape inference / FLOP counting (benchmarks/bench_network.py) runs the net on meta tensors, where
+    autocast does not exist: the float32 output layer must not ask for it there."""
+    from mslam_ns.model import Mast3rNet
+
+    net, imgs = tiny
+    H, W = imgs[0].shape[1:]
+    with torch.device("meta"):
+        meta_net = Mast3rNet(net.cfg).eval()
+        img = torch.empty(1, 3, H, W)
+    with torch.inference_mode():
+        f, p = meta_net.encode(img)
+        (r11, r21), _ = meta_net.decode_symmetric(f, p, f, p, (H, W))
+    assert r11["pts3d"].shape == (1, H, W, 3) and r21["desc"].device.type == "meta"

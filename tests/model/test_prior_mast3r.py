@@ -68,3 +68,23 @@ def test_sizes_must_match(setup):
     other = prior.encode(torch.rand(3, 32, 48), index=5)
     with pytest.raises(ValueError, match="sizes differ"):
         prior.decode(encs[0], other)
+
+
+def test_decode_symmetric_batch_is_each_pair_decoded_alone(setup):
+    """A new keyframe against three candidates in ONE decoder call (batch 6) gives each pair's
+    `decode_symmetric` results (and the official ones for the fixture pair)."""
+    ref, prior, encs = setup
+    batch = prior.decode_symmetric_batch(encs[0], [encs[1], encs[0], encs[1]])
+    assert len(batch) == 3
+    _check_pair(batch[0][0], ref, "res11", "res21")
+    _check_pair(batch[0][1], ref, "res22", "res12")
+    for (first, second), enc_j in zip(batch, (encs[1], encs[0], encs[1])):
+        alone = prior.decode_symmetric(encs[0], enc_j)
+        for got, want in ((first, alone[0]), (second, alone[1])):
+            for vg, vw in ((got.ii, want.ii), (got.ji, want.ji)):
+                for k in ("X", "C", "D", "Q"):
+                    a, b = getattr(vg, k), getattr(vw, k)
+                    assert a.shape == b.shape and a.dtype == torch.float32
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+    with pytest.raises(ValueError, match="image sizes differ"):
+        prior.decode_symmetric_batch(encs[0], [encs[1], prior.encode(torch.zeros(3, 32, 48), index=9)])

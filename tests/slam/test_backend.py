@@ -34,6 +34,8 @@ def _run(
     fuse_edges: bool = True,
     retrieval_k: int | None = None,
     proximity_k: int | None = None,
+    decode_batch: int = 1,
+    prior_hook=None,
     **kw,
 ):
     from mslam_ns.io.sources import open_source
@@ -48,7 +50,10 @@ def _run(
         cfg.retrieval.k = retrieval_k
     if proximity_k is not None:
         cfg.backend.proximity_k = proximity_k
+    cfg.backend.decode_batch = decode_batch
     prior = OraclePrior.from_source(src, size=SIZE, noise=noise, seed=0)
+    if prior_hook is not None:
+        prior_hook(prior)
     system = SlamSystem(prior, cfg, K=src.intrinsics.K if mode == "calib" else None, **kw)
     system.run(src)
     return system, src
@@ -253,3 +258,28 @@ def test_proximity_ranks_older_keyframes_by_the_share_of_points_they_see():
     assert b._proximity(6, exclude=[]) == [0]
     cfg.backend.proximity_k, cfg.backend.proximity_gap = 2, 7
     assert b._proximity(6, exclude=[]) == []  # no keyframe old enough
+
+
+def test_candidates_decoded_in_batches_give_the_same_graph(loop2, shared_runs):
+    """`backend.decode_batch 3`: each new keyframe's candidates go to the prior 3 pairs per
+    `decode_symmetric_batch` call (the oracle decodes a batch pair by pair, so the graph and poses must be
+    exactly those of one pair per call, the default)."""
+    calls = []
+
+    def hook(prior):
+        orig = prior.decode_symmetric_batch
+
+        def batch(enc_i, encs_j):
+            calls.append(len(encs_j))
+            return orig(enc_i, encs_j)
+
+        prior.decode_symmetric_batch = batch
+
+    one, _ = shared_runs()
+    three, _ = _run(loop2, decode_batch=3, prior_hook=hook)
+    assert max(calls) == 3 and min(calls) >= 1 and sum(calls) == three.backend.stats.edges_tried
+    assert len(calls) < sum(calls)  # some calls carried several pairs
+    assert three.backend.stats.edges_tried == one.backend.stats.edges_tried
+    assert three.backend.stats.edges_accepted == one.backend.stats.edges_accepted
+    assert [e[:3] for e in three.map.edges()] == [e[:3] for e in one.map.edges()]
+    torch.testing.assert_close(three.frame_poses()[2], one.frame_poses()[2], rtol=0, atol=0)
