@@ -52,6 +52,8 @@ class MslamDataParserConfig(NerfstudioDataParserConfig):
     """Network image size of the SLAM (default: the SLAM configuration's)."""
     device: str | None = None
     """Torch device of the SLAM (default: the SLAM configuration's)."""
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
+    """The SLAM network's arithmetic (default: the SLAM configuration's, fp32; see `ns-process-data mslam`)."""
     num_frames_target: int = 300
     """Approximate number of frames in the dataset made from a video / folder."""
     cache_dir: Path = field(default_factory=_default_cache)
@@ -119,6 +121,7 @@ def _slam_plan(config: MslamDataParserConfig):
         calib=config.calib,
         img_size=config.img_size,
         device=config.device,
+        precision=config.precision,
         config=config.slam_config,
     )
     key = settings_key(

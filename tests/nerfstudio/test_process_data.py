@@ -294,3 +294,18 @@ def test_every_failure_exits_non_zero_with_one_line(tmp_path, seq, monkeypatch, 
     assert err[0].startswith("ns-process-data mslam: error:")
     assert ("No space left on device" in err[0] and "mslam_run" in err[0]) if exc is OSError else "boom" in err[0]
     assert not (tmp_path / "out" / "transforms.json").exists()
+
+
+def test_precision_reaches_the_slam(tmp_path, seq):
+    """`--precision` goes into the SLAM's options (and the dataparser's cache key); with the oracle prior,
+    which has no network, it is refused with one line before any work."""
+    from mslam_ns.nerfstudio.process_data import ProcessMslam, run_options
+
+    p = ProcessMslam(data=seq, output_dir=tmp_path / "o", prior="mast3r", precision="bf16")
+    assert run_options(p, tmp_path / "o").slam.precision == "bf16"
+    assert run_options(ProcessMslam(data=seq, output_dir=tmp_path / "o"), tmp_path / "o").slam.precision == "fp32"
+    out = tmp_path / "out"
+    r = _ns("mslam", "--data", str(seq), "--output-dir", str(out), *ARGS, "--precision", "bf16")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "--precision bf16" in err[0], r.stdout + r.stderr
+    assert not out.exists()
