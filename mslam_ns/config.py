@@ -232,6 +232,10 @@ class SlamConfig:
     stay float32). `benchmarks/bench_precision.py` measures drift and speed: on the 2-core development CPU
     (AVX512-BF16) bf16 encodes 1.5x and decodes 1.9x faster; on CPUs without bf16 instructions it is slower.
     fp16 is for CUDA (refused on a CPU). The drift is measured on random weights only (README, "Precision")."""
+    cuda_graphs: bool = False
+    """The MASt3R network's encoder and decodes as CUDA graphs (--prior mast3r on CUDA): captured once per image
+    size, then replayed as one launch (`prior/cuda_graphs.py`). Off by default until `scripts/gpu_check.sh`
+    has measured it on a GPU (its `cuda_graphs` step compares it with the plain run)."""
     self_calibrate: bool = True
     """Rays mode: once `self_calib_keyframes` keyframes have given an intrinsics estimate, constrain every
     new pointmap to the rays of the fused estimate (depth kept), like calib mode with estimated intrinsics."""

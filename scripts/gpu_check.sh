@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The ONE prepared check for a GPU machine (lent now and then, for minutes; budget: under 8 minutes).
-# Worst case under 10 minutes (the step limits add up to 580 s), typically less. There: torch with CUDA, nvcc, numpy, pytest; no nerfstudio, no tyro, no package registry. From the
+# Worst case 10 minutes (the step limits add up to 600 s), typically less. There: torch with CUDA, nvcc, numpy, pytest; no nerfstudio, no tyro, no package registry. From the
 # repository root:   bash scripts/gpu_check.sh [OUT_DIR]
 #  1. builds the CUDA (and CPU) kernels for THIS GPU's architecture only;
 #  2. runs the CUDA tests: kernels vs their PyTorch twins (float32 and float64), the keyframe store on CUDA,
@@ -8,7 +8,9 @@
 #  3. prints GPU timings: network encoder / decoder per pair in fp32 and bf16, IPM + refinement per pair,
 #     GN per edge, tracking frames/s with the oracle prior and with the full random-weight network;
 #  4. times 4 candidate pairs per decoder call (backend.decode_batch) and measures the bf16 / fp16
-#     network's drift from fp32 (benchmarks/bench_precision.py).
+#     network's drift from fp32 (benchmarks/bench_precision.py);
+#  5. times the network's calls as CUDA graphs (--cuda-graphs) against the plain calls, and a SLAM run
+#     with the full bf16 network with and without them (benchmarks/bench_cuda_graphs.py).
 # Every step has its own time limit and the script goes on after a failure; the summary at the end says
 # which steps passed. Output also goes to OUT_DIR/gpu_check.log (default: $OUT or ./gpu_check_out).
 set -uo pipefail
@@ -66,13 +68,14 @@ for dev in devs:
 raise SystemExit(0 if ok else 1)
 EOF
 
-step cuda_tests 110 $PY -m pytest -q -x -p no:cacheprovider \
+step cuda_tests 100 $PY -m pytest -q -x -p no:cacheprovider \
   tests/cuda/test_matching_kernels.py tests/cuda/test_gn_kernels.py tests/cuda/test_gn_jacobians.py \
+  tests/prior/test_cuda_graphs.py \
   tests/slam/test_shared_map.py tests/slam/test_cuda_slam.py \
   tests/slam/test_spill.py::test_spilled_keyframes_come_back_on_the_gpu
 
 if [ -n "$CAP" ]; then
-  step timings_kernels_and_slam 120 $PY benchmarks/bench_gpu.py --frames 40
+  step timings_kernels_and_slam 110 $PY benchmarks/bench_gpu.py --frames 40
 else  # the CPU dry run: the full random-weight network would take minutes per frame here
   step timings_kernels_and_slam 120 $PY benchmarks/bench_gpu.py --frames 12 --skip-network
 fi
@@ -84,13 +87,15 @@ if [ -n "$CAP" ]; then
   step decode_batch4 35 $PY benchmarks/bench_network.py --device cuda --amp bf16 --repeats 3 --skip-unbatched \
     --skip-peak --pairs 4
   step precision_drift 35 bash -c "$PY benchmarks/bench_precision.py --device cuda --amp bf16 && $PY benchmarks/bench_precision.py --device cuda --amp fp16"
+  step cuda_graphs 40 $PY benchmarks/bench_cuda_graphs.py --device cuda --amp bf16 --slam-frames 20
 else
-  step network_smoke 60 $PY benchmarks/bench_network.py --smoke --repeats 1 --skip-unbatched
+  step network_smoke 90 $PY benchmarks/bench_network.py --smoke --repeats 1 --skip-unbatched
   step precision_drift 35 $PY benchmarks/bench_precision.py --smoke --repeats 1
+  step cuda_graphs 40 $PY benchmarks/bench_cuda_graphs.py --smoke --repeats 1 --height 48 --width 64 --slam-frames 4
 fi
 
 echo "=== summary ==="
 for k in build cuda_tests timings_kernels_and_slam network_fp32 network_bf16 decode_batch4 network_smoke \
-  precision_drift; do
+  precision_drift cuda_graphs; do
   [ -n "${status[$k]:-}" ] && echo "  $k: ${status[$k]}"
 done

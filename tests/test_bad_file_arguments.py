@@ -213,6 +213,8 @@ CASES = [
         "--precision bf16",
     ),
     ("run: fp16 network on a CPU", [*MAST3R_RUN, "--precision", "fp16"], "--precision fp16"),
+    ("run: CUDA graphs on a CPU", [*MAST3R_RUN, "--cuda-graphs"], "--cuda-graphs"),
+    ("run: CUDA graphs for the oracle prior", ["run", "{seq}", "--out", "{d}/out", "--cuda-graphs"], "oracle prior"),
     ("export: missing run", ["export", "{d}/no_run", "--out", "{d}/exported"], "no_run"),
     ("export: not a run folder", ["export", "{existing}", "--out", "{d}/exported"], "existing"),
     ("export: out is a file", ["export", "{run}", "--format", "ply", "--out", "{a_file}"], "a_file"),

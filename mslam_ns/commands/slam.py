@@ -71,6 +71,7 @@ def make_prior(
     retrieval_checkpoint: Path | None = None,
     codebook: Path | None = None,
     precision: str = "fp32",
+    cuda_graphs: bool = False,
 ):
     """The two-view prior chosen on the command line.
 
@@ -94,6 +95,9 @@ def make_prior(
         )
     if precision == "fp16" and str(device).startswith("cpu"):
         raise UserError("--precision fp16: needs a CUDA device (--device cuda); on a CPU use bf16")
+    if cuda_graphs and (prior != "mast3r" or not str(device).startswith("cuda")):
+        why = f"the {prior} prior has no network" if prior != "mast3r" else f"not --device {device}"
+        raise UserError(f"--cuda-graphs: runs the MASt3R network (--prior mast3r) on a CUDA device; {why}")
     if prior == "oracle":
         from mslam_ns.prior.oracle import OraclePrior
 
@@ -124,11 +128,11 @@ def make_prior(
         default_files = checkpoint is None and retrieval_checkpoint is None
         if retrieval_checkpoint is None and not default_files:
             log.warning("no --retrieval-checkpoint for this --checkpoint: no loop closure, no relocalisation")
-            return Mast3rPrior(net, amp_dtype=AMP_DTYPES[precision])
+            return Mast3rPrior(net, amp_dtype=AMP_DTYPES[precision], cuda_graphs=cuda_graphs)
         from mslam_ns.model import load_retrieval
 
         head = load_retrieval(resolve_checkpoint("retrieval", retrieval_checkpoint), net)
-        prior_obj = Mast3rPrior(net, head, amp_dtype=AMP_DTYPES[precision])
+        prior_obj = Mast3rPrior(net, head, amp_dtype=AMP_DTYPES[precision], cuda_graphs=cuda_graphs)
         if words is None and default_files:
             cb_path = resolve_checkpoint("codebook")
             words = load_codebook(cb_path)
@@ -481,6 +485,7 @@ def execute_run(o, out: Path, extra_summary: dict | None = None, replace: bool |
         o.retrieval_checkpoint,
         o.codebook,
         cfg.precision,
+        cfg.cuda_graphs,
     )
     matches: list[int] = []
     system, summary = run_slam(

@@ -12,6 +12,7 @@ upsampling -> ``head.2`` -> ReLU -> ``head.4``) in row bands (`conv3x3_on_up2`):
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import torch
@@ -56,6 +57,26 @@ def _up2_row_weights(h: int, lo: int, hi: int, pad_top: int, pad_bottom: int) ->
     return A, first
 
 
+#: `_up2_row_weights` on a device: a band's weights are built and copied there once per run, not per call
+#: (no host-to-device copy inside a decode, which a CUDA graph capture could not contain)
+_UP2_CACHE: dict[tuple, tuple[Tensor, int]] = {}
+_UP2_LOCK = threading.Lock()
+
+
+def _up2_weights_on(
+    h: int, lo: int, hi: int, pad_top: int, pad_bottom: int, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, int]:
+    key = (h, lo, hi, pad_top, pad_bottom, str(device), dtype, ALIGN_CORNERS)
+    hit = _UP2_CACHE.get(key)
+    if hit is None:
+        A, first = _up2_row_weights(h, lo, hi, pad_top, pad_bottom)
+        with torch.inference_mode(False):  # a normal tensor: the cache may serve autograd later
+            hit = (A.to(device=device, dtype=dtype), first)
+        with _UP2_LOCK:
+            _UP2_CACHE[key] = hit
+    return hit
+
+
 def up2_rows(x: Tensor, lo: int, hi: int, pad_top: int = 0, pad_bottom: int = 0) -> Tensor:
     """Rows [lo, hi) of ``_up2(x)`` (x [B, C, h, w]) with ``pad_top`` / ``pad_bottom`` zero rows around them:
     [B, C, pad_top + hi - lo + pad_bottom, 2w], channels-last. Equal to slicing ``_up2(x)`` up to rounding.
@@ -64,9 +85,9 @@ def up2_rows(x: Tensor, lo: int, hi: int, pad_top: int = 0, pad_bottom: int = 0)
     by ``F.interpolate`` with an identity row mapping (each row weighs 1 x itself + 0 x its neighbour).
     """
     B, C, h, w = x.shape
-    A, first = _up2_row_weights(h, lo, hi, pad_top, pad_bottom)
+    A, first = _up2_weights_on(h, lo, hi, pad_top, pad_bottom, x.device, x.dtype)
     src = x.permute(0, 2, 3, 1)[:, first : first + A.shape[1]].reshape(B, A.shape[1], w * C)  # [B, m, w*C]
-    rows = torch.matmul(A.to(device=x.device, dtype=x.dtype), src)  # [B, R, w*C]
+    rows = torch.matmul(A, src)  # [B, R, w*C]
     rows = rows.view(B, A.shape[0], w, C).permute(0, 3, 1, 2)  # [B, C, R, w] channels-last
     return F.interpolate(rows, size=(A.shape[0], 2 * w), mode="bilinear", align_corners=ALIGN_CORNERS)
 

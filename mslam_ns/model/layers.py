@@ -7,6 +7,8 @@ Module attribute names mirror the official state_dict keys (``qkv``, ``proj``, `
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +70,21 @@ class RopeTables:
 
 _ROPE_CACHE: dict[tuple, RopeTables] = {}
 _ROPE_LOCK = threading.Lock()
+#: set by `assume_grid_positions` (per thread): `tables_for` then skips its value test of the positions
+_GRID_ASSUMED = threading.local()
+
+
+@contextmanager
+def assume_grid_positions() -> Iterator[None]:
+    """Within this block `tables_for` takes positions of the grid's length to BE the regular grid, without
+    reading their values (a device synchronisation, which a CUDA graph capture cannot contain). For callers
+    that built the positions with `grid_positions` themselves (`prior/cuda_graphs.py`)."""
+    prev = getattr(_GRID_ASSUMED, "on", False)
+    _GRID_ASSUMED.on = True
+    try:
+        yield
+    finally:
+        _GRID_ASSUMED.on = prev
 
 
 def _rope_1d(positions: Tensor, half: int, base: float, f0: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -117,7 +134,7 @@ def tables_for(
     """Tables for ``pos`` [B, N, 2]: the cached grid tables when ``pos`` is the regular grid, else computed."""
     gh, gw = grid
     if pos.shape[1] == gh * gw:
-        if pos.is_meta:  # shape-only runs (FLOP counting): values unknown, assume the grid
+        if pos.is_meta or getattr(_GRID_ASSUMED, "on", False):  # meta: FLOP counting, values unknown
             return grid_rope_tables(gh, gw, head_dim, base, f0, pos.device, dtype)
         ref = grid_positions(gh, gw, 1, pos.device)
         if torch.equal(pos, ref.expand_as(pos)):

@@ -84,7 +84,7 @@ class LiveSlam:
         cfg = to_slam_config(o.slam, mode)
         prior = make_prior(
             self.source, o.prior, o.oracle_noise, cfg.img_size, o.seed, o.checkpoint, cfg.device,
-            o.retrieval_checkpoint, o.codebook, cfg.precision,
+            o.retrieval_checkpoint, o.codebook, cfg.precision, cfg.cuda_graphs,
         )  # fmt: skip
         self.system = SlamSystem(prior, cfg, K=K)  # cfg carries max_lost
         self.warmup_frames = max(1, min(int(warmup_frames), len(self.source)))

@@ -2,7 +2,8 @@
 
 The encoder runs once per frame (`encode`, cached by the caller on the frame); `decode` runs the two decoder
 stacks and both heads for an ordered pair. ``decode_symmetric`` runs both orderings as one batch-2 decoder
-call. Everything runs under ``torch.inference_mode()``.
+call. Everything runs under ``torch.inference_mode()``. With ``cuda_graphs`` the encoder and both decodes
+are captured once per image size and replayed (`prior/cuda_graphs.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import torch
 from torch import Tensor
 
 from mslam_ns.model import Mast3rNet, RetrievalHead, load_mast3r, load_retrieval
+from mslam_ns.model.layers import assume_grid_positions, grid_positions
 from mslam_ns.prior.base import Encoding, PairPrediction, TwoViewPrior, ViewPrediction
+from mslam_ns.prior.cuda_graphs import GraphedCall, cuda_capture
 
 #: `SlamConfig.precision` -> autocast dtype (None: float32 throughout)
 AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,6 +42,8 @@ class Mast3rPrior(TwoViewPrior):
             the net's device (CPU or CUDA); None = float32. The predictions are returned in float32.
         desc_dtype: dtype of the returned descriptors ``D``.
         batch_symmetric: run both orderings of `decode_symmetric` as one batch-2 call.
+        cuda_graphs: run the encoder, `decode` and `decode_symmetric` as CUDA graphs, one per image size
+            (CUDA only); ``graph_capture`` replaces the capture (tests: `cuda_graphs.eager_capture`).
     """
 
     def __init__(
@@ -48,6 +53,8 @@ class Mast3rPrior(TwoViewPrior):
         amp_dtype: torch.dtype | None = None,
         desc_dtype: torch.dtype = torch.float32,
         batch_symmetric: bool = True,
+        cuda_graphs: bool = False,
+        graph_capture=None,
     ) -> None:
         self.net = net.eval()
         self.retrieval = retrieval.eval() if retrieval is not None else None
@@ -56,6 +63,16 @@ class Mast3rPrior(TwoViewPrior):
         self.desc_dtype = desc_dtype
         self.batch_symmetric = batch_symmetric
         self.desc_dim = net.cfg.local_feat_dim
+        if cuda_graphs and self.device.type != "cuda" and graph_capture is None:
+            raise ValueError(f"cuda_graphs needs the network on a CUDA device, not {self.device}")
+        self.graphs: dict[str, GraphedCall] | None = None
+        if cuda_graphs:
+            cap = graph_capture or cuda_capture
+            self.graphs = {
+                "encode": GraphedCall(self._encode_fn, cap, "the encoder"),
+                "decode": GraphedCall(self._decode_fn, cap, "decode"),
+                "decode_symmetric": GraphedCall(self._decode_symmetric_fn, cap, "decode_symmetric"),
+            }
 
     @classmethod
     def from_checkpoint(
@@ -72,7 +89,26 @@ class Mast3rPrior(TwoViewPrior):
     def _autocast(self):
         if self.amp_dtype is None:
             return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        # autocast's cache of cast weights cannot outlive a CUDA graph capture (torch's graph notes)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=self.graphs is None)
+
+    # the graphed functions: tensors in, tensors out; positions are the regular grid, built inside
+    def _grid(self, shape: tuple[int, int], B: int, device: torch.device) -> Tensor:
+        p = self.net.cfg.patch_size
+        return grid_positions(shape[0] // p, shape[1] // p, B, device)
+
+    def _encode_fn(self, shape: tuple[int, int], x: Tensor) -> Tensor:
+        return self.net.encode(x)[0]
+
+    def _decode_fn(self, shape: tuple[int, int], fi: Tensor, fj: Tensor):
+        pos = self._grid(shape, fi.shape[0], fi.device)
+        with assume_grid_positions():
+            return self.net.decode(fi, pos, fj, pos, shape)
+
+    def _decode_symmetric_fn(self, shape: tuple[int, int], fi: Tensor, fj: Tensor):
+        pos = self._grid(shape, fi.shape[0], fi.device)
+        with assume_grid_positions():
+            return self.net.decode_symmetric(fi, pos, fj, pos, shape)
 
     def encode(self, image: Tensor, index: int) -> Encoding:
         """image [3, H, W] float32 in [0, 1] -> Encoding(data=(feat [N, C_enc], pos [N, 2]))."""
@@ -81,7 +117,10 @@ class Mast3rPrior(TwoViewPrior):
         H, W = int(image.shape[1]), int(image.shape[2])
         with torch.inference_mode(), self._autocast():
             x = (image.to(self.device, torch.float32)[None] - 0.5) / 0.5  # [1, 3, H, W] in [-1, 1]
-            feat, pos = self.net.encode(x)
+            if self.graphs is not None:
+                feat, pos = self.graphs["encode"]((H, W), x), self._grid((H, W), 1, x.device)
+            else:
+                feat, pos = self.net.encode(x)
         return Encoding(index=index, shape=(H, W), data=(feat[0], pos[0]))
 
     def _unpack(self, enc: Encoding) -> tuple[Tensor, Tensor]:
@@ -95,7 +134,10 @@ class Mast3rPrior(TwoViewPrior):
         fi, pi = self._unpack(enc_i)
         fj, pj = (fi, pi) if enc_j is enc_i else self._unpack(enc_j)
         with torch.inference_mode(), self._autocast():
-            r1, r2 = self.net.decode(fi, pi, fj, pj, enc_i.shape)
+            if self.graphs is not None:  # positions: the grid (every Encoding comes from `encode`)
+                r1, r2 = self.graphs["decode"](enc_i.shape, fi, fj)
+            else:
+                r1, r2 = self.net.decode(fi, pi, fj, pj, enc_i.shape)
         return PairPrediction(_view(r1, 0, self.desc_dtype), _view(r2, 0, self.desc_dtype))
 
     def decode_symmetric(self, enc_i: Encoding, enc_j: Encoding) -> tuple[PairPrediction, PairPrediction]:
@@ -107,7 +149,10 @@ class Mast3rPrior(TwoViewPrior):
         fi, pi = self._unpack(enc_i)
         fj, pj = self._unpack(enc_j)
         with torch.inference_mode(), self._autocast():
-            (r_ii, r_ji), (r_jj, r_ij) = self.net.decode_symmetric(fi, pi, fj, pj, enc_i.shape)
+            if self.graphs is not None:
+                (r_ii, r_ji), (r_jj, r_ij) = self.graphs["decode_symmetric"](enc_i.shape, fi, fj)
+            else:
+                (r_ii, r_ji), (r_jj, r_ij) = self.net.decode_symmetric(fi, pi, fj, pj, enc_i.shape)
         d = self.desc_dtype
         return (
             PairPrediction(_view(r_ii, 0, d), _view(r_ji, 0, d)),
