@@ -2,9 +2,9 @@
 
 Full ViT-L at 512x384 with random weights (``--smoke``: the tiny config, to check the script). For the
 encoder, the tracking decode (one ordering) and the backend's symmetric decode: ms per call without and
-with graphs, their ratio, and the largest relative difference of the predictions (graphs replay the same
-kernels, so it should be ~0). With ``--slam-frames N``: tracking frames/s of a SLAM run (synthetic
-sequence, full network) without and with graphs.
+with graphs (best of --repeats, after a first call that captures / warms up), their ratio, and the largest
+relative difference of the predictions (graphs replay the same kernels, so it should be ~0). With
+``--slam-frames N``: tracking frames/s of a SLAM run (synthetic sequence, full network) without and with graphs.
 
 On a CPU the capture is the eager twin (`eager_capture`): that checks the script, not CUDA graphs.
 
@@ -23,29 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_gpu import best_ms, sync  # noqa: E402
 from benchmarks.bench_network import bench_config, init_random_  # noqa: E402
 from mslam_ns.model import build_mast3r  # noqa: E402
 from mslam_ns.prior.cuda_graphs import eager_capture  # noqa: E402
 from mslam_ns.prior.mast3r import AMP_DTYPES, Mast3rPrior  # noqa: E402
 
 AMP = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def median_ms(fn, dev: torch.device, repeats: int) -> float:
-    fn()  # the first call captures (graphs) / warms up (plain)
-    sync(dev)
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(dev)
-        out.append(1e3 * (time.perf_counter() - t))
-    return sorted(out)[len(out) // 2]
 
 
 def max_rel(a, b) -> float:
@@ -101,9 +85,9 @@ def main() -> int:
         e = encs[label] = [prior.encode(im, i) for i, im in enumerate(imgs)]
         rows.append(
             (
-                median_ms(lambda p=prior: p.encode(imgs[0], 0), dev, a.repeats),
-                median_ms(lambda p=prior, e=e: p.decode(e[0], e[1]), dev, a.repeats),
-                median_ms(lambda p=prior, e=e: p.decode_symmetric(e[0], e[1]), dev, a.repeats),
+                best_ms(lambda p=prior: p.encode(imgs[0], 0), dev, a.repeats),
+                best_ms(lambda p=prior, e=e: p.decode(e[0], e[1]), dev, a.repeats),
+                best_ms(lambda p=prior, e=e: p.decode_symmetric(e[0], e[1]), dev, a.repeats),
             )
         )
     diff_enc = float((encs["graphs"][0].data[0] - encs["plain"][0].data[0]).abs().max())
@@ -118,6 +102,7 @@ def main() -> int:
     )
     if a.slam_frames:
         size = max(a.height, a.width)
+        slam_fps(plain, 3, str(dev), size)  # warm-up: kernel loading and first-call costs count for neither
         f0 = slam_fps(plain, a.slam_frames, str(dev), size)
         f1 = slam_fps(graphed, a.slam_frames, str(dev), size)
         print(f"  SLAM {a.slam_frames} frames at {size}: plain {f0:.2f} frames/s, graphs {f1:.2f} ({f1 / f0:.2f}x)")
