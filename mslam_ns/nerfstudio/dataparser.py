@@ -54,6 +54,8 @@ class MslamDataParserConfig(NerfstudioDataParserConfig):
     """Torch device of the SLAM (default: the SLAM configuration's)."""
     precision: Literal["fp32", "bf16", "fp16"] | None = None
     """The SLAM network's arithmetic (default: the SLAM configuration's, fp32; see `ns-process-data mslam`)."""
+    cuda_graphs: bool = False
+    """The SLAM network's calls as CUDA graphs (without it: the SLAM configuration's setting, off)."""
     num_frames_target: int = 300
     """Approximate number of frames in the dataset made from a video / folder."""
     cache_dir: Path = field(default_factory=_default_cache)
@@ -122,6 +124,7 @@ def _slam_plan(config: MslamDataParserConfig):
         img_size=config.img_size,
         device=config.device,
         precision=config.precision,
+        cuda_graphs=config.cuda_graphs,
         config=config.slam_config,
     )
     key = settings_key(

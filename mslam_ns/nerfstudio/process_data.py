@@ -74,6 +74,9 @@ class ProcessMslam:
     precision: Literal["fp32", "bf16", "fp16"] | None = None
     """The network's arithmetic (default: the SLAM configuration's, fp32); bf16 is 2-3x faster on CPUs with
     bf16 instructions (`mslam-ns doctor` says), fp16 is for CUDA."""
+    cuda_graphs: bool = False
+    """Run the network's calls as CUDA graphs (--device cuda, --prior mast3r; README "CUDA graphs"); without
+    the flag, the SLAM configuration's setting (off)."""
     config: Path | None = None
     """YAML with `mslam-ns run` options (e.g. configs/cpu-preview.yaml)."""
     include_lost: bool = False
@@ -113,6 +116,7 @@ def run_options(p: ProcessMslam, out: Path):
     from mslam_ns.commands.options import RunOptions, load_options
 
     given = (("img_size", p.img_size), ("device", p.device), ("mode", p.mode), ("precision", p.precision))
+    given += (("cuda_graphs", True if p.cuda_graphs else None),)
     slam = {k: v for k, v in given if v is not None}
     o = load_options(RunOptions, p.config)
     import dataclasses

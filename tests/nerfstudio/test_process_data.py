@@ -309,3 +309,18 @@ def test_precision_reaches_the_slam(tmp_path, seq):
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and "--precision bf16" in err[0], r.stdout + r.stderr
     assert not out.exists()
+
+
+def test_cuda_graphs_reach_the_slam(tmp_path, seq):
+    """`--cuda-graphs` goes into the SLAM's options; on this CPU-only run it is refused with one line before
+    any work (the graphed network itself: tests/prior/test_cuda_graphs.py)."""
+    from mslam_ns.nerfstudio.process_data import ProcessMslam, run_options
+
+    p = ProcessMslam(data=seq, output_dir=tmp_path / "o", prior="mast3r", cuda_graphs=True)
+    assert run_options(p, tmp_path / "o").slam.cuda_graphs is True
+    assert run_options(ProcessMslam(data=seq, output_dir=tmp_path / "o"), tmp_path / "o").slam.cuda_graphs is False
+    out = tmp_path / "out"
+    r = _ns("mslam", "--data", str(seq), "--output-dir", str(out), *ARGS, "--cuda-graphs")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "--cuda-graphs" in err[0], r.stdout + r.stderr
+    assert not out.exists()
