@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_leaves, tree_map_only
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +34,6 @@ __all__ = ["GraphedCall", "cuda_capture", "eager_capture"]
 _CAPTURE_LOCK = threading.Lock()
 #: (static inputs, replay(), static outputs) of one captured signature
 Captured = tuple[list[Tensor], Callable[[], None], Any]
-
-
-def _tree_map(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
-    if isinstance(tree, Tensor):
-        return fn(tree)
-    if isinstance(tree, dict):
-        return {k: _tree_map(fn, v) for k, v in tree.items()}
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_tree_map(fn, v) for v in tree)
-    return tree
-
-
-def _tree_leaves(tree: Any) -> list[Tensor]:
-    out: list[Tensor] = []
-    _tree_map(lambda t: out.append(t) or t, tree)
-    return out
 
 
 def cuda_capture(fn: Callable[..., Any], static: list[Tensor], warmup: int = 2) -> tuple[Callable[[], None], Any]:
@@ -71,11 +56,11 @@ def eager_capture(fn: Callable[..., Any], static: list[Tensor], warmup: int = 2)
     """The CPU twin of `cuda_capture`: static output buffers refreshed in place by re-running ``fn``."""
     for _ in range(warmup):
         fn(*static)
-    out = _tree_map(torch.clone, fn(*static))  # dense buffers (an output may be an expanded view)
-    leaves = _tree_leaves(out)
+    out = tree_map_only(Tensor, torch.clone, fn(*static))  # dense buffers (an output may be an expanded view)
+    leaves = tree_leaves(out)
 
     def replay() -> None:
-        for buf, new in zip(leaves, _tree_leaves(fn(*static))):
+        for buf, new in zip(leaves, tree_leaves(fn(*static))):
             buf.copy_(new)
 
     return replay, out
@@ -117,7 +102,7 @@ class GraphedCall:
             for buf, a in zip(static_in, args):
                 buf.copy_(a)
             replay()
-            return _tree_map(torch.clone, static_out)  # the next replay overwrites the captured outputs
+            return tree_map_only(Tensor, torch.clone, static_out)  # the next replay overwrites the captured outputs
 
     def _capture(self, key: Hashable, args: tuple[Tensor, ...]) -> Captured | None:
         static = [a.clone() for a in args]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -70,8 +71,8 @@ class Mast3rPrior(TwoViewPrior):
             cap = graph_capture or cuda_capture
             self.graphs = {
                 "encode": GraphedCall(self._encode_fn, cap, "the encoder"),
-                "decode": GraphedCall(self._decode_fn, cap, "decode"),
-                "decode_symmetric": GraphedCall(self._decode_symmetric_fn, cap, "decode_symmetric"),
+                "decode": GraphedCall(partial(self._on_grid, net.decode), cap, "decode"),
+                "decode_symmetric": GraphedCall(partial(self._on_grid, net.decode_symmetric), cap, "decode_symmetric"),
             }
 
     @classmethod
@@ -100,15 +101,11 @@ class Mast3rPrior(TwoViewPrior):
     def _encode_fn(self, shape: tuple[int, int], x: Tensor) -> Tensor:
         return self.net.encode(x)[0]
 
-    def _decode_fn(self, shape: tuple[int, int], fi: Tensor, fj: Tensor):
+    def _on_grid(self, decode, shape: tuple[int, int], fi: Tensor, fj: Tensor):
+        """``decode`` (the net's `decode` / `decode_symmetric`) of fi, fj at the grid positions."""
         pos = self._grid(shape, fi.shape[0], fi.device)
         with assume_grid_positions():
-            return self.net.decode(fi, pos, fj, pos, shape)
-
-    def _decode_symmetric_fn(self, shape: tuple[int, int], fi: Tensor, fj: Tensor):
-        pos = self._grid(shape, fi.shape[0], fi.device)
-        with assume_grid_positions():
-            return self.net.decode_symmetric(fi, pos, fj, pos, shape)
+            return decode(fi, pos, fj, pos, shape)
 
     def encode(self, image: Tensor, index: int) -> Encoding:
         """image [3, H, W] float32 in [0, 1] -> Encoding(data=(feat [N, C_enc], pos [N, 2]))."""
