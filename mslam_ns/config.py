@@ -30,6 +30,10 @@ class MatchingConfig:
     """Descriptor refinement starts at this dilation and goes down to 1."""
     refine: bool = True
     """Run the descriptor refinement after IPM."""
+    project_known_rays: bool = True
+    """Tracking with known intrinsics (calib mode, and rays mode once self-calibrated) puts the frame's pointmap
+    on K's pinhole rays, whose IPM fixed point is the projection through K: match in that closed form (no ray
+    image, no LM iterations). False: iterate IPM there too."""
 
 
 @dataclass

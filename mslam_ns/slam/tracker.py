@@ -150,6 +150,11 @@ class Tracker:
             self._grids[key] = TrackingGrid.make(self.stride, hw, device)
         return self._grids[key]
 
+    def known_K(self) -> Tensor | None:  # [3, 3] network pixels, or None
+        """The intrinsics whose rays `canonical_points` puts a view's pointmap on (calib mode: the given K;
+        rays mode: the self-calibrated K once set), or None while the pointmap stays as predicted."""
+        return self.K if self.mode == "calib" else self.K_est
+
     def canonical_points(self, X: Tensor, hw: tuple[int, int]) -> Tensor:  # [HW,3] -> [HW,3]
         """A view's own pointmap as stored: constrained to the known rays in calib mode, or to the
         self-calibrated rays in rays mode once they are set; else as predicted."""
@@ -188,6 +193,7 @@ class Tracker:
             None if idx_init is None else idx_init.reshape(1, -1).to(dev),
             self.matching,
             query=None if grid.stride == 1 else grid.sel,
+            K=self.known_K() if self.matching.project_known_rays else None,  # X_ff lies on K's rays: projection
         )
         res = self.track_matches(kf, pred, idx[0].long(), matched[0].bool(), T_init, grid, X_ff)
         res.timings["match"] = _now() - t0 - res.timings.get("solve", 0.0)

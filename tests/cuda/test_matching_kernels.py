@@ -214,6 +214,31 @@ def test_refine_compiled_matches_twin(cpu_mod, dtype, Fd, N):
     assert (out_c[..., 1] >= 0).all() and (out_c[..., 1] < H).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("Fd", [24, 20])  # the vectorised scorer and the portable one
+def test_refine_mask_refines_only_the_masked_points(cpu_mod, dtype, Fd):
+    """With a mask, the masked points come out exactly as without one (each search is independent; the
+    compiled kernel compacts them per task) and the others exactly as given, unclamped; the twin alike."""
+    B, H, W, N = 2, 20, 28, 1031  # 1031: uneven task tails after compaction
+    g = torch.Generator().manual_seed(5)
+    D_i = _descriptors(B, H, W, Fd, 6).to(dtype)
+    D_j = _descriptors(B, 1, N, Fd, 7).reshape(B, N, Fd).to(dtype)
+    p = torch.stack([torch.randint(-3, W + 3, (B, N), generator=g), torch.randint(-3, H + 3, (B, N), generator=g)], -1)
+    mask = torch.rand(B, N, generator=g) < 0.6
+    mask[0, :300] = False  # a whole task without a point to refine
+    full = cpu_mod.refine_matches(D_i, D_j, p, 3, 5)
+    out_c = cpu_mod.refine_matches(D_i, D_j, p, 3, 5, mask)
+    out_t = _torch_impl._refine_matches(D_i, D_j, p, 3, 5, mask)
+    assert (full[mask] != p[mask]).any(-1).float().mean() > 0.5  # the refinement moves most points
+    assert torch.equal(out_c[mask], full[mask]) and torch.equal(out_c[~mask], p[~mask])
+    same = (out_c == out_t).all(-1).float().mean().item()
+    assert same >= AGREE, f"compiled vs twin identical {same:.4f}"
+    with pytest.raises(ValueError, match=r"mask must be \[B=2, N=1031\] bool"):
+        refine_matches(D_i, D_j, p, mask=mask[:, :-1])
+    with pytest.raises(ValueError, match="mask must be bool"):
+        refine_matches(D_i, D_j, p, mask=mask.int())
+
+
 def _smooth_descriptors(B: int, H: int, W: int, Fd: int, seed: int, scale: int = 4) -> torch.Tensor:
     """Unit descriptors varying smoothly over ~`scale` pixels (like a network's), unique per region."""
     g = torch.Generator().manual_seed(seed)
@@ -394,3 +419,6 @@ def test_cuda_refine_matches_cpu(cpu_mod, dtype):
     out_c = cpu_mod.refine_matches(D_i, D_j, p, 3, 5)
     out_g = cuda_mod.refine_matches(D_i.cuda(), D_j.cuda(), p.cuda(), 3, 5).cpu()
     assert (out_c == out_g).all(-1).float().mean() > 0.99
+    mask = torch.rand(2, 500) < 0.5
+    out_m = cuda_mod.refine_matches(D_i.cuda(), D_j.cuda(), p.cuda(), 3, 5, mask.cuda()).cpu()
+    assert torch.equal(out_m[mask], out_g[mask]) and torch.equal(out_m[~mask], p[~mask])

@@ -170,3 +170,59 @@ def test_match_cuda_matches_cpu(scene):
     idx_g, valid_g = match(*(a.cuda() for a in args))
     assert (idx_g.cpu() == idx_c).float().mean() > 0.99
     assert (valid_g.cpu() == valid_c).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_match_with_known_rays_is_the_ipm_fixed_point(scene, refine):
+    """X_i on the pinhole rays of K (the scene is ray-cast): matching by projection through K gives what IPM
+    iterates to, for every pixel but the few whose projection IPM leaves on the other side of a pixel edge
+    (measured: all interior visible pixels alike), and the exact pixel of the truth more often."""
+    D_i, D_ji = _descriptors(scene, seed=9)
+    args = (scene.X_i[None], scene.X_ji[None], D_i[None], D_ji[None])
+    cfg = MatchingConfig(refine=refine)
+    idx_ipm, valid_ipm = match(*args, cfg=cfg)
+    idx_k, valid_k = match(*args, cfg=cfg, K=scene.K)
+    interior, _ = _truth(scene)
+    assert (valid_k == valid_ipm).float().mean() > 0.998
+    assert (idx_k[0] == idx_ipm[0])[interior].float().mean() > 0.998
+    assert valid_k[0][interior].float().mean() > 0.95 and valid_k[0][~scene.visible].float().mean() < 0.05
+    if not refine:  # the projection, truncated: the truth's own pixel
+        floor_true = scene.uv_true.floor().long()
+        exact = idx_k[0] == floor_true[:, 0] + W * floor_true[:, 1]
+        assert exact[interior].float().mean() > 0.999
+        err = _pixel_error(idx_k[0], scene)[interior]
+        assert (err < 1.0).all()
+    # with `query`: the full result's columns; a batch: per image K
+    q = torch.arange(0, H * W, 7)
+    idx_q, valid_q = match(*args, cfg=cfg, K=scene.K, query=q)
+    torch.testing.assert_close(idx_q, idx_k[:, q], rtol=0, atol=0)
+    torch.testing.assert_close(valid_q, valid_k[:, q], rtol=0, atol=0)
+    idx_b, valid_b = match(*(torch.cat([a, a]) for a in args), cfg=cfg, K=torch.stack([scene.K, scene.K]))
+    torch.testing.assert_close(idx_b, torch.cat([idx_k, idx_k]), rtol=0, atol=0)
+    torch.testing.assert_close(valid_b, torch.cat([valid_k, valid_k]), rtol=0, atol=0)
+
+
+def test_match_with_known_rays_rejects_points_behind_or_off_the_image(scene):
+    """The projection's `converged` is IPM's cost test at the clamped pixel: a point behind camera i or
+    projecting outside [1, W-2] x [1, H-2] is not matched; one just inside the border is."""
+    D_i, D_ji = _descriptors(scene, seed=10)
+    K = scene.K.double()
+    pix = torch.tensor([[W / 2, H / 2], [1.2, H / 2], [W - 2.2, 3.0], [-5.0, H / 2], [W / 2, H + 4.0], [W / 2, H / 2]])
+    rays = torch.cat([pix.double(), torch.ones(len(pix), 1, dtype=torch.float64)], 1) @ torch.linalg.inv(K).T
+    pts = (2.0 * rays).float()
+    pts[-1] = -pts[-1]  # behind the camera (it projects to the image centre)
+    X_ji = scene.X_ji.clone().reshape(H * W, 3)
+    X_ji[: len(pts)] = pts
+    idx, valid = match(
+        scene.X_i[None],
+        X_ji.reshape(1, H, W, 3),
+        D_i[None],
+        D_ji[None],
+        K=scene.K,
+        cfg=MatchingConfig(refine=False, dist_thresh=1e9),
+        query=torch.arange(len(pts)),
+    )
+    assert valid[0].tolist() == [True, True, True, False, False, False]
+    assert idx[0, :3].tolist() == [int(W / 2) + W * int(H / 2), 1 + W * int(H / 2), int(W - 2.2) + W * 3]
+    with pytest.raises(ValueError, match=r"K must be \[3, 3\] or \[B=1, 3, 3\]"):
+        match(scene.X_i[None], scene.X_ji[None], D_i[None], D_ji[None], K=torch.eye(4))

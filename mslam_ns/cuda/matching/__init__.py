@@ -122,12 +122,15 @@ def refine_matches(
     radius: int = 3,
     dilation_max: int = 5,
     *,
+    mask: Tensor | None = None,  # [B, N] bool: refine only these points (None: all)
     check: bool = True,
 ) -> Tensor:  # [B, N, 2] int64 (u, v)
     """Descriptor refinement: multi-dilation window search for the best dot product (docs/algorithm.md 2.6).
 
     For d = dilation_max .. 1 the (2 radius + 1)^2 pixels p + d (dx, dy) inside the image are scored with
     dot(D_j[n], D_i[candidate]) (accumulated in float32); the best positive score is the next centre.
+    Points outside `mask` are returned as given, the others exactly as without a mask (each point's search
+    is independent), at the cost of the masked points only.
     ``check=False``: no finiteness tests of the descriptors (the caller has made them).
     """
     op = "refine_matches"
@@ -146,12 +149,17 @@ def refine_matches(
         raise ValueError(f"{op}: D_i must be [B, H, W, F] with 1 <= F <= {_MAX_DESCRIPTOR_DIM}, got {tuple(D_i.shape)}")
     if radius < 0 or dilation_max < 0:
         raise ValueError(f"{op}: radius and dilation_max must be >= 0, got {radius}, {dilation_max}")
-    device = _check_devices(op, D_i=D_i, D_j=D_j, p=p)
+    if mask is not None:
+        mask = _check_tensor(op, "mask", mask, 2, (torch.bool,))
+        if tuple(mask.shape) != (B, N):
+            raise ValueError(f"{op}: mask must be [B={B}, N={N}] bool, got shape {tuple(mask.shape)}")
+        mask = mask.contiguous()
+    device = _check_devices(op, D_i=D_i, D_j=D_j, p=p, **({} if mask is None else {"mask": mask}))
     if check:
         _check_finite(op, "D_i", D_i)
         _check_finite(op, "D_j", D_j)
     D_i, D_j, p = D_i.contiguous(), D_j.contiguous(), p.contiguous()
     mod = _backend.get("matching", device)
     if mod is not None:
-        return mod.refine_matches(D_i, D_j, p, int(radius), int(dilation_max))
-    return _refine_matches(D_i, D_j, p, int(radius), int(dilation_max))
+        return mod.refine_matches(D_i, D_j, p, int(radius), int(dilation_max), mask)
+    return _refine_matches(D_i, D_j, p, int(radius), int(dilation_max), mask)

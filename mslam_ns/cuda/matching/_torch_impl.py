@@ -146,6 +146,7 @@ def _refine_matches(
     p: Tensor,  # [B, N, 2] int64 (u, v)
     radius: int = 3,
     dilation_max: int = 5,
+    mask: Tensor | None = None,  # [B, N] bool: refine these points, return the others as given
 ) -> Tensor:  # [B, N, 2] int64
     """Multi-dilation descriptor window search (twin of ``refine_point``): dots in float32."""
     B, H, W, Fd = D_i.shape
@@ -170,4 +171,5 @@ def _refine_matches(
                 bu = torch.where(better, x, bu)
                 bv = torch.where(better, y, bv)
         u, v = bu, bv
-    return torch.stack([u, v], dim=-1)
+    out = torch.stack([u, v], dim=-1)
+    return out if mask is None else torch.where(mask[..., None], out, p)

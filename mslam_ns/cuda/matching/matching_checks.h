@@ -62,4 +62,15 @@ inline RefineDims check_refine(const at::Tensor& D_i, const at::Tensor& D_j, con
   return d;
 }
 
+// The optional mask of refine_matches: [B, N] bool (the points to refine), on the kernel's device.
+inline void check_refine_mask(const c10::optional<at::Tensor>& mask, const RefineDims& d, c10::DeviceType dev) {
+  if (!mask.has_value()) return;
+  const at::Tensor& m = *mask;
+  MSLAM_CHECK_INPUT(m, dev, "mask");
+  MSLAM_CHECK_DIM(m, 2, "mask", "[B, N] bool");
+  MSLAM_CHECK_SIZE(m, 0, d.B, "mask", "[B, N] bool");
+  MSLAM_CHECK_SIZE(m, 1, d.N, "mask", "[B, N] bool");
+  MSLAM_CHECK_DTYPE(m, at::kBool, "mask");
+}
+
 }  // namespace mslam::matching

@@ -97,12 +97,13 @@ struct RefineArgs {
   RefineParams prm;
 };
 
-// Loop over points [begin, end) with the scorer made by make_scorer(Di of the batch, query).
+// Loop over the points ids[0..n) with the scorer made by make_scorer(Di of the batch, query).
 template <typename T, class MakeScorer>
-inline void refine_loop(const RefineArgs& a, int64_t begin, int64_t end, const MakeScorer& make_scorer) {
+inline void refine_loop(const RefineArgs& a, const int64_t* ids, int64_t n, const MakeScorer& make_scorer) {
   const int64_t img_stride = static_cast<int64_t>(a.H) * a.W * a.F;
   const T* Di_all = static_cast<const T*>(a.Di);
-  for (int64_t i = begin; i < end; ++i) {
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t i = ids[k];
     const int64_t b = i / a.N;
     // Clamp in 64 bits before narrowing to int (the body clamps again into the image).
     int u = static_cast<int>(std::min<int64_t>(std::max<int64_t>(a.p_in[i * 2], 0), a.W - 1));
@@ -114,18 +115,18 @@ inline void refine_loop(const RefineArgs& a, int64_t begin, int64_t end, const M
 }
 
 template <int FC>
-void refine_portable(const RefineArgs& a, int64_t begin, int64_t end) {
-  refine_loop<float>(a, begin, end, [&](const float* Di, const float* q) {
+void refine_portable(const RefineArgs& a, const int64_t* ids, int64_t n) {
+  refine_loop<float>(a, ids, n, [&](const float* Di, const float* q) {
     return mslam::matching::LaneScorer<FC, float, float>{Di, q, a.W, a.F};
   });
 }
 
-void refine_portable_any(const RefineArgs& a, int64_t begin, int64_t end) {
+void refine_portable_any(const RefineArgs& a, const int64_t* ids, int64_t n) {
   switch (a.F) {
-    case 16: refine_portable<16>(a, begin, end); break;
-    case 24: refine_portable<24>(a, begin, end); break;
-    case 32: refine_portable<32>(a, begin, end); break;
-    default: refine_portable<0>(a, begin, end); break;
+    case 16: refine_portable<16>(a, ids, n); break;
+    case 24: refine_portable<24>(a, ids, n); break;
+    case 32: refine_portable<32>(a, ids, n); break;
+    default: refine_portable<0>(a, ids, n); break;
   }
 }
 
@@ -229,18 +230,18 @@ MSLAM_AVX inline void refine_window_avx(const T* Di, const __m256 q[K], int H, i
 constexpr int kLanes = 2;
 
 template <int K, typename T>
-MSLAM_AVX __attribute__((flatten)) void refine_avx(const RefineArgs& a, int64_t begin, int64_t end) {
+MSLAM_AVX __attribute__((flatten)) void refine_avx(const RefineArgs& a, const int64_t* ids, int64_t n) {
   const int64_t img_stride = static_cast<int64_t>(a.H) * a.W * a.F;
   const T* Di_all = static_cast<const T*>(a.Di);
   const int side = 2 * a.prm.radius + 1;
   const size_t nbuf = static_cast<size_t>(side) * ((side + 7) / 8) * 8;  // one window's scores
   std::vector<float> buf(kLanes * nbuf);
-  for (int64_t i0 = begin; i0 < end; i0 += kLanes) {
+  for (int64_t i0 = 0; i0 < n; i0 += kLanes) {
     int64_t id[kLanes];
     int cu[kLanes], cv[kLanes];
     __m256 q[kLanes][K];
     for (int l = 0; l < kLanes; ++l) {
-      id[l] = i0 + l < end ? i0 + l : end - 1;  // a short tail refines its last point again (same result)
+      id[l] = ids[i0 + l < n ? i0 + l : n - 1];  // a short tail refines its last point again (same result)
       // Clamp in 64 bits before narrowing to int (the window step clamps again into the image).
       cu[l] = static_cast<int>(std::min<int64_t>(std::max<int64_t>(a.p_in[id[l] * 2], 0), a.W - 1));
       cv[l] = static_cast<int>(std::min<int64_t>(std::max<int64_t>(a.p_in[id[l] * 2 + 1], 0), a.H - 1));
@@ -260,12 +261,12 @@ MSLAM_AVX __attribute__((flatten)) void refine_avx(const RefineArgs& a, int64_t 
 }
 
 template <typename T>
-void refine_avx_any(const RefineArgs& a, int64_t begin, int64_t end) {
+void refine_avx_any(const RefineArgs& a, const int64_t* ids, int64_t n) {
   switch (a.F) {
-    case 8: refine_avx<1, T>(a, begin, end); break;
-    case 16: refine_avx<2, T>(a, begin, end); break;
-    case 24: refine_avx<3, T>(a, begin, end); break;
-    case 32: refine_avx<4, T>(a, begin, end); break;
+    case 8: refine_avx<1, T>(a, ids, n); break;
+    case 16: refine_avx<2, T>(a, ids, n); break;
+    case 24: refine_avx<3, T>(a, ids, n); break;
+    case 32: refine_avx<4, T>(a, ids, n); break;
     default: TORCH_CHECK(false, "no AVX scorer for F = ", a.F);
   }
 }
@@ -281,8 +282,10 @@ bool avx_scorer_usable(int64_t) { return false; }
 at::Tensor refine_matches(const at::Tensor& D_i,  // [B, H, W, F] float32 or float16
                           const at::Tensor& D_j,  // [B, N, F] float32 or float16
                           const at::Tensor& p,    // [B, N, 2] int64 (u, v)
-                          int64_t radius, int64_t dilation_max) {
+                          int64_t radius, int64_t dilation_max,
+                          const c10::optional<at::Tensor>& mask) {  // [B, N] bool: refine these; others kept
   const auto dims = mslam::matching::check_refine(D_i, D_j, p, radius, dilation_max, c10::DeviceType::CPU);
+  mslam::matching::check_refine_mask(mask, dims, c10::DeviceType::CPU);
   const int64_t B = dims.B, H = dims.H, W = dims.W, F = dims.F, N = dims.N;
 
   const bool avx = avx_scorer_usable(F);
@@ -301,19 +304,33 @@ at::Tensor refine_matches(const at::Tensor& D_i,  // [B, H, W, F] float32 or flo
                         static_cast<int>(F),
                         RefineParams{static_cast<int>(radius), static_cast<int>(dilation_max)}};
   const bool half = Di.scalar_type() == at::kHalf;
+  const bool* keep = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
   at::parallel_for(0, B * N, kRefineGrain, [&](int64_t begin, int64_t end) {
+    // The task's points to refine; a masked-out point is returned as given.
+    std::vector<int64_t> ids;
+    ids.reserve(static_cast<size_t>(end - begin));
+    for (int64_t i = begin; i < end; ++i) {
+      if (keep == nullptr || keep[i]) {
+        ids.push_back(i);
+      } else {
+        args.p_out[i * 2] = args.p_in[i * 2];
+        args.p_out[i * 2 + 1] = args.p_in[i * 2 + 1];
+      }
+    }
+    const int64_t n = static_cast<int64_t>(ids.size());
+    if (n == 0) return;
 #ifdef MSLAM_HAVE_AVX_SCORER
     if (avx) {
       if (half) {
-        refine_avx_any<at::Half>(args, begin, end);
+        refine_avx_any<at::Half>(args, ids.data(), n);
       } else {
-        refine_avx_any<float>(args, begin, end);
+        refine_avx_any<float>(args, ids.data(), n);
       }
       return;
     }
 #endif
     (void)half;
-    refine_portable_any(args, begin, end);
+    refine_portable_any(args, ids.data(), n);
   });
   return out;
 }
@@ -326,5 +343,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("targets"), py::arg("p_init"), py::arg("max_iter"), py::arg("lambda_init"),
         py::arg("cost_thresh"), py::arg("step_tol"));
   m.def("refine_matches", &refine_matches, "Multi-dilation descriptor refinement", py::arg("D_i"),
-        py::arg("D_j"), py::arg("p"), py::arg("radius"), py::arg("dilation_max"));
+        py::arg("D_j"), py::arg("p"), py::arg("radius"), py::arg("dilation_max"), py::arg("mask") = py::none());
 }

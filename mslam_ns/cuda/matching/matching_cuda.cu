@@ -47,14 +47,20 @@ __global__ void refine_kernel(const T* __restrict__ Di,         // [B, H, W, F]
                               const T* __restrict__ Dj,         // [B, N, F]
                               const int64_t* __restrict__ pin,  // [B, N, 2]
                               int64_t* __restrict__ pout,       // [B, N, 2]
+                              const bool* __restrict__ keep,    // [B, N] points to refine, or null: all
                               int64_t B, int64_t N, int H, int W, int F, RefineParams prm) {
   const int64_t total = B * N;
   const int64_t img_stride = static_cast<int64_t>(H) * W * F;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t pu = pin[i * 2], pv = pin[i * 2 + 1];
+    if (keep != nullptr && !keep[i]) {  // masked out: returned as given
+      pout[i * 2] = pu;
+      pout[i * 2 + 1] = pv;
+      continue;
+    }
     const int64_t b = i / N;
     // Clamp in 64 bits before narrowing to int (the body clamps again into the image).
-    const int64_t pu = pin[i * 2], pv = pin[i * 2 + 1];
     int u = static_cast<int>(pu < 0 ? 0 : (pu > W - 1 ? W - 1 : pu));
     int v = static_cast<int>(pv < 0 ? 0 : (pv > H - 1 ? H - 1 : pv));
     const mslam::matching::LaneScorer<0, T, T> scorer{Di + b * img_stride, Dj + i * F, W, F};
@@ -87,8 +93,10 @@ std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W
 at::Tensor refine_matches(const at::Tensor& D_i,  // [B, H, W, F] float32 or float16
                           const at::Tensor& D_j,  // [B, N, F] same dtype
                           const at::Tensor& p,    // [B, N, 2] int64 (u, v)
-                          int64_t radius, int64_t dilation_max) {
+                          int64_t radius, int64_t dilation_max,
+                          const c10::optional<at::Tensor>& mask) {  // [B, N] bool: refine these; others kept
   const auto dims = mslam::matching::check_refine(D_i, D_j, p, radius, dilation_max, c10::DeviceType::CUDA);
+  mslam::matching::check_refine_mask(mask, dims, c10::DeviceType::CUDA);
   const int64_t B = dims.B, H = dims.H, W = dims.W, F = dims.F, N = dims.N;
   const c10::cuda::CUDAGuard guard(D_i.device());
   at::Tensor out = at::empty_like(p);  // [B, N, 2]
@@ -96,7 +104,8 @@ at::Tensor refine_matches(const at::Tensor& D_i,  // [B, H, W, F] float32 or flo
   const RefineParams prm{static_cast<int>(radius), static_cast<int>(dilation_max)};
   AT_DISPATCH_FLOATING_TYPES_AND_HALF(D_i.scalar_type(), "refine_matches", [&] {
     refine_kernel<scalar_t><<<num_blocks(B * N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        D_i.data_ptr<scalar_t>(), D_j.data_ptr<scalar_t>(), p.data_ptr<int64_t>(), out.data_ptr<int64_t>(), B, N,
+        D_i.data_ptr<scalar_t>(), D_j.data_ptr<scalar_t>(), p.data_ptr<int64_t>(), out.data_ptr<int64_t>(),
+        mask.has_value() ? mask->data_ptr<bool>() : nullptr, B, N,
         static_cast<int>(H), static_cast<int>(W), static_cast<int>(F), prm);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -111,5 +120,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("targets"), py::arg("p_init"), py::arg("max_iter"), py::arg("lambda_init"),
         py::arg("cost_thresh"), py::arg("step_tol"));
   m.def("refine_matches", &refine_matches, "Multi-dilation descriptor refinement", py::arg("D_i"),
-        py::arg("D_j"), py::arg("p"), py::arg("radius"), py::arg("dilation_max"));
+        py::arg("D_j"), py::arg("p"), py::arg("radius"), py::arg("dilation_max"), py::arg("mask") = py::none());
 }
