@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 __all__ = ["estimate_focal", "estimate_intrinsics", "fit_pinhole", "IntrinsicsFuser", "weighted_median"]
 
@@ -44,20 +45,23 @@ def _as_numpy(a) -> np.ndarray:
 
 
 def _rays_and_pixels(
-    X: np.ndarray,  # [H, W, 3]
-    C: np.ndarray | None,  # [H, W]
+    X,  # [H, W, 3] numpy array or torch tensor (any device)
+    C,  # [H, W] the same, or None
     max_pixels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Valid pixels' (a, b) = (x/z, y/z), pixel coordinates (u, v) and weights; each [M]. With `max_pixels`
-    below H * W only that many pixels, evenly spread in raster order, are looked at."""
+    """Valid pixels' (a, b) = (x/z, y/z), pixel coordinates (u, v) and weights; each [M] float64. With
+    `max_pixels` below H * W only that many pixels, evenly spread in raster order, are looked at (and only they
+    are copied and converted)."""
     H, W = X.shape[:2]
-    w_all = np.ones((H, W)) if C is None else C.reshape(H, W)
     if max_pixels is not None and H * W > max_pixels:
         sel = np.linspace(0, H * W - 1, int(max_pixels)).round().astype(np.int64)
-        Xs, ws = X.reshape(H * W, 3)[sel], w_all.reshape(H * W)[sel]
+        take = torch.from_numpy(sel) if hasattr(X, "detach") else sel
+        Xs = _as_numpy(X.reshape(H * W, 3)[take])
+        ws = np.ones(len(sel)) if C is None else _as_numpy(C.reshape(H * W)[take])
         v, u = np.divmod(sel, W)
     else:
-        Xs, ws = X.reshape(H * W, 3), w_all.reshape(H * W)
+        Xs = _as_numpy(X).reshape(H * W, 3)
+        ws = np.ones(H * W) if C is None else _as_numpy(C).reshape(H * W)
         v, u = np.divmod(np.arange(H * W), W)
     x, y, z = Xs[:, 0], Xs[:, 1], Xs[:, 2]
     ok = np.isfinite(Xs).all(axis=-1) & (z > _MIN_Z) & np.isfinite(ws) & (ws > 0)
@@ -93,9 +97,8 @@ def fit_pinhole(
     Raises:
         ValueError: fewer than 8 pixels with positive depth and weight.
     """
-    X = _as_numpy(X)
     H, W = X.shape[:2]
-    a, b, u, v, w = _rays_and_pixels(X, None if C is None else _as_numpy(C), max_pixels)
+    a, b, u, v, w = _rays_and_pixels(X, C, max_pixels)
     if len(a) < 8:
         raise ValueError(f"fit_pinhole: only {len(a)} pixels with positive depth and weight")
     cx0, cy0 = ((W - 1) / 2.0, (H - 1) / 2.0) if pp is None else (float(pp[0]), float(pp[1]))
@@ -119,21 +122,22 @@ def fit_pinhole(
         tu, tv = u, v
     else:
         tu, tv = u - cx0, v - cy0
-    Au = np.stack(cols_u, axis=1)  # [M, P]
-    Av = np.stack(cols_v, axis=1)  # [M, P]
-    theta = _weighted_lstsq(Au, Av, tu, tv, w)
+    # The 2M rows [u-rows; v-rows] as the columns of one contiguous [P, 2M] array (fast weighted products).
+    AT = np.ascontiguousarray(np.concatenate([np.stack(cols_u, axis=1), np.stack(cols_v, axis=1)]).T)
+    t = np.concatenate([tu, tv])  # [2M]
+    theta = _weighted_lstsq(AT, t, w)
     for _ in range(iters):
-        r = _residual_norm(Au, Av, tu, tv, theta)
-        theta = _weighted_lstsq(Au, Av, tu, tv, w / np.maximum(r, _EPS_RES))
+        r = _residual_norm(AT, t, theta)
+        theta = _weighted_lstsq(AT, t, w / np.maximum(r, _EPS_RES))
     for _ in range(refine_iters):
         # Trimmed least squares: residuals beyond trim_k robust sigmas get no weight at all (the L1 fit
         # still feels far outliers in proportion to their leverage |(a, b)|; this removes them).
-        r = _residual_norm(Au, Av, tu, tv, theta)
+        r = _residual_norm(AT, t, theta)
         sigma = max(1.4826 * weighted_median(r, w), _MIN_SIGMA)
         keep = r < trim_k * sigma
         if keep.sum() < 8:
             break
-        theta = _weighted_lstsq(Au, Av, tu, tv, w * keep)
+        theta = _weighted_lstsq(AT, t, w * keep)
     fx = float(theta[0])
     fy = fx if shared_focal else float(theta[1])
     if fit_pp:
@@ -144,26 +148,25 @@ def fit_pinhole(
 
 
 def _residual_norm(
-    Au: np.ndarray,  # [M, P]
-    Av: np.ndarray,  # [M, P]
-    tu: np.ndarray,  # [M]
-    tv: np.ndarray,  # [M]
+    AT: np.ndarray,  # [P, 2M] the model's rows (u-rows, then v-rows) as columns
+    t: np.ndarray,  # [2M] targets
     theta: np.ndarray,  # [P]
 ) -> np.ndarray:
     """Euclidean pixel residual per point [M]."""
-    return np.hypot(tu - Au @ theta, tv - Av @ theta)
+    r = t - theta @ AT
+    M = len(t) // 2
+    return np.sqrt(r[:M] * r[:M] + r[M:] * r[M:])
 
 
 def _weighted_lstsq(
-    Au: np.ndarray,  # [M, P]
-    Av: np.ndarray,  # [M, P]
-    tu: np.ndarray,  # [M]
-    tv: np.ndarray,  # [M]
-    w: np.ndarray,  # [M]
+    AT: np.ndarray,  # [P, 2M]
+    t: np.ndarray,  # [2M]
+    w: np.ndarray,  # [M] per point (both of its rows)
 ) -> np.ndarray:
     """argmin_theta sum w (|tu - Au theta|^2 + |tv - Av theta|^2) via the P x P normal equations."""
-    H = (Au * w[:, None]).T @ Au + (Av * w[:, None]).T @ Av  # [P, P]
-    g = (Au * w[:, None]).T @ tu + (Av * w[:, None]).T @ tv  # [P]
+    ATw = AT * np.concatenate([w, w])  # [P, 2M]
+    H = ATw @ AT.T  # [P, P]
+    g = ATw @ t  # [P]
     return np.linalg.solve(H + 1e-12 * np.trace(H) * np.eye(len(g)), g)
 
 
@@ -269,8 +272,8 @@ class IntrinsicsFuser:
         pixels, evenly spread (speed; the weight is then their sum scaled to the whole image). Returns the
         keyframe's own estimate (fx, fy, cx, cy), or None when it could not be estimated.
         """
-        Xn = _as_numpy(X)
-        Cn = None if C is None else _as_numpy(C)
+        # numpy or torch as given: with `max_pixels` only the sampled pixels are copied and converted
+        Xn, Cn = (X, C) if max_pixels is not None else (_as_numpy(X), None if C is None else _as_numpy(C))
         H, W = Xn.shape[:2]
         try:
             est = estimate_intrinsics(Xn, Cn, fit_pp=self.fit_pp, max_pixels=max_pixels)

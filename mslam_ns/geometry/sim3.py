@@ -26,6 +26,7 @@ __all__ = [
     "mul",
     "inv",
     "act",
+    "act_points",
     "adjoint",
     "adjoint_inv",
     "to_matrix",
@@ -292,6 +293,13 @@ def act(T: Tensor, X: Tensor) -> Tensor:
     """
     t, q, s = T[..., :3], T[..., 3:7], T[..., 7:]
     return s * quat_rotate(q, X) + t
+
+
+def act_points(T: Tensor, X: Tensor) -> Tensor:
+    """One pose T [8] applied to many points X [N, 3]: ``X (s R)^T + t`` as one matrix product (what `act`
+    computes, to rounding, without broadcasting the quaternion to every point: several times cheaper)."""
+    M = to_matrix(T.to(X.dtype))  # [4, 4]: s R | t
+    return torch.addmm(M[:3, 3], X, M[:3, :3].T)
 
 
 def adjoint(T: Tensor) -> Tensor:

@@ -285,7 +285,7 @@ class Tracker:
             res.reason = "solver_failed"
             return res
         res.ok, res.T_kf = True, T
-        X_kf = sim3.act(T[None], X_kf_f[None])[0]  # [HW, 3] in the keyframe camera
+        X_kf = sim3.act_points(T, X_kf_f)  # [HW, 3] in the keyframe camera
         res.X_kf = self.canonical_points(X_kf, (H, W))
         res.C_kf = C_kf_f
         res.X_ff = X_ff

@@ -98,6 +98,15 @@ def test_act_matches_matrix_and_broadcasts() -> None:
     torch.testing.assert_close(sim3.act(sim3.mul(T, T)[:, None], X), sim3.act(T[:, None], sim3.act(T[:, None], X)))
 
 
+def test_act_points_is_act_for_one_pose() -> None:
+    T = sim3.exp(_random_tangent(1, seed=14))[0]  # [8], scale != 1
+    X = torch.randn(1000, 3, dtype=F64)
+    torch.testing.assert_close(sim3.act_points(T, X), sim3.act(T[None], X), atol=1e-12, rtol=1e-12)
+    Y = sim3.act_points(T, X.float())  # float32 points: the pose is cast, the result stays float32
+    assert Y.dtype == torch.float32
+    torch.testing.assert_close(Y, sim3.act(T[None], X).float(), atol=1e-5, rtol=1e-5)
+
+
 def test_adjoint_identity() -> None:
     """Exp(Adj(T) xi) T = T Exp(xi), and adjoint_inv is its inverse."""
     T = sim3.exp(_random_tangent(100, seed=11))
