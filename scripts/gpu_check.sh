@@ -71,6 +71,8 @@ EOF
 step cuda_tests 100 $PY -m pytest -q -x -p no:cacheprovider \
   tests/cuda/test_matching_kernels.py tests/cuda/test_gn_kernels.py tests/cuda/test_gn_jacobians.py \
   tests/prior/test_cuda_graphs.py \
+  tests/slam/test_matching_pipeline.py::test_match_cuda_matches_cpu \
+  tests/slam/test_matching_pipeline.py::test_match_with_known_rays_cuda_matches_cpu \
   tests/slam/test_shared_map.py tests/slam/test_cuda_slam.py \
   tests/slam/test_spill.py::test_spilled_keyframes_come_back_on_the_gpu
 

@@ -226,3 +226,14 @@ def test_match_with_known_rays_rejects_points_behind_or_off_the_image(scene):
     assert idx[0, :3].tolist() == [int(W / 2) + W * int(H / 2), 1 + W * int(H / 2), int(W - 2.2) + W * 3]
     with pytest.raises(ValueError, match=r"K must be \[3, 3\] or \[B=1, 3, 3\]"):
         match(scene.X_i[None], scene.X_ji[None], D_i[None], D_ji[None], K=torch.eye(4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU path is tested above)")
+def test_match_with_known_rays_cuda_matches_cpu(scene):
+    """The projection path and the masked refinement on the device give the host's matches."""
+    D_i, D_ji = _descriptors(scene, seed=11)
+    args = (scene.X_i[None], scene.X_ji[None], D_i[None].half(), D_ji[None].half())
+    idx_c, valid_c = match(*args, K=scene.K)
+    idx_g, valid_g = match(*(a.cuda() for a in args), K=scene.K)
+    assert (valid_g.cpu() == valid_c).float().mean() > 0.999
+    assert (idx_g.cpu() == idx_c)[valid_c].float().mean() > 0.99
