@@ -214,6 +214,7 @@ class SlamSystem:
         if not res.new_keyframe:  # a promoted frame's pass is the new keyframe's intrinsics sample
             self._observe_frame(pred)
         self._tick("track", t2)
+        t_track = time.perf_counter() - t2  # this frame's tracking, fusion and intrinsics sample
         self._n_lost = 0
         self._set_state(SlamState.TRACKING)
         frame.T_WC = sim3.mul(kf.T_WC, res.T_kf)
@@ -223,7 +224,7 @@ class SlamSystem:
             self.map.add_frame(frame.timestamp, frame.name, kf.kf_id, res.T_kf)
             self._T_kf, self._idx = res.T_kf, res.idx
             out = StepResult(frame.index, self.state, False, kf.kf_id, True, res.n_valid, res.match_frac)
-        out.timings = {"total": time.perf_counter() - t0, **res.timings}
+        out.timings = {"total": time.perf_counter() - t0, **res.timings, "track": t_track}
         out.gn_iters = res.iters
         return out
 

@@ -432,3 +432,18 @@ def test_tracking_reads_the_device_once_per_lm_evaluation_plus_four(synthetic_so
     assert res.ok, res.reason
     assert 2 <= len(evals) <= res.iters + 1, (len(evals), res.iters)
     assert len(reads) == 4 + len(evals), reads
+
+
+def test_a_tracked_frame_reports_its_own_tracking_time(synthetic_source):
+    """StepResult.timings['track'] of a tracked frame: its matching, solve, fusion (and intrinsics sample),
+    at least the matching and the solve it reports, and summing to the run's total tracking time."""
+    from mslam_ns.prior.oracle import OraclePrior
+
+    src = synthetic_source
+    system = SlamSystem(OraclePrior.from_source(src, size=IMG_SIZE, noise="mast3r", seed=0), _fast_cfg())
+    steps = [system.step(src[i]) for i in range(4)]
+    assert "track" not in steps[0].timings  # the first frame starts the map: nothing is tracked
+    for r in steps[1:]:
+        assert r.tracked and r.timings["track"] >= r.timings["match"] + r.timings["solve"] > 0
+    total = sum(r.timings["track"] for r in steps[1:])
+    assert total == pytest.approx(system.timings["track"], rel=0.02)
