@@ -34,6 +34,7 @@ __all__ = ["estimate_focal", "estimate_intrinsics", "fit_pinhole", "IntrinsicsFu
 
 _MIN_Z = 1e-6
 _EPS_RES = 1e-9  # pixels: floor of |r| in the Weiszfeld weights
+_WEISZFELD_TOL = 1e-10  # relative: Weiszfeld stops once an iteration moves the parameters by less
 _MIN_SIGMA = 1e-3  # pixels: floor of the robust residual scale used for trimming
 
 
@@ -87,8 +88,10 @@ def fit_pinhole(
         pp: fixed principal point (cx, cy) when ``fit_pp`` is False; default the image centre.
         shared_focal: one focal for both axes (square pixels), else fx and fy separately.
         fit_pp: also estimate (cx, cy) (poorly conditioned for narrow fields of view; off by default).
-        iters: Weiszfeld re-weighting iterations after the least-squares start.
-        refine_iters: final trimmed least-squares iterations (pixels with a residual above
+        iters: at most this many Weiszfeld re-weighting iterations after the least-squares start (fewer once
+            an iteration moves the parameters by less than 1e-10 of their size).
+        refine_iters: at most this many final trimmed least-squares iterations (fewer once the same pixels
+            are kept twice: the solution then repeats) (pixels with a residual above
             ``trim_k * 1.4826 * weighted median residual`` are dropped); 0 = pure Weiszfeld.
         trim_k: trimming threshold in robust standard deviations.
         max_points: above this many valid pixels an evenly strided subset is used (speed).
@@ -128,16 +131,19 @@ def fit_pinhole(
     theta = _weighted_lstsq(AT, t, w)
     for _ in range(iters):
         r = _residual_norm(AT, t, theta)
-        theta = _weighted_lstsq(AT, t, w / np.maximum(r, _EPS_RES))
+        prev, theta = theta, _weighted_lstsq(AT, t, w / np.maximum(r, _EPS_RES))
+        if np.abs(theta - prev).max() <= _WEISZFELD_TOL * np.abs(theta).max():
+            break  # converged: the remaining iterations would move theta by less than this
+    kept = None
     for _ in range(refine_iters):
         # Trimmed least squares: residuals beyond trim_k robust sigmas get no weight at all (the L1 fit
         # still feels far outliers in proportion to their leverage |(a, b)|; this removes them).
         r = _residual_norm(AT, t, theta)
         sigma = max(1.4826 * weighted_median(r, w), _MIN_SIGMA)
         keep = r < trim_k * sigma
-        if keep.sum() < 8:
-            break
-        theta = _weighted_lstsq(AT, t, w * keep)
+        if keep.sum() < 8 or (kept is not None and np.array_equal(keep, kept)):
+            break  # the same pixels kept give the same solution again: exactly what more iterations give
+        theta, kept = _weighted_lstsq(AT, t, w * keep), keep
     fx = float(theta[0])
     fy = fx if shared_focal else float(theta[1])
     if fit_pp:

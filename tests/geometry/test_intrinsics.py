@@ -68,6 +68,20 @@ def test_outliers_only_with_exact_inliers_are_ignored() -> None:
     assert estimate_focal(X, iters=30) == pytest.approx(60.0, rel=1e-4)
 
 
+@pytest.mark.parametrize("fit_pp", [False, True])
+def test_the_fits_early_stops_give_what_more_iterations_give(fit_pp) -> None:
+    """Weiszfeld stops once it moves the parameters by < 1e-10 of their size, and the trimmed least squares once
+    the same pixels are kept twice: more iterations of either give the same result (the trimmed one exactly)."""
+    from mslam_ns.geometry.intrinsics import fit_pinhole
+
+    X = corrupt(pinhole_pointmap(60.0, 62.0, 31.5, 23.5, seed=3), outlier_frac=0.10, noise=0.002)
+    kw = dict(fit_pp=fit_pp, shared_focal=False)
+    base = fit_pinhole(X, **kw)
+    assert base == pytest.approx(fit_pinhole(X, iters=200, **kw), rel=1e-8)
+    assert fit_pinhole(X, iters=200, **kw) == fit_pinhole(X, iters=200, refine_iters=50, **kw)
+    assert base[0] == pytest.approx(60.0, rel=4e-4) and base[1] == pytest.approx(62.0, rel=4e-4)  # measured 2.6e-4
+
+
 def test_confidence_downweights_bad_pixels() -> None:
     X = pinhole_pointmap(75.0, 75.0, 31.5, 23.5)
     bad = np.zeros(X.shape[:2], dtype=bool)
