@@ -104,13 +104,16 @@ def test_error_while_writing_leaves_no_partial_output(seq, good_run, tmp_path, m
 
 # ------------------------------------------------------------------------------------------------ Ctrl-C
 _DRIVER = r"""
-import os, signal, sys
+import os, sys, time
 from pathlib import Path
 mark, where = Path(sys.argv[1]), sys.argv[2]
 
 def reached():
     mark.write_text("here")
-    signal.pause()  # wait for the test's SIGINT (raised here as KeyboardInterrupt)
+    # wait for the test's SIGINT (raised here as KeyboardInterrupt). Not signal.pause(): a SIGINT that lands
+    # after the interpreter's last signal check and before pause(2) would leave it waiting for ever.
+    while True:
+        time.sleep(0.01)
 
 if where == "slam":
     from mslam_ns.slam.system import SlamSystem
