@@ -104,9 +104,12 @@ def test_error_while_writing_leaves_no_partial_output(seq, good_run, tmp_path, m
 
 # ------------------------------------------------------------------------------------------------ Ctrl-C
 _DRIVER = r"""
-import os, sys, time
+import os, signal, sys, time
 from pathlib import Path
 mark, where = Path(sys.argv[1]), sys.argv[2]
+# A terminal's Ctrl-C: Python's own SIGINT handler, also when this suite was started as a background job of a
+# shell without job control (which starts it with SIGINT ignored, and every child inherits that).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def reached():
     mark.write_text("here")
