@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 __all__ = ["estimate_focal", "estimate_intrinsics", "fit_pinhole", "IntrinsicsFuser", "weighted_median"]
 
@@ -56,9 +55,8 @@ def _rays_and_pixels(
     H, W = X.shape[:2]
     if max_pixels is not None and H * W > max_pixels:
         sel = np.linspace(0, H * W - 1, int(max_pixels)).round().astype(np.int64)
-        take = torch.from_numpy(sel) if hasattr(X, "detach") else sel
-        Xs = _as_numpy(X.reshape(H * W, 3)[take])
-        ws = np.ones(len(sel)) if C is None else _as_numpy(C.reshape(H * W)[take])
+        Xs = _as_numpy(X.reshape(H * W, 3)[sel])  # a torch tensor takes the numpy index too
+        ws = np.ones(len(sel)) if C is None else _as_numpy(C.reshape(H * W)[sel])
         v, u = np.divmod(sel, W)
     else:
         Xs = _as_numpy(X).reshape(H * W, 3)

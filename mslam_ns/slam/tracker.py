@@ -139,8 +139,7 @@ class Tracker:
         """Pixel rays (z = 1) of the known (calib) or self-calibrated (rays mode) intrinsics."""
         key = (hw, str(device))
         if key not in self._rays:
-            K = self.K if self.mode == "calib" else self.K_est
-            self._rays[key] = pixel_rays(K.to(device, torch.float64), hw).float()
+            self._rays[key] = pixel_rays(self.known_K().to(device, torch.float64), hw).float()
         return self._rays[key]
 
     def grid(self, hw: tuple[int, int], device: torch.device) -> TrackingGrid:
@@ -158,7 +157,7 @@ class Tracker:
     def canonical_points(self, X: Tensor, hw: tuple[int, int]) -> Tensor:  # [HW,3] -> [HW,3]
         """A view's own pointmap as stored: constrained to the known rays in calib mode, or to the
         self-calibrated rays in rays mode once they are set; else as predicted."""
-        if self.mode == "calib" or self.K_est is not None:
+        if self.known_K() is not None:
             return constrain_to_rays(X, self.rays(hw, X.device))
         return X
 
