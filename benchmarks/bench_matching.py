@@ -3,7 +3,8 @@
 One 512x384 pair (B = 1) of the analytic two-view scene (`mslam_ns.cuda.matching.synthetic`), 24-dim fp16
 descriptors, `torch.set_num_threads(2)` by default. Prints milliseconds per op (best of repeats) for the
 compiled CPU kernels and the twins measured in the same run (wall time, and process CPU time summed over
-threads, which is less sensitive to other processes), their ratio (goal: compiled >= 20x faster),
+threads, which is less sensitive to other processes), their ratio (goal for IPM and the refinement: compiled
+>= 20x faster; the projection of known-rays matching is ~25 float operations per point, a twin without loops),
 and the full `match()` time (goal: IPM + refinement well under 50 ms on 2 cores), the same on known rays (by
 projection through K, as calibrated tracking matches) and the refinement of the valid matches only. The machine's load
 changes absolute numbers: compare figures from one run. CUDA timings are added when a GPU is present.
@@ -121,17 +122,29 @@ def main() -> None:
         f"  machine speed now: fp32 matmul {gflops:.0f} GFLOP/s ({gflops / QUIET_GFLOPS:.2f} x the quiet "
         f"2-core reference {QUIET_GFLOPS:.0f} measured on the development machine; other processes slow it down)"
     )
+    # The scene's X_i is ray-cast through K: what calibrated tracking matches (X_i on K's rays), by projection.
+    K = two_view_scene(H, W).K
+    K_b = K[None].float().contiguous()
+    proj_args = (x["X_i"], x["X_ji"].reshape(1, H * W, 3), K_b, torch.linalg.inv(K_b).contiguous())
+    proj_args += (cfg.convergence_thresh, cfg.dist_thresh)
     rows = []
-    for name, compiled, twin in (
-        ("ipm", lambda: mod.iproj(*ipm_args), lambda: _torch_impl._iproj(*ipm_args)),
-        ("refine", lambda: mod.refine_matches(*ref_args), lambda: _torch_impl._refine_matches(*ref_args)),
+    for name, compiled, twin, goal in (
+        ("ipm", lambda: mod.iproj(*ipm_args), lambda: _torch_impl._iproj(*ipm_args), " (goal >= 20x)"),
+        (
+            "refine",
+            lambda: mod.refine_matches(*ref_args),
+            lambda: _torch_impl._refine_matches(*ref_args),
+            " (goal >= 20x)",
+        ),
+        # matching on known rays: projection + occlusion test, ~25 float ops per point (the twin is no loop)
+        ("project", lambda: mod.project_match(*proj_args), lambda: _torch_impl._project_match(*proj_args), ""),
     ):
         tc, cc = _time(compiled, args.repeats)
-        tt, ct = _time(twin, args.twin_repeats)
+        tt, ct = _time(twin, max(args.twin_repeats, 3 if name == "project" else 1))
         rows.append((name, tc, tt))
         print(
             f"  {name:7s} compiled {tc:8.2f} ms (CPU {cc:7.1f} ms)   twin {tt:9.1f} ms (CPU {ct:8.1f} ms)   "
-            f"twin/compiled {tt / tc:6.1f}x wall, {ct / cc:6.1f}x CPU (goal >= 20x)",
+            f"twin/compiled {tt / tc:6.1f}x wall, {ct / cc:6.1f}x CPU{goal}",
             flush=True,
         )
     full = ipm_args[:-1] + (0.0,)  # no early exit: always max_iter iterations
@@ -148,8 +161,6 @@ def main() -> None:
         f"  IPM + refinement kernels {t_kernels:.2f} ms; full match() incl. ray image, checks, occlusion "
         f"{t_match:.2f} ms (goal: well under 50 ms)"
     )
-    # The scene's X_i is ray-cast through K: what calibrated tracking matches (X_i on K's rays), by projection.
-    K = two_view_scene(H, W).K
     t_proj = timeit(lambda: match(x["X_i"], x["X_ji"], x["D_i"], x["D_ji"], cfg=cfg, K=K), args.repeats)
     idx_k, val_k = match(x["X_i"], x["X_ji"], x["D_i"], x["D_ji"], cfg=cfg, K=K)
     idx_m, val_m = match(x["X_i"], x["X_ji"], x["D_i"], x["D_ji"], cfg=cfg)
@@ -175,7 +186,13 @@ def main() -> None:
         ti = timeit(lambda: cmod.iproj(*ca), args.repeats, sync=True)
         tr = timeit(lambda: cmod.refine_matches(*ra), args.repeats, sync=True)
         tm = timeit(lambda: match(xc["X_i"], xc["X_ji"], xc["D_i"], xc["D_ji"], cfg=cfg), args.repeats, sync=True)
-        print(f"  CUDA: ipm {ti:.3f} ms, refine {tr:.3f} ms, match() {tm:.3f} ms")
+        pa = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in proj_args)
+        tp = timeit(lambda: cmod.project_match(*pa), args.repeats, sync=True)
+        tk = timeit(lambda: match(xc["X_i"], xc["X_ji"], xc["D_i"], xc["D_ji"], cfg=cfg, K=K), args.repeats, sync=True)
+        print(
+            f"  CUDA: ipm {ti:.3f} ms, refine {tr:.3f} ms, match() {tm:.3f} ms; project {tp:.3f} ms, "
+            f"match() on known rays {tk:.3f} ms"
+        )
 
 
 if __name__ == "__main__":

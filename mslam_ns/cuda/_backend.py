@@ -133,8 +133,9 @@ def build_dir(name: str, device_type: str) -> Path:
 
 def _cpu_flags() -> list[str]:
     # No FMA contraction: the compiled kernels keep the PyTorch twins' rounding. (-march=native was measured:
-    # no gain on the GN kernels; the matching kernel picks AVX2 at run time by itself.)
-    return ["-O3", "-fopenmp", "-std=c++20", "-ffp-contract=off"]
+    # no gain on the GN kernels; the matching kernel picks AVX2 at run time by itself.) No errno from sqrtf:
+    # a loop calling it can then vectorise (project_match's first pass); nothing reads errno.
+    return ["-O3", "-fopenmp", "-std=c++20", "-ffp-contract=off", "-fno-math-errno"]
 
 
 def _cpu_signature() -> str:

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from mslam_ns.config import MatchingConfig
-from mslam_ns.cuda.matching import iproj, ray_image, refine_matches
+from mslam_ns.cuda.matching import iproj, project_match, ray_image, refine_matches
 
-__all__ = ["match", "pixel_grid", "project_matches"]
+__all__ = ["match", "pixel_grid"]
 
 
 def pixel_grid(B: int, H: int, W: int, device: torch.device | str = "cpu") -> Tensor:  # -> [B, H*W, 2] float32
@@ -27,39 +27,6 @@ def pixel_grid(B: int, H: int, W: int, device: torch.device | str = "cpu") -> Te
     n = torch.arange(H * W, device=device)
     uv = torch.stack([n % W, n // W], dim=-1).to(torch.float32)  # [H*W, 2]
     return uv[None].expand(B, H * W, 2)
-
-
-def project_matches(
-    pts: Tensor,  # [B, N, 3] points X^j_i in camera i
-    targets: Tensor,  # [B, N, 3] the same, unit length
-    K: Tensor,  # [3, 3] or [B, 3, 3] intrinsics of image i (network pixels)
-    H: int,
-    W: int,
-    convergence_thresh: float,
-) -> tuple[Tensor, Tensor]:  # p [B, N, 2] float32 in [1, W-2] x [1, H-2], converged [B, N] bool
-    """IPM's answer on the ray field of a pinhole camera, in closed form: the projection ``K X`` clamped to
-    the box IPM searches ([1, W-2] x [1, H-2]), converged iff the unit ray of K at that pixel is within
-    `convergence_thresh` of the target (``|r(p) - x|^2``, IPM's cost). A point behind the camera or off the
-    image is not converged (its cost is large)."""
-    B = pts.shape[0]
-    if tuple(K.shape) not in ((3, 3), (B, 3, 3)):
-        raise ValueError(f"match: K must be [3, 3] or [B={B}, 3, 3], got shape {tuple(K.shape)}")
-    K = K.detach().to(pts.device, torch.float32).expand(B, 3, 3)
-    K_inv = torch.linalg.inv(K)
-    ps, oks = [], []
-    for b in range(B):  # per image, on coordinate planes: K's entries broadcast as 0-d tensors (no host read)
-        k, ki = K[b], K_inv[b]
-        x, y, z = pts[b].T.contiguous()  # [N] each
-        w = (k[2, 0] * x + k[2, 1] * y + k[2, 2] * z).clamp_min_(1e-12)  # behind the camera: rejected below
-        u = ((k[0, 0] * x + k[0, 1] * y + k[0, 2] * z) / w).clamp_(1.0, W - 2.0)
-        v = ((k[1, 0] * x + k[1, 1] * y + k[1, 2] * z) / w).clamp_(1.0, H - 2.0)
-        r = [ki[i, 0] * u + ki[i, 1] * v + ki[i, 2] for i in range(3)]  # K^-1 [u, v, 1]
-        inv_n = torch.rsqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2])
-        t = targets[b].T.contiguous()
-        cost = sum((r[i] * inv_n - t[i]) ** 2 for i in range(3))  # IPM's cost |r(p) / |r(p)| - x|^2
-        ps.append(torch.stack([u, v], dim=-1))
-        oks.append(cost < convergence_thresh)
-    return torch.stack(ps), torch.stack(oks)
 
 
 def _check_inputs(
@@ -127,7 +94,7 @@ def match(
 
     `K` (network pixels): the caller's promise that ``X_i = z K^-1 [u, v, 1]`` at every pixel (u, v)
     (`constrain_to_rays`, calibrated tracking). The ray image is then K's own ray field, and the pixel IPM
-    converges to is the pinhole projection ``K X^j_i[n]``: it is computed in closed form (`project_matches`)
+    converges to is the pinhole projection ``K X^j_i[n]``: it is computed in closed form (`project_match`)
     instead of by LM iterations, and `idx_init` is not needed.
     """
     N = _check_inputs(X_i, X_ji, D_i, D_ji, idx_init, query)
@@ -138,10 +105,10 @@ def match(
     D_j = D_ji.reshape(B, H * W, -1)
     if query is not None:
         pts_j, D_j = pts_j[:, query], D_j[:, query]  # [B, N, 3], [B, N, F]
-    targets = pts_j / torch.linalg.vector_norm(pts_j, dim=-1, keepdim=True).clamp_min(1e-12)  # [B, N, 3]
     if K is not None:
-        p, converged = project_matches(pts_j, targets, K, H, W, cfg.convergence_thresh)
+        p_int, valid = project_match(X_i, pts_j, K, cfg.convergence_thresh, cfg.dist_thresh, check=False)
     else:
+        targets = pts_j / torch.linalg.vector_norm(pts_j, dim=-1, keepdim=True).clamp_min(1e-12)  # [B, N, 3]
         if idx_init is None:
             p0 = pixel_grid(B, H, W, X_i.device)
             if query is not None:
@@ -158,12 +125,11 @@ def match(
             cfg.step_tol,
             check=False,
         )
-    p_int = p.to(torch.int64)  # truncation; p >= 1 so this is floor. [B, N, 2]
-    idx = p_int[..., 0] + W * p_int[..., 1]  # [B, N]
-    X_at = torch.gather(X_i.reshape(B, H * W, 3), 1, idx[..., None].expand(B, N, 3))  # [B, N, 3]
-    valid = converged & (torch.linalg.vector_norm(X_at - pts_j, dim=-1) < cfg.dist_thresh)
+        p_int = p.to(torch.int64)  # truncation; p >= 1 so this is floor. [B, N, 2]
+        idx = p_int[..., 0] + W * p_int[..., 1]  # [B, N]
+        X_at = torch.gather(X_i.reshape(B, H * W, 3), 1, idx[..., None].expand(B, N, 3))  # [B, N, 3]
+        valid = converged & (torch.linalg.vector_norm(X_at - pts_j, dim=-1) < cfg.dist_thresh)
     if cfg.refine:
         # only the valid matches: nothing downstream reads an invalid one's pixel (a warm start aside)
         p_int = refine_matches(D_i, D_j.contiguous(), p_int, cfg.radius, cfg.dilation_max, mask=valid, check=False)
-        idx = p_int[..., 0] + W * p_int[..., 1]
-    return idx, valid
+    return p_int[..., 0] + W * p_int[..., 1], valid

@@ -313,7 +313,7 @@ class Tracker:
 
         With a grid, the inputs are the grid's pixels and calib mode sees the grid as an image of its own
         (`TrackingGrid.grid_K`, pixel residuals and border in grid pixels): the same residuals, whitened alike."""
-        from mslam_ns.cuda.gn import edge_normal_equations
+        from mslam_ns.cuda.gn import edge_normal_equations, pose_retract
 
         dev = X_k.device
         HW = X_k.shape[0]
@@ -359,8 +359,9 @@ class Tracker:
             host = torch.cat([H[0, 7:, 7:].reshape(-1), g[0, 7:], cost[:1], n[:1].to(H.dtype)]).double().cpu().numpy()
             return host[:49].reshape(7, 7), -host[49:56], float(host[56]), int(host[57])
 
-        def retract(T_f: Tensor, dx: np.ndarray) -> Tensor:
-            return sim3.normalize(sim3.retract(T_f.double(), torch.from_numpy(dx[0]))).float()
+        def retract(T_f: Tensor, dx: np.ndarray) -> Tensor:  # Exp(dx) T_f in float64 (the compiled kernel)
+            # finite by construction: the LM only steps from a finite cost, with a finite step
+            return pose_retract(T_f.double()[None], torch.from_numpy(dx.reshape(1, 7)), 0, check=False)[0].float()
 
         def step_norm(dx: np.ndarray) -> float:
             return float(np.linalg.norm(dx))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mslam_ns.cuda import _backend
-from mslam_ns.cuda.matching import _torch_impl, iproj, ray_image, refine_matches
+from mslam_ns.cuda.matching import _torch_impl, iproj, project_match, ray_image, refine_matches
 from mslam_ns.cuda.matching.synthetic import two_view_scene
 
 LM = dict(max_iter=10, lambda_init=1e-8, cost_thresh=1e-6, step_tol=1e-3)
@@ -187,6 +187,78 @@ def test_iproj_early_exit_changes_little(cpu_mod):
     p_full, c_full = cpu_mod.iproj(rays, tgt, p0, 10, 1e-8, 1e-6, 0.0)
     assert ((p_tol - p_full).abs().amax(-1) < 1e-2).float().mean() > 0.99
     assert (c_tol == c_full).float().mean() > 0.99
+
+
+def _project_inputs(B: int, H: int, W: int, N: int, seed: int):
+    """Pinhole pointmaps X_i (per image its own K) and N points per image: the pointmap's points at random
+    sub-pixel positions, their depth scaled by up to +-5% (a part fails the 0.1 occlusion test); of the last
+    fifth, most project up to 20 pixels off the image (the cost test fails), and the last tenth are behind
+    the camera."""
+    g = torch.Generator().manual_seed(seed)
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    Ks, Xs, pts = [], [], []
+    for _ in range(B):
+        f, cx, cy = W * (0.7 + 0.6 * torch.rand(1, generator=g)), W / 2 + torch.randn(1, generator=g), H / 2
+        K = torch.tensor([[f.item(), 0.0, cx.item()], [0.0, f.item() * 1.01, cy], [0.0, 0.0, 1.0]])
+        z = 2.0 + 0.5 * torch.sin(u / 9 + v / 5)
+        rays = torch.stack([u, v, torch.ones_like(u)], -1) @ torch.linalg.inv(K).T  # [H, W, 3]
+        Xs.append(rays * z[..., None])
+        n_in = N * 8 // 10
+        uv = torch.cat(
+            [
+                torch.rand(n_in, 2, generator=g) * torch.tensor([W - 1.0, H - 1.0]),
+                torch.rand(N - n_in, 2, generator=g) * torch.tensor([W + 40.0, H + 40.0]) - 20.0,
+            ]
+        )
+        r = torch.cat([uv, torch.ones(N, 1)], -1) @ torch.linalg.inv(K).T
+        depth = (2.0 + 0.5 * torch.sin(uv[:, 0] / 9 + uv[:, 1] / 5)) * (1 + 0.05 * (2 * torch.rand(N, generator=g) - 1))
+        p = r * depth[:, None]
+        p[N * 9 // 10 :] *= -1.0  # behind the camera
+        Ks.append(K)
+        pts.append(p)
+    return torch.stack(Xs).contiguous(), torch.stack(pts).contiguous(), torch.stack(Ks).contiguous()
+
+
+@pytest.mark.parametrize("N", [7, 1031, 5000])  # one chunk's tail; chunks and tasks crossing the images
+def test_project_match_compiled_matches_twin(cpu_mod, N):
+    X_i, pts, K = _project_inputs(3, 60, 80, N, seed=20)
+    K_inv = torch.linalg.inv(K).contiguous()
+    p_c, v_c = cpu_mod.project_match(X_i, pts, K, K_inv, 1e-6, 0.1)
+    p_t, v_t = _torch_impl._project_match(X_i, pts, K, K_inv, 1e-6, 0.1)
+    assert p_c.dtype == torch.int64 and v_c.dtype == torch.bool and p_c.shape == (3, N, 2)
+    same_p = (p_c == p_t).all(-1).float().mean().item()
+    same_v = (v_c == v_t).float().mean().item()
+    assert same_p >= AGREE and same_v >= AGREE, f"same pixel {same_p:.4f}, same flag {same_v:.4f}"
+    # both tests have work to do: a part fails the cost test (off the image, behind), a part the occlusion test
+    _, v_cost = cpu_mod.project_match(X_i, pts, K, K_inv, 1e-6, 1e9)
+    frac, frac_cost = v_c.float().mean().item(), v_cost.float().mean().item()
+    assert 0.72 < frac_cost < 0.86 and 0.45 < frac < frac_cost - 0.15, (frac, frac_cost)  # measured 0.79, 0.56
+    assert not v_c[:, N * 9 // 10 + 1 :].any()  # behind the camera: never valid
+    # each image alone gives its batch row (the chunks never mix two images' cameras)
+    for b in range(3):
+        p_b, v_b = cpu_mod.project_match(X_i[b : b + 1], pts[b : b + 1], K[b : b + 1], K_inv[b : b + 1], 1e-6, 0.1)
+        assert torch.equal(p_b[0], p_c[b]) and torch.equal(v_b[0], v_c[b])
+
+
+def test_project_match_is_the_pinhole_projection(monkeypatch):
+    """Points on the rays of pixels (u + 0.3, v + 0.6) inside [1, W-2] x [1, H-2]: the pixel (u, v), the cost
+    test passed; beyond the box, clamped into it and failed. K may be [3, 3] for the batch, of any float dtype."""
+    X_i, _, K = _project_inputs(1, 20, 30, 10, seed=21)
+    v, u = torch.meshgrid(torch.arange(0, 20.0), torch.arange(0, 30.0), indexing="ij")
+    uv = torch.stack([u + 0.3, v + 0.6], -1).reshape(-1, 2)
+    inside = (uv[:, 0] >= 1) & (uv[:, 0] <= 28) & (uv[:, 1] >= 1) & (uv[:, 1] <= 18)
+    z = 2.0 + 0.5 * torch.sin(uv[:, 0] / 9 + uv[:, 1] / 5)  # X_i's depth function (at the pixels)
+    pts = torch.cat([uv, torch.ones(len(uv), 1)], -1) @ torch.linalg.inv(K[0]).T * z[:, None]
+    box = torch.stack([u.clamp(1, 28), v.clamp(1, 18)], -1).reshape(-1, 2).long()  # the pixel the clamp gives
+    for impl in ("compiled", "torch"):
+        monkeypatch.setenv("MSLAM_NS_KERNELS", impl)
+        p, valid = project_match(X_i.expand(2, -1, -1, -1), torch.stack([pts, 3 * pts]), K[0].double(), dist_thresh=1e9)
+        assert torch.equal(valid[0], inside) and torch.equal(valid[1], inside), impl
+        assert torch.equal(p[0], box) and torch.equal(p[1], box), impl
+        # the occlusion test: the pointmap's point at the pixel within dist_thresh
+        _, valid = project_match(X_i, pts[None], K[0], dist_thresh=0.1)
+        d = (X_i[0].reshape(-1, 3)[box[:, 0] + 30 * box[:, 1]] - pts).norm(dim=-1)
+        assert torch.equal(valid[0], inside & (d < 0.1)) and 0.2 < valid.float().mean() < 0.9, impl
 
 
 def _descriptors(B: int, H: int, W: int, Fd: int, seed: int) -> torch.Tensor:  # [B, H, W, F] unit
@@ -364,6 +436,16 @@ def test_non_finite_inputs_rejected(bad):
 
 def test_bad_shapes_and_dtypes_rejected():
     rays, tgt, p0, _ = _iproj_inputs(1, 8, 8, seed=9, noise_px=0.0)
+    X_i, pts, K = _project_inputs(1, 8, 8, 5, seed=9)
+    with pytest.raises(ValueError, match=r"project_match: K must be \[3, 3\] or \[B=1, 3, 3\]"):
+        project_match(X_i, pts, torch.eye(4))
+    with pytest.raises(ValueError, match=r"project_match: pts must be \[B=1, N, 3\]"):
+        project_match(X_i, pts[..., :2], K)
+    with pytest.raises(ValueError, match="project_match: X_i must be float32"):
+        project_match(X_i.double(), pts, K)
+    pts[0, 2, 1] = float("nan")
+    with pytest.raises(ValueError, match="project_match: pts contains NaN or inf"):
+        project_match(X_i, pts, K)
     with pytest.raises(ValueError, match="rays_img"):
         iproj(rays[..., :8], tgt, p0)
     with pytest.raises(ValueError, match="p_init"):
@@ -382,7 +464,7 @@ def test_bad_shapes_and_dtypes_rejected():
 def test_compiled_mode_uses_compiled_module(monkeypatch):
     monkeypatch.setenv("MSLAM_NS_KERNELS", "compiled")
     mod = _backend.get("matching", "cpu")
-    assert mod is not None and hasattr(mod, "iproj") and hasattr(mod, "refine_matches")
+    assert mod is not None and all(hasattr(mod, op) for op in ("iproj", "project_match", "refine_matches"))
     assert mod.__name__ == "mslam_ns_matching_cpu"
     monkeypatch.setenv("MSLAM_NS_KERNELS", "torch")
     assert _backend.get("matching", "cpu") is None
@@ -406,6 +488,18 @@ def test_cuda_iproj_matches_cpu(cpu_mod):
     # --use_fast_math and FMA contraction on the GPU: allow tiny float differences (and rare flips)
     close = ((p_g.cpu() - p_c).abs().amax(-1) < 1e-2).float().mean().item()
     assert close > 0.99 and (c_g.cpu() == c_c).float().mean() > 0.99
+
+
+@cuda
+def test_cuda_project_match_matches_cpu(cpu_mod):
+    cuda_mod = _backend.load("matching", "cuda")
+    assert cuda_mod is not None, _backend._errors.get(("matching", "cuda"))
+    X_i, pts, K = _project_inputs(3, 30, 40, 5000, seed=22)
+    K_inv = torch.linalg.inv(K).contiguous()
+    p_c, v_c = cpu_mod.project_match(X_i, pts, K, K_inv, 1e-6, 0.1)
+    p_g, v_g = cuda_mod.project_match(X_i.cuda(), pts.cuda(), K.cuda(), K_inv.cuda(), 1e-6, 0.1)
+    # --use_fast_math on the GPU: rare flips at a pixel edge or a threshold
+    assert (p_g.cpu() == p_c).all(-1).float().mean() > 0.999 and (v_g.cpu() == v_c).float().mean() > 0.999
 
 
 @cuda

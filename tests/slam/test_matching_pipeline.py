@@ -172,11 +172,14 @@ def test_match_cuda_matches_cpu(scene):
     assert (valid_g.cpu() == valid_c).float().mean() > 0.99
 
 
+@pytest.mark.parametrize("impl", ["compiled", "torch"])
 @pytest.mark.parametrize("refine", [False, True])
-def test_match_with_known_rays_is_the_ipm_fixed_point(scene, refine):
+def test_match_with_known_rays_is_the_ipm_fixed_point(scene, refine, impl, monkeypatch):
     """X_i on the pinhole rays of K (the scene is ray-cast): matching by projection through K gives what IPM
     iterates to, for every pixel but the few whose projection IPM leaves on the other side of a pixel edge
-    (measured: all interior visible pixels alike), and the exact pixel of the truth more often."""
+    (measured: all interior visible pixels alike), and the exact pixel of the truth more often. The compiled
+    kernels and their twins alike."""
+    monkeypatch.setenv("MSLAM_NS_KERNELS", impl)
     D_i, D_ji = _descriptors(scene, seed=9)
     args = (scene.X_i[None], scene.X_ji[None], D_i[None], D_ji[None])
     cfg = MatchingConfig(refine=refine)

@@ -209,8 +209,11 @@ def pose_retract(
     Twc: Tensor,  # [N, 8]
     dx: Tensor,  # [N, 7] (rows < n_fixed ignored) or [N - n_fixed, 7]
     n_fixed: int,
+    *,
+    check: bool = True,
 ) -> Tensor:
-    """New poses [N, 8]: T <- Exp(dx) T for rows >= n_fixed (quaternions re-normalised); inputs unchanged."""
+    """New poses [N, 8]: T <- Exp(dx) T for rows >= n_fixed (quaternions re-normalised); inputs unchanged.
+    ``check=False``: no finiteness tests (host reads) for a caller whose inputs are finite by construction."""
     if Twc.dim() != 2 or Twc.shape[1] != 8 or Twc.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"pose_retract: Twc must be a float [N, 8] tensor, got {list(Twc.shape)} {Twc.dtype}")
     N = Twc.shape[0]
@@ -221,7 +224,7 @@ def pose_retract(
     if dx.device != Twc.device:
         raise ValueError(f"pose_retract: dx is on {dx.device} but Twc is on {Twc.device}")
     dx = dx.to(Twc.dtype)
-    if not bool(torch.isfinite(dx).all()) or not bool(torch.isfinite(Twc).all()):
+    if check and (not bool(torch.isfinite(dx).all()) or not bool(torch.isfinite(Twc).all())):
         raise ValueError("pose_retract: Twc and dx must be finite")
     mod = _backend.get("gn", Twc.device)
     if mod is not None:

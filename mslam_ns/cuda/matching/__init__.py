@@ -1,4 +1,5 @@
-"""Matching ops (docs/algorithm.md section 2): ray image, iterative projective matching, descriptor refinement.
+"""Matching ops (docs/algorithm.md section 2): ray image, iterative projective matching, matching on known
+pinhole rays, descriptor refinement.
 
 Each public op checks its inputs (shapes, dtypes, devices, finiteness: bad input raises ``ValueError``),
 makes them contiguous and dispatches to the compiled kernel for the tensors' device
@@ -9,6 +10,7 @@ Example::
 
     rays = ray_image(X_ii)                                   # [B, H, W, 9]
     p, ok = iproj(rays, targets, p0)                         # [B, N, 2] float, [B, N] bool
+    p_k, valid = project_match(X_ii, X_ji_n, K)              # [B, N, 2] int64, [B, N] bool (X_ii on K's rays)
     p_ref = refine_matches(D_ii, D_ji, p.long())             # [B, N, 2] int64
 """
 
@@ -18,9 +20,9 @@ import torch
 from torch import Tensor
 
 from mslam_ns.cuda import _backend
-from mslam_ns.cuda.matching._torch_impl import _iproj, _ray_image, _refine_matches
+from mslam_ns.cuda.matching._torch_impl import _iproj, _project_match, _ray_image, _refine_matches
 
-__all__ = ["ray_image", "iproj", "refine_matches"]
+__all__ = ["ray_image", "iproj", "project_match", "refine_matches"]
 
 _MAX_DESCRIPTOR_DIM = 1024
 
@@ -113,6 +115,53 @@ def iproj(
         p, converged = mod.iproj(rays_img, targets, p_init, *args)
         return p, converged
     return _iproj(rays_img, targets, p_init, int(max_iter), float(lambda_init), float(cost_thresh), float(step_tol))
+
+
+def project_match(
+    X_i: Tensor,  # [B, H, W, 3] float32: image i's pointmap, on the pinhole rays of K
+    pts: Tensor,  # [B, N, 3] float32: the points to match (X^j_i, in camera i)
+    K: Tensor,  # [3, 3] or [B, 3, 3] intrinsics of image i (network pixels), any device and float dtype
+    cost_thresh: float = 1e-6,
+    dist_thresh: float = 0.1,
+    *,
+    check: bool = True,
+) -> tuple[Tensor, Tensor]:  # p [B, N, 2] int64 (u, v), valid [B, N] bool
+    """Matching on known rays: IPM's answer on the ray field of a pinhole camera, in closed form, with the
+    occlusion test (docs/algorithm.md section 2).
+
+    The pixel is the projection ``K x`` clamped to the box IPM searches ([1, W-2] x [1, H-2]), truncated to
+    integers; ``valid`` iff IPM's cost test holds there (the unit ray of K at the clamped pixel is within
+    `cost_thresh` of x's, ``|r(p) - x|^2``: a point behind the camera or off the image fails it) and the
+    pointmap's point at the pixel is within `dist_thresh` of x. The caller promises
+    ``X_i = z K^-1 [u, v, 1]`` at every pixel; then this is what `iproj` converges to, without a ray image
+    or iterations. ``check=False``: no finiteness tests of the inputs (the caller has made them).
+    """
+    op = "project_match"
+    X_i = _check_tensor(op, "X_i", X_i, 4, (torch.float32,))
+    pts = _check_tensor(op, "pts", pts, 3, (torch.float32,))
+    if not isinstance(K, Tensor) or not K.is_floating_point():
+        raise ValueError(f"{op}: K must be a floating-point torch.Tensor")
+    B, H, W, C = X_i.shape
+    if C != 3 or H < 3 or W < 3:
+        raise ValueError(f"{op}: X_i must be [B, H, W, 3] with H, W >= 3, got shape {tuple(X_i.shape)}")
+    if pts.shape[0] != B or pts.shape[2] != 3:
+        raise ValueError(f"{op}: pts must be [B={B}, N, 3], got shape {tuple(pts.shape)}")
+    if tuple(K.shape) not in ((3, 3), (B, 3, 3)):
+        raise ValueError(f"{op}: K must be [3, 3] or [B={B}, 3, 3], got shape {tuple(K.shape)}")
+    if not cost_thresh > 0 or not dist_thresh > 0:
+        raise ValueError(f"{op}: need cost_thresh > 0 and dist_thresh > 0")
+    device = _check_devices(op, X_i=X_i, pts=pts)
+    if check:
+        _check_finite(op, "X_i", X_i)
+        _check_finite(op, "pts", pts)
+        _check_finite(op, "K", K)
+    K = K.detach().to(device, torch.float32).expand(B, 3, 3).contiguous()
+    K_inv = torch.linalg.inv(K).contiguous()
+    X_i, pts = X_i.contiguous(), pts.contiguous()
+    mod = _backend.get("matching", device)
+    if mod is not None:
+        return mod.project_match(X_i, pts, K, K_inv, float(cost_thresh), float(dist_thresh))
+    return _project_match(X_i, pts, K, K_inv, float(cost_thresh), float(dist_thresh))
 
 
 def refine_matches(

@@ -124,6 +124,36 @@ def _iproj(
     return torch.stack([u, v], dim=-1), cost < cost_thresh
 
 
+def _project_match(
+    X_i: Tensor,  # [B, H, W, 3] float32 pointmap of image i, on the rays of K
+    pts: Tensor,  # [B, N, 3] float32 points X^j_i
+    K: Tensor,  # [B, 3, 3] float32
+    K_inv: Tensor,  # [B, 3, 3] float32
+    cost_thresh: float,
+    dist_thresh: float,
+) -> tuple[Tensor, Tensor]:  # p [B, N, 2] int64, valid [B, N] bool
+    """project_point of matching.h on coordinate planes [B, N] (same operations in the same order)."""
+    B, H, W, _ = X_i.shape
+    x = pts.permute(2, 0, 1).contiguous()  # [3, B, N]
+    k = K.reshape(B, 9, 1)  # entries broadcast over the points
+    ki = K_inv.reshape(B, 9, 1)
+    nrm = torch.sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2]).clamp_min(_RAY_EPS)
+    t = [x[i] / nrm for i in range(3)]
+    w = (k[:, 6] * x[0] + k[:, 7] * x[1] + k[:, 8] * x[2]).clamp_min(_RAY_EPS)
+    u = ((k[:, 0] * x[0] + k[:, 1] * x[1] + k[:, 2] * x[2]) / w).clamp(1.0, W - 2.0)
+    v = ((k[:, 3] * x[0] + k[:, 4] * x[1] + k[:, 5] * x[2]) / w).clamp(1.0, H - 2.0)
+    r = [ki[:, 3 * i] * u + ki[:, 3 * i + 1] * v + ki[:, 3 * i + 2] for i in range(3)]  # K^-1 [u, v, 1]
+    inv_n = 1.0 / torch.sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2])
+    e = [r[i] * inv_n - t[i] for i in range(3)]
+    cost = e[0] * e[0] + e[1] * e[1] + e[2] * e[2]
+    p = torch.stack([u, v], dim=-1).to(torch.int64)  # u, v >= 1: truncation is floor
+    idx = p[..., 0] + W * p[..., 1]  # [B, N]
+    X_at = torch.gather(X_i.reshape(B, H * W, 3), 1, idx[..., None].expand(-1, -1, 3)).permute(2, 0, 1)
+    d = [X_at[i] - x[i] for i in range(3)]
+    dist = torch.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
+    return p, (cost < cost_thresh) & (dist < dist_thresh)
+
+
 def _dot_lanes(a: Tensor, q: Tensor) -> Tensor:
     """dot over the last dim in the kernel's order: 8 interleaved lanes, then ((l0+l4)+(l1+l5))+((l2+l6)+(l3+l7))."""
     prod = a * q  # [..., F]

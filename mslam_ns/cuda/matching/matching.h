@@ -9,6 +9,8 @@
 //   pixels      (u, v): u = column in [0, W), v = row in [0, H)
 #pragma once
 
+#include <cstdint>
+
 #include "common.h"
 
 // Loop-unrolling hint understood by both nvcc and GCC/Clang (plain `#pragma unroll` warns on GCC).
@@ -198,6 +200,77 @@ MSLAM_HD void iproj_point(const float* __restrict__ img,  // [H, W, 9]
   *out_u = st.u;
   *out_v = st.v;
   *out_converged = st.cost < prm.cost_thresh;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Matching on known pinhole rays (docs/algorithm.md section 2, calibrated tracking): IPM's fixed point in
+// closed form, then the occlusion test.
+// ---------------------------------------------------------------------------------------------------
+
+struct ProjectParams {
+  float cost_thresh;  // converged iff |r(p) / |r(p)| - x / |x||^2 < cost_thresh (IPM's cost at the pixel)
+  float dist_thresh;  // valid iff converged and |X_i[p] - x| < dist_thresh (the occlusion test)
+};
+
+struct ProjectCamera {
+  float k[9];   // K, row-major
+  float ki[9];  // K^-1, row-major
+};
+
+// Clamp as two selects (max, then min): the CPU loop over points vectorises it (maxps, minps). Equals clampf
+// for every non-NaN x (the inputs are finite).
+MSLAM_HD float clamp_select(float x, float lo, float hi) {
+  const float a = x > lo ? x : lo;
+  return a < hi ? a : hi;
+}
+
+// Step 1 for one point x = (x0, x1, x2) (X^j_i, in camera i): the pixel (u, v) = K x / (K x)_z clamped to
+// [1, W-2] x [1, H-2] (a point behind the camera has its depth floored at 1e-12 and lands on the border);
+// returns IPM's cost test at that pixel: the unit ray of K there within cost_thresh of x / |x|. Sums left
+// to right, every product and sum rounded to float (the twin's order); no branch (the CPU loop vectorises).
+MSLAM_HD bool project_pixel(const ProjectCamera& c, int H, int W, float x0, float x1, float x2, float cost_thresh,
+                            float* out_u, float* out_v) {
+  const float* k = c.k;
+  const float* ki = c.ki;
+  const float s = sqrtf(x0 * x0 + x1 * x1 + x2 * x2);
+  const float nrm = s > 1e-12f ? s : 1e-12f;
+  const float t[3] = {x0 / nrm, x1 / nrm, x2 / nrm};
+  const float z = k[6] * x0 + k[7] * x1 + k[8] * x2;
+  const float w = z > 1e-12f ? z : 1e-12f;
+  const float u = clamp_select((k[0] * x0 + k[1] * x1 + k[2] * x2) / w, 1.0f, static_cast<float>(W - 2));
+  const float v = clamp_select((k[3] * x0 + k[4] * x1 + k[5] * x2) / w, 1.0f, static_cast<float>(H - 2));
+  float r[3];
+  for (int i = 0; i < 3; ++i) r[i] = ki[3 * i] * u + ki[3 * i + 1] * v + ki[3 * i + 2];  // K^-1 [u, v, 1]
+  const float inv_n = 1.0f / sqrtf(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
+  float cost = 0.0f;
+  for (int i = 0; i < 3; ++i) {
+    const float e = r[i] * inv_n - t[i];
+    cost = cost + e * e;
+  }
+  *out_u = u;
+  *out_v = v;
+  return cost < cost_thresh;
+}
+
+// Step 2, the occlusion test: the point of image i's pointmap Xi [H, W, 3] at integer pixel (iu, iv) is
+// within dist_thresh of x.
+MSLAM_HD bool project_occlusion_ok(const float* __restrict__ Xi, int W, int iu, int iv, float x0, float x1,
+                                   float x2, float dist_thresh) {
+  const float* X = Xi + (static_cast<int64_t>(iv) * W + iu) * 3;
+  const float d0 = X[0] - x0, d1 = X[1] - x1, d2 = X[2] - x2;
+  return sqrtf(d0 * d0 + d1 * d1 + d2 * d2) < dist_thresh;
+}
+
+// Matching on known rays for one point x [3] against image i (pointmap Xi on the rays of camera c): the
+// integer pixel (truncation of step 1's; u, v >= 1 so it is the floor) and valid = cost test && occlusion test.
+MSLAM_HD void project_point(const float* __restrict__ Xi, int H, int W, const ProjectCamera& c, const float x[3],
+                            const ProjectParams& prm, int64_t* out_u, int64_t* out_v, bool* out_valid) {
+  float u, v;
+  const bool conv = project_pixel(c, H, W, x[0], x[1], x[2], prm.cost_thresh, &u, &v);
+  const int iu = static_cast<int>(u), iv = static_cast<int>(v);
+  *out_u = iu;
+  *out_v = iv;
+  *out_valid = conv && project_occlusion_ok(Xi, W, iu, iv, x[0], x[1], x[2], prm.dist_thresh);
 }
 
 // ---------------------------------------------------------------------------------------------------

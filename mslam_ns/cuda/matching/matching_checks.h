@@ -35,6 +35,38 @@ inline IprojDims check_iproj(const at::Tensor& rays, const at::Tensor& targets, 
   return d;
 }
 
+struct ProjectDims {
+  int64_t B, H, W, N;
+};
+
+// X_i [B, H, W, 3] float32 (H, W >= 3), pts [B, N, 3] float32, K and K_inv [B, 3, 3] float32.
+inline ProjectDims check_project(const at::Tensor& X_i, const at::Tensor& pts, const at::Tensor& K,
+                                 const at::Tensor& K_inv, c10::DeviceType dev) {
+  MSLAM_CHECK_INPUT(X_i, dev, "X_i");
+  MSLAM_CHECK_INPUT(pts, dev, "pts");
+  MSLAM_CHECK_INPUT(K, dev, "K");
+  MSLAM_CHECK_INPUT(K_inv, dev, "K_inv");
+  MSLAM_CHECK_DIM(X_i, 4, "X_i", "[B, H, W, 3] float32");
+  MSLAM_CHECK_SIZE(X_i, 3, 3, "X_i", "[B, H, W, 3] float32");
+  MSLAM_CHECK_DTYPE(X_i, at::kFloat, "X_i");
+  const ProjectDims d{X_i.size(0), X_i.size(1), X_i.size(2), pts.dim() == 3 ? pts.size(1) : -1};
+  TORCH_CHECK(d.H >= 3 && d.W >= 3, "X_i must be at least 3x3");
+  MSLAM_CHECK_DIM(pts, 3, "pts", "[B, N, 3] float32");
+  MSLAM_CHECK_SIZE(pts, 0, d.B, "pts", "[B, N, 3] float32");
+  MSLAM_CHECK_SIZE(pts, 2, 3, "pts", "[B, N, 3] float32");
+  MSLAM_CHECK_DTYPE(pts, at::kFloat, "pts");
+  const auto check_3x3 = [&](const at::Tensor& m, const char* name) {
+    MSLAM_CHECK_DIM(m, 3, name, "[B, 3, 3] float32");
+    MSLAM_CHECK_SIZE(m, 0, d.B, name, "[B, 3, 3] float32");
+    MSLAM_CHECK_SIZE(m, 1, 3, name, "[B, 3, 3] float32");
+    MSLAM_CHECK_SIZE(m, 2, 3, name, "[B, 3, 3] float32");
+    MSLAM_CHECK_DTYPE(m, at::kFloat, name);
+  };
+  check_3x3(K, "K");
+  check_3x3(K_inv, "K_inv");
+  return d;
+}
+
 struct RefineDims {
   int64_t B, H, W, F, N;
 };

@@ -23,6 +23,8 @@ using mslam::matching::IprojParams;
 using mslam::matching::RefineParams;
 
 constexpr int64_t kIprojGrain = 512;   // points per task
+constexpr int64_t kProjectGrain = 4096;  // points per task
+constexpr int64_t kProjectChunk = 256;   // points per pass of project_match's two passes
 constexpr int kIprojLanes = 4;        // IPM queries advanced in lockstep
 constexpr int64_t kRefineGrain = 256;  // points per task
 
@@ -79,6 +81,61 @@ std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W
 }
 
 // ---------------------------------------------------------------------------------------------------
+mslam::matching::ProjectCamera project_camera(const float* k, const float* ki) {  // [9] each, row-major
+  mslam::matching::ProjectCamera c;
+  std::copy(k, k + 9, c.k);
+  std::copy(ki, ki + 9, c.ki);
+  return c;
+}
+
+std::tuple<at::Tensor, at::Tensor> project_match(const at::Tensor& X_i,    // [B, H, W, 3] float32
+                                                 const at::Tensor& pts,    // [B, N, 3] float32
+                                                 const at::Tensor& K,      // [B, 3, 3] float32
+                                                 const at::Tensor& K_inv,  // [B, 3, 3] float32
+                                                 double cost_thresh, double dist_thresh) {
+  const auto dims = mslam::matching::check_project(X_i, pts, K, K_inv, c10::DeviceType::CPU);
+  const int64_t B = dims.B, H = dims.H, W = dims.W, N = dims.N;
+  at::Tensor p = at::empty({B, N, 2}, pts.options().dtype(at::kLong));   // [B, N, 2]
+  at::Tensor valid = at::empty({B, N}, pts.options().dtype(at::kBool));  // [B, N]
+  const float* Xi = X_i.data_ptr<float>();
+  const float* x = pts.data_ptr<float>();
+  const float* k = K.data_ptr<float>();
+  const float* ki = K_inv.data_ptr<float>();
+  int64_t* pout = p.data_ptr<int64_t>();
+  bool* ok = valid.data_ptr<bool>();
+  const float cost_th = static_cast<float>(cost_thresh), dist_th = static_cast<float>(dist_thresh);
+  const int h = static_cast<int>(H), w = static_cast<int>(W);
+  // project_point in two passes over chunks of one image's points: step 1 on coordinate planes (no branch,
+  // no gather: the compiler vectorises it), then the occlusion test's gathers.
+  at::parallel_for(0, B * N, kProjectGrain, [&](int64_t begin, int64_t end) {
+    float xs[kProjectChunk], ys[kProjectChunk], zs[kProjectChunk], us[kProjectChunk], vs[kProjectChunk];
+    bool conv[kProjectChunk];
+    for (int64_t c0 = begin; c0 < end;) {
+      const int64_t b = c0 / N;
+      const int n = static_cast<int>(std::min({end - c0, kProjectChunk, (b + 1) * N - c0}));
+      const auto cam = project_camera(k + b * 9, ki + b * 9);
+      const float* xc = x + c0 * 3;
+      for (int i = 0; i < n; ++i) {
+        xs[i] = xc[3 * i];
+        ys[i] = xc[3 * i + 1];
+        zs[i] = xc[3 * i + 2];
+      }
+      for (int i = 0; i < n; ++i) {
+        conv[i] = mslam::matching::project_pixel(cam, h, w, xs[i], ys[i], zs[i], cost_th, us + i, vs + i);
+      }
+      const float* img = Xi + b * H * W * 3;
+      for (int i = 0; i < n; ++i) {
+        const int iu = static_cast<int>(us[i]), iv = static_cast<int>(vs[i]);  // u, v >= 1: the floor
+        pout[(c0 + i) * 2] = iu;
+        pout[(c0 + i) * 2 + 1] = iv;
+        ok[c0 + i] = conv[i] && mslam::matching::project_occlusion_ok(img, w, iu, iv, xs[i], ys[i], zs[i], dist_th);
+      }
+      c0 += n;
+    }
+  });
+  return {p, valid};
+}
+
 // Descriptor refinement. Two paths with the same result:
 //  * portable: refine_point (matching.h) with LaneScorer on float32 copies of the descriptors (any F, CPU);
 //  * x86-64 with AVX2 + F16C and F = 8 K (K <= 4): refine_two_avx reads fp16 or fp32 storage directly,
@@ -342,6 +399,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("iproj", &iproj, "Iterative projective matching (LM per query ray)", py::arg("rays_img"),
         py::arg("targets"), py::arg("p_init"), py::arg("max_iter"), py::arg("lambda_init"),
         py::arg("cost_thresh"), py::arg("step_tol"));
+  m.def("project_match", &project_match, "Matching on known pinhole rays: projection and occlusion test",
+        py::arg("X_i"), py::arg("pts"), py::arg("K"), py::arg("K_inv"), py::arg("cost_thresh"),
+        py::arg("dist_thresh"));
   m.def("refine_matches", &refine_matches, "Multi-dilation descriptor refinement", py::arg("D_i"),
         py::arg("D_j"), py::arg("p"), py::arg("radius"), py::arg("dilation_max"), py::arg("mask") = py::none());
 }

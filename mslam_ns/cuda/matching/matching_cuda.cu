@@ -16,6 +16,7 @@
 namespace {
 
 using mslam::matching::IprojParams;
+using mslam::matching::ProjectParams;
 using mslam::matching::RefineParams;
 
 constexpr int kThreads = 256;
@@ -39,6 +40,28 @@ __global__ void iproj_kernel(const float* __restrict__ img,  // [B, H, W, 9]
     const float t[3] = {tgt[i * 3], tgt[i * 3 + 1], tgt[i * 3 + 2]};
     mslam::matching::iproj_point(img + b * img_stride, H, W, t, p0[i * 2], p0[i * 2 + 1], prm, pout + i * 2,
                                  pout + i * 2 + 1, conv + i);
+  }
+}
+
+__global__ void project_kernel(const float* __restrict__ Xi,  // [B, H, W, 3]
+                               const float* __restrict__ x,   // [B, N, 3]
+                               const float* __restrict__ k,   // [B, 3, 3]
+                               const float* __restrict__ ki,  // [B, 3, 3]
+                               int64_t* __restrict__ pout,    // [B, N, 2]
+                               bool* __restrict__ ok,         // [B, N]
+                               int64_t B, int64_t N, int H, int W, ProjectParams prm) {
+  const int64_t total = B * N;
+  const int64_t img_stride = static_cast<int64_t>(H) * W * 3;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int64_t b = i / N;
+    mslam::matching::ProjectCamera cam;
+    for (int j = 0; j < 9; ++j) {
+      cam.k[j] = k[b * 9 + j];
+      cam.ki[j] = ki[b * 9 + j];
+    }
+    mslam::matching::project_point(Xi + b * img_stride, H, W, cam, x + i * 3, prm, pout + i * 2, pout + i * 2 + 1,
+                                   ok + i);
   }
 }
 
@@ -90,6 +113,25 @@ std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W
   return {p, converged};
 }
 
+std::tuple<at::Tensor, at::Tensor> project_match(const at::Tensor& X_i,    // [B, H, W, 3] float32
+                                                 const at::Tensor& pts,    // [B, N, 3] float32
+                                                 const at::Tensor& K,      // [B, 3, 3] float32
+                                                 const at::Tensor& K_inv,  // [B, 3, 3] float32
+                                                 double cost_thresh, double dist_thresh) {
+  const auto dims = mslam::matching::check_project(X_i, pts, K, K_inv, c10::DeviceType::CUDA);
+  const int64_t B = dims.B, H = dims.H, W = dims.W, N = dims.N;
+  const c10::cuda::CUDAGuard guard(X_i.device());
+  at::Tensor p = at::empty({B, N, 2}, pts.options().dtype(at::kLong));   // [B, N, 2]
+  at::Tensor valid = at::empty({B, N}, pts.options().dtype(at::kBool));  // [B, N]
+  if (B * N == 0) return {p, valid};
+  const ProjectParams prm{static_cast<float>(cost_thresh), static_cast<float>(dist_thresh)};
+  project_kernel<<<num_blocks(B * N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      X_i.data_ptr<float>(), pts.data_ptr<float>(), K.data_ptr<float>(), K_inv.data_ptr<float>(),
+      p.data_ptr<int64_t>(), valid.data_ptr<bool>(), B, N, static_cast<int>(H), static_cast<int>(W), prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {p, valid};
+}
+
 at::Tensor refine_matches(const at::Tensor& D_i,  // [B, H, W, F] float32 or float16
                           const at::Tensor& D_j,  // [B, N, F] same dtype
                           const at::Tensor& p,    // [B, N, 2] int64 (u, v)
@@ -119,6 +161,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("iproj", &iproj, "Iterative projective matching (LM per query ray)", py::arg("rays_img"),
         py::arg("targets"), py::arg("p_init"), py::arg("max_iter"), py::arg("lambda_init"),
         py::arg("cost_thresh"), py::arg("step_tol"));
+  m.def("project_match", &project_match, "Matching on known pinhole rays: projection and occlusion test",
+        py::arg("X_i"), py::arg("pts"), py::arg("K"), py::arg("K_inv"), py::arg("cost_thresh"),
+        py::arg("dist_thresh"));
   m.def("refine_matches", &refine_matches, "Multi-dilation descriptor refinement", py::arg("D_i"),
         py::arg("D_j"), py::arg("p"), py::arg("radius"), py::arg("dilation_max"), py::arg("mask") = py::none());
 }
