@@ -22,11 +22,11 @@ namespace {
 using mslam::matching::IprojParams;
 using mslam::matching::RefineParams;
 
-constexpr int64_t kIprojGrain = 512;   // points per task
+constexpr int64_t kIprojGrain = 512;     // points per task
+constexpr int kIprojLanes = 4;           // IPM queries advanced in lockstep
 constexpr int64_t kProjectGrain = 4096;  // points per task
 constexpr int64_t kProjectChunk = 256;   // points per pass of project_match's two passes
-constexpr int kIprojLanes = 4;        // IPM queries advanced in lockstep
-constexpr int64_t kRefineGrain = 256;  // points per task
+constexpr int64_t kRefineGrain = 256;    // points per task
 
 std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W, 9] float32
                                          const at::Tensor& targets,  // [B, N, 3] float32
@@ -80,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W
   return {p, converged};
 }
 
-// ---------------------------------------------------------------------------------------------------
+// Matching on known rays (project_point of matching.h).
 mslam::matching::ProjectCamera project_camera(const float* k, const float* ki) {  // [9] each, row-major
   mslam::matching::ProjectCamera c;
   std::copy(k, k + 9, c.k);
@@ -136,6 +136,7 @@ std::tuple<at::Tensor, at::Tensor> project_match(const at::Tensor& X_i,    // [B
   return {p, valid};
 }
 
+// ---------------------------------------------------------------------------------------------------
 // Descriptor refinement. Two paths with the same result:
 //  * portable: refine_point (matching.h) with LaneScorer on float32 copies of the descriptors (any F, CPU);
 //  * x86-64 with AVX2 + F16C and F = 8 K (K <= 4): refine_two_avx reads fp16 or fp32 storage directly,
