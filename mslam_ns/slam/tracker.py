@@ -124,6 +124,7 @@ class Tracker:
         self.K = None if K is None else torch.as_tensor(K, dtype=torch.float32)
         self.K_est: Tensor | None = None  # rays mode: self-calibrated intrinsics (see `set_estimated_K`)
         self._rays: dict[tuple, Tensor] = {}
+        self._K_on: dict[str, Tensor] = {}  # known_K() per device (a host-to-device copy is a sync on CUDA)
         self._grids: dict[tuple, TrackingGrid] = {}
 
     def set_estimated_K(self, K: Tensor | None) -> None:
@@ -133,6 +134,7 @@ class Tracker:
         if self.mode == "rays":
             self.K_est = None if K is None else torch.as_tensor(K, dtype=torch.float32)
             self._rays.clear()
+            self._K_on.clear()
 
     # ---- helpers ------------------------------------------------------------------------------------
     def rays(self, hw: tuple[int, int], device: torch.device) -> Tensor:  # [HW, 3]
@@ -153,6 +155,15 @@ class Tracker:
         """The intrinsics whose rays `canonical_points` puts a view's pointmap on (calib mode: the given K;
         rays mode: the self-calibrated K once set), or None while the pointmap stays as predicted."""
         return self.K if self.mode == "calib" else self.K_est
+
+    def known_K_on(self, device: torch.device) -> Tensor | None:  # [3, 3] float32 on `device`, or None
+        """`known_K()` on `device` (cached until the estimate changes)."""
+        K = self.known_K()
+        if K is None:
+            return None
+        if str(device) not in self._K_on:
+            self._K_on[str(device)] = K.to(device, torch.float32)
+        return self._K_on[str(device)]
 
     def canonical_points(self, X: Tensor, hw: tuple[int, int]) -> Tensor:  # [HW,3] -> [HW,3]
         """A view's own pointmap as stored: constrained to the known rays in calib mode, or to the
@@ -192,7 +203,7 @@ class Tracker:
             None if idx_init is None else idx_init.reshape(1, -1).to(dev),
             self.matching,
             query=None if grid.stride == 1 else grid.sel,
-            K=self.known_K() if self.matching.project_known_rays else None,  # X_ff lies on K's rays: projection
+            K=self.known_K_on(dev) if self.matching.project_known_rays else None,  # X_ff on K's rays: projection
         )
         res = self.track_matches(kf, pred, idx[0].long(), matched[0].bool(), T_init, grid, X_ff)
         res.timings["match"] = _now() - t0 - res.timings.get("solve", 0.0)

@@ -155,8 +155,11 @@ def project_match(
         _check_finite(op, "X_i", X_i)
         _check_finite(op, "pts", pts)
         _check_finite(op, "K", K)
-    K = K.detach().to(device, torch.float32).expand(B, 3, 3).contiguous()
-    K_inv = torch.linalg.inv(K).contiguous()
+    K = K.detach().to(torch.float32).expand(B, 3, 3)
+    # inverted where K lives (the host, for the tracker), without inv's singularity test, which on CUDA is a
+    # device synchronisation; a singular K gives a non-finite inverse, and then no match is valid
+    K_inv = torch.linalg.inv_ex(K).inverse
+    K, K_inv = K.to(device).contiguous(), K_inv.to(device).contiguous()
     X_i, pts = X_i.contiguous(), pts.contiguous()
     mod = _backend.get("matching", device)
     if mod is not None:
