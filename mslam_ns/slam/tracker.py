@@ -141,7 +141,7 @@ class Tracker:
         """Pixel rays (z = 1) of the known (calib) or self-calibrated (rays mode) intrinsics."""
         key = (hw, str(device))
         if key not in self._rays:
-            self._rays[key] = pixel_rays(self.known_K().to(device, torch.float64), hw).float()
+            self._rays[key] = pixel_rays(self.known_K_on(device).double(), hw).float()
         return self._rays[key]
 
     def grid(self, hw: tuple[int, int], device: torch.device) -> TrackingGrid:

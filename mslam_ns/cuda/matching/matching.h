@@ -217,6 +217,17 @@ struct ProjectCamera {
   float ki[9];  // K^-1, row-major
 };
 
+// The camera of one image from its K and K^-1 ([9] each, row-major), held by value: every point of the image
+// reads the same 18 numbers.
+MSLAM_HD ProjectCamera project_camera(const float* __restrict__ k, const float* __restrict__ ki) {
+  ProjectCamera c;
+  for (int j = 0; j < 9; ++j) {
+    c.k[j] = k[j];
+    c.ki[j] = ki[j];
+  }
+  return c;
+}
+
 // Clamp as two selects (max, then min): the CPU loop over points vectorises it (maxps, minps). Equals clampf
 // for every non-NaN x (the inputs are finite).
 MSLAM_HD float clamp_select(float x, float lo, float hi) {

@@ -20,6 +20,7 @@
 namespace {
 
 using mslam::matching::IprojParams;
+using mslam::matching::ProjectParams;
 using mslam::matching::RefineParams;
 
 constexpr int64_t kIprojGrain = 512;     // points per task
@@ -81,13 +82,6 @@ std::tuple<at::Tensor, at::Tensor> iproj(const at::Tensor& rays,     // [B, H, W
 }
 
 // Matching on known rays (project_point of matching.h).
-mslam::matching::ProjectCamera project_camera(const float* k, const float* ki) {  // [9] each, row-major
-  mslam::matching::ProjectCamera c;
-  std::copy(k, k + 9, c.k);
-  std::copy(ki, ki + 9, c.ki);
-  return c;
-}
-
 std::tuple<at::Tensor, at::Tensor> project_match(const at::Tensor& X_i,    // [B, H, W, 3] float32
                                                  const at::Tensor& pts,    // [B, N, 3] float32
                                                  const at::Tensor& K,      // [B, 3, 3] float32
@@ -103,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor> project_match(const at::Tensor& X_i,    // [B
   const float* ki = K_inv.data_ptr<float>();
   int64_t* pout = p.data_ptr<int64_t>();
   bool* ok = valid.data_ptr<bool>();
-  const float cost_th = static_cast<float>(cost_thresh), dist_th = static_cast<float>(dist_thresh);
+  const ProjectParams prm{static_cast<float>(cost_thresh), static_cast<float>(dist_thresh)};
   const int h = static_cast<int>(H), w = static_cast<int>(W);
   // project_point in two passes over chunks of one image's points: step 1 on coordinate planes (no branch,
   // no gather: the compiler vectorises it), then the occlusion test's gathers.
@@ -113,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> project_match(const at::Tensor& X_i,    // [B
     for (int64_t c0 = begin; c0 < end;) {
       const int64_t b = c0 / N;
       const int n = static_cast<int>(std::min({end - c0, kProjectChunk, (b + 1) * N - c0}));
-      const auto cam = project_camera(k + b * 9, ki + b * 9);
+      const auto cam = mslam::matching::project_camera(k + b * 9, ki + b * 9);
       const float* xc = x + c0 * 3;
       for (int i = 0; i < n; ++i) {
         xs[i] = xc[3 * i];
@@ -121,14 +115,15 @@ std::tuple<at::Tensor, at::Tensor> project_match(const at::Tensor& X_i,    // [B
         zs[i] = xc[3 * i + 2];
       }
       for (int i = 0; i < n; ++i) {
-        conv[i] = mslam::matching::project_pixel(cam, h, w, xs[i], ys[i], zs[i], cost_th, us + i, vs + i);
+        conv[i] = mslam::matching::project_pixel(cam, h, w, xs[i], ys[i], zs[i], prm.cost_thresh, us + i, vs + i);
       }
       const float* img = Xi + b * H * W * 3;
       for (int i = 0; i < n; ++i) {
         const int iu = static_cast<int>(us[i]), iv = static_cast<int>(vs[i]);  // u, v >= 1: the floor
         pout[(c0 + i) * 2] = iu;
         pout[(c0 + i) * 2 + 1] = iv;
-        ok[c0 + i] = conv[i] && mslam::matching::project_occlusion_ok(img, w, iu, iv, xs[i], ys[i], zs[i], dist_th);
+        ok[c0 + i] =
+            conv[i] && mslam::matching::project_occlusion_ok(img, w, iu, iv, xs[i], ys[i], zs[i], prm.dist_thresh);
       }
       c0 += n;
     }

@@ -55,11 +55,7 @@ __global__ void project_kernel(const float* __restrict__ Xi,  // [B, H, W, 3]
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t b = i / N;
-    mslam::matching::ProjectCamera cam;
-    for (int j = 0; j < 9; ++j) {
-      cam.k[j] = k[b * 9 + j];
-      cam.ki[j] = ki[b * 9 + j];
-    }
+    const auto cam = mslam::matching::project_camera(k + b * 9, ki + b * 9);
     mslam::matching::project_point(Xi + b * img_stride, H, W, cam, x + i * 3, prm, pout + i * 2, pout + i * 2 + 1,
                                    ok + i);
   }
