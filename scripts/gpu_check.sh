@@ -2,6 +2,8 @@
 # The ONE prepared check for a GPU machine (lent now and then, for minutes; budget: under 8 minutes).
 # Worst case 10 minutes (the step limits add up to 600 s), typically less. There: torch with CUDA, nvcc, numpy, pytest; no nerfstudio, no tyro, no package registry. From the
 # repository root:   bash scripts/gpu_check.sh [OUT_DIR]
+# Beforehand, where pip reaches a registry: bash scripts/gpu_wheels.sh (retrieval's asmk + faiss into .whl/),
+# and carry .whl to the GPU machine; without it the SLAM runs there have no loop closure.
 #  1. builds the CUDA (and CPU) kernels for THIS GPU's architecture only;
 #  2. runs the CUDA tests: kernels vs their PyTorch twins (float32 and float64), the keyframe store on CUDA,
 #     a SLAM run on CUDA against the same run on CPU;
@@ -24,6 +26,20 @@ export MSLAM_NS_CACHE=${MSLAM_NS_CACHE:-$PWD/.gpu_cache}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 declare -A status
 
+# Keyframe retrieval (asmk + faiss-cpu) is not on the GPU machine: scripts/gpu_wheels.sh fetches it into .whl/
+# beforehand (carry .whl); installed here into a private folder, asmk compiled from source with this Python.
+# Without it the SLAM runs without loop closure or relocalisation (and says so).
+if compgen -G ".whl/*" >/dev/null && ! $PY -c "import asmk.kernel" 2>/dev/null; then
+  SITE=${GPU_CHECK_SITE:-/tmp/gpu_check_site}
+  PIP="$PY -m pip install -q --no-index --no-deps --no-cache-dir --no-build-isolation --target $SITE"
+  # faiss first: asmk's setup.py refuses to build without it
+  if $PIP .whl/*.whl >"$OUT_DIR/wheels.log" 2>&1 && PYTHONPATH="$SITE" $PIP .whl/*.tar.gz >>"$OUT_DIR/wheels.log" 2>&1; then
+    export PYTHONPATH="$PYTHONPATH:$SITE"  # only asmk, faiss, pyaml there: nothing of the machine is shadowed
+  else
+    echo "installing .whl/ failed (see $OUT_DIR/wheels.log): no retrieval"
+  fi
+fi
+
 step() {  # step NAME SECONDS CMD...
   local name=$1 secs=$2
   shift 2
@@ -37,7 +53,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY - <<'EOF'
 import importlib, torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "device:", torch.cuda.is_available() and torch.cuda.get_device_name())
-for m in ("numpy", "scipy", "PIL", "yaml", "pytest", "asmk", "av"):
+for m in ("numpy", "scipy", "PIL", "yaml", "pytest", "asmk", "faiss", "av"):
     try:
         mod = importlib.import_module(m)
         print(f"  {m} {getattr(mod, '__version__', '')}")
