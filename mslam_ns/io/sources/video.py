@@ -80,6 +80,9 @@ class VideoSource(FrameSource):
         container, stream = self._open(path)
         raw: list[int | None] = []
         try:
+            # read while the container is open (PyAV >= 18.1.1 refuses stream attributes after close())
+            tb = float(stream.time_base) if stream.time_base is not None else None
+            rate = float(stream.average_rate or stream.guessed_rate or 30)
             for packet in container.demux(stream):
                 if packet.size == 0:  # flush packet
                     continue
@@ -90,12 +93,12 @@ class VideoSource(FrameSource):
             container.close()
         if any(p is None for p in raw) or len(set(raw)) != len(raw):
             # no usable timestamps: fall back to the nominal frame rate
-            rate = float(stream.average_rate or stream.guessed_rate or 30)
             self._raw_pts = None
             return np.arange(len(raw), dtype=np.float64) / rate
         ordered = sorted(raw)  # decode order -> presentation order
         self._raw_pts = {p: k for k, p in enumerate(ordered)}
-        tb = float(stream.time_base)
+        if tb is None:
+            raise UserError(f"{path}: corrupt video (its stream has no time base)")
         return np.asarray(ordered, dtype=np.float64) * tb
 
     # -- decoding ---------------------------------------------------------------------------------------------
