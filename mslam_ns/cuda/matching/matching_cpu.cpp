@@ -195,6 +195,12 @@ MSLAM_AVX inline __m256 load8(const at::Half* p) {
 // Scores of one row of up to 8 candidates, lane c = candidate c (c < n), lanes n..7 = 0:
 // dot(q, D_i[c]) with the products of 8 channels added in order over the K groups (multiply then add, no
 // FMA), then the 8 lanes reduced as ((l0+l4)+(l1+l5))+((l2+l6)+(l3+l7)), i.e. bit-identical to dot_lanes.
+// Measured and not kept (2026-12-08, Zen 5 with AVX-512): a 512-bit scorer holding two candidates per register
+// (half the conversions, multiplies and adds, same per-lane order, bit-identical) was 1.2x faster than this one
+// on its own with the data in L1, but the whole refinement ran 0.97-1.07x of this path's time, and so did
+// scoring the two queries' rows interleaved in one loop; cutting the argmax dependency between windows (a test
+// build) changed nothing either. About 1150 instructions per window (radius 3, callgrind) at ~1.2 ns per
+// candidate per core.
 template <int K, typename T>
 MSLAM_AVX inline __m256 score_row(const T* base, int64_t stride, int n, const __m256 q[K]) {
   __m256 acc[8];
