@@ -7,6 +7,7 @@ absolute poses). Bounds are about 1.5x the values measured when these tests were
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -161,13 +162,40 @@ def test_proximity_candidates_close_the_loop_without_retrieval(loop2):
     assert e_p < 0.5 and e_p < 0.6 * e_0, (e_p, e_0)
 
 
+def test_thread_mode_in_lockstep_equals_the_deterministic_run(loop2, shared_runs, monkeypatch):
+    """The worker thread does exactly the deterministic run's work: with the frontend waiting for each queued
+    step to finish (the only difference left is which thread runs it), every keyframe, edge and pose is the
+    same."""
+    from mslam_ns.slam.backend import Backend
+
+    det, _ = shared_runs()
+    submit = Backend.submit
+
+    def submit_and_wait(self, kf_id, sequential=True):
+        submit(self, kf_id, sequential)
+        assert self._worker is not None and self._worker is not threading.current_thread()
+        self.flush()
+
+    monkeypatch.setattr(Backend, "submit", submit_and_wait)
+    thr, _ = _run(loop2, thread=True)
+    assert thr.backend._worker is None  # flushed and stopped
+    counts = [{k: v for k, v in s.stats().items() if k != "backend" and "timings" not in k} for s in (thr, det)]
+    counts += [{k: v for k, v in s.stats()["backend"].items() if "timings" not in k} for s in (thr, det)]
+    assert counts[0] == counts[1] and counts[2] == counts[3], counts
+    torch.testing.assert_close(thr.keyframes.poses(), det.keyframes.poses(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(thr.frame_poses()[2], det.frame_poses()[2], rtol=0, atol=1e-6)
+
+
 def test_thread_mode_gives_complete_results_like_the_deterministic_run(loop2, shared_runs):
-    """The worker thread changes when corrected poses reach the frontend, so the keyframe decisions may
-    differ by one or two (CI once gave 15 against 14); every keyframe must still go through the backend."""
+    """Free-running, the worker changes when corrected poses (and edge fusion, and rays mode's intrinsics
+    samples) reach the frontend, so the keyframe decisions may differ: 12-14 keyframes against 12 in 60 local
+    runs with the backend or the frontend slowed at random, 15 in CI twice (against 14, and against 12). Every
+    keyframe must still go through the backend, and the accuracy stay close."""
     det, src = shared_runs()
     thr, _ = _run(loop2, thread=True)
     assert thr.backend._worker is None  # flushed and stopped
-    assert abs(len(thr.keyframes) - len(det.keyframes)) <= 2, (len(thr.keyframes), len(det.keyframes))
+    n_det = len(det.keyframes)
+    assert abs(len(thr.keyframes) - n_det) <= max(2, n_det // 4), (len(thr.keyframes), n_det)
     # one optimisation per keyframe step in both modes: none dropped or left in the queue
     n_opt = {s: s.stats()["backend"]["optimisations"] - len(s.keyframes) for s in (det, thr)}
     assert n_opt[thr] == n_opt[det], n_opt
