@@ -197,7 +197,7 @@ MSLAM_AVX inline __m256 load8(const at::Half* p) {
 // FMA), then the 8 lanes reduced as ((l0+l4)+(l1+l5))+((l2+l6)+(l3+l7)), i.e. bit-identical to dot_lanes.
 // Measured and not kept (2026-12-08, Zen 5 with AVX-512): a 512-bit scorer holding two candidates per register
 // (half the conversions, multiplies and adds, same per-lane order, bit-identical) was 1.2x faster than this one
-// on its own with the data in L1, but the whole refinement ran 0.97-1.07x of this path's time, and so did
+// on its own with the data in L1, but the whole refinement took 0.93-1.07x of this path's time, and so did
 // scoring the two queries' rows interleaved in one loop; cutting the argmax dependency between windows (a test
 // build) changed nothing either. About 1150 instructions per window (radius 3, callgrind) at ~1.2 ns per
 // candidate per core.
